@@ -1,0 +1,17 @@
+"""Exceptions of ptqsam; the CLI turns each into one clear line and a non-zero exit."""
+
+
+class PtqsamError(Exception):
+    """Base of every error ptqsam raises on bad input."""
+
+
+class CheckpointError(PtqsamError):
+    """A checkpoint is missing, unreadable, or belongs to another model type."""
+
+
+class DataError(PtqsamError):
+    """A dataset, annotation or detections file is missing or malformed."""
+
+
+class RecipeError(PtqsamError):
+    """A recipe is unknown or malformed, or calibrated state does not match it."""

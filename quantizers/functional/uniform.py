@@ -1,0 +1,161 @@
+"""Uniform fake quantization: pure tensor functions.
+
+Grids (b bits): signed ``[-2^(b-1), 2^(b-1) - 1]``, unsigned ``[0, 2^b - 1]``.
+``x̂ = (clamp(round(x / Δ) + z, qmin, qmax) - z) · Δ`` with round-half-to-even, computed exactly as
+torch's ``fake_quantize_per_{tensor,channel}_affine`` (which are used as the kernels: they are fused,
+exact, and their backward is the clipped straight-through estimator).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quantizers.errors import QuantizationError
+from quantizers.functional.checks import check_tensor
+from quantizers.spec import PER_TENSOR, Granularity, check_bits
+
+#: Smallest scale ever produced (an all-zero tensor gets this, never a zero scale).
+SCALE_EPS = float(torch.finfo(torch.float32).eps)
+
+
+def quant_range(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer grid ``(qmin, qmax)`` of a ``bits``-bit signed or unsigned code."""
+    check_bits(bits)
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def grid_range(bits: int, symmetric: bool, signed: bool = True) -> tuple[int, int]:
+    """Grid of a spec: symmetric specs follow ``signed``; affine specs use the unsigned grid."""
+    return quant_range(bits, signed if symmetric else False)
+
+
+def qparams_from_minmax(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    signed: bool = True,
+    eps: float = SCALE_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, zero_point)`` covering ``[min_val, max_val]`` (extended to include 0).
+
+    Same arithmetic as ``torch.ao.quantization`` observers: symmetric signed uses
+    ``amax / ((qmax - qmin) / 2)``; symmetric unsigned ``max / qmax``; affine
+    ``(max - min) / (qmax - qmin)`` with ``z = qmin - round(min / scale)``. Scales are floored at
+    ``eps`` so an all-zero input never yields a zero scale. Shapes follow ``min_val``.
+    """
+    qmin, qmax = grid_range(bits, symmetric, signed)
+    min_val = torch.as_tensor(min_val, dtype=torch.float32)
+    max_val = torch.as_tensor(max_val, dtype=torch.float32)
+    if min_val.shape != max_val.shape:
+        raise QuantizationError(f"min and max shapes differ: {tuple(min_val.shape)} vs {tuple(max_val.shape)}")
+    if not bool(torch.isfinite(min_val).all() & torch.isfinite(max_val).all()):
+        raise QuantizationError("min/max statistics contain NaN or Inf")
+    if bool((min_val > max_val).any()):
+        raise QuantizationError("min statistic exceeds max statistic")
+    min_neg = torch.clamp(min_val, max=0.0)
+    max_pos = torch.clamp(max_val, min=0.0)
+    if symmetric:
+        if signed:
+            scale = torch.maximum(-min_neg, max_pos) / (float(qmax - qmin) / 2)
+        else:
+            scale = max_pos / float(qmax)
+        scale = torch.clamp(scale, min=eps)
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = torch.clamp((max_pos - min_neg) / float(qmax - qmin), min=eps)
+        zero_point = torch.clamp(qmin - torch.round(min_neg / scale).to(torch.int32), qmin, qmax)
+    return scale, zero_point.to(torch.int32)
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    granularity: Granularity = PER_TENSOR,
+) -> torch.Tensor:
+    """Fake-quantize ``x``; gradients follow the clipped straight-through estimator.
+
+    ``scale``/``zero_point`` hold one entry per quantization group (see :func:`num_groups`).
+    Non-float32 inputs are computed in float32 and cast back.
+    """
+    check_tensor(x)
+    scale, zero_point = _check_qparams(scale, zero_point, qmin, qmax, num_groups(x, granularity))
+    out_dtype = x.dtype
+    xf = x if x.dtype == torch.float32 else x.float()
+    if granularity.kind == "tensor":
+        out = torch.fake_quantize_per_tensor_affine(xf, scale.reshape(()), zero_point.reshape(()), qmin, qmax)
+    elif granularity.kind == "channel":
+        axis = granularity.axis % x.dim()
+        out = torch.fake_quantize_per_channel_affine(xf, scale, zero_point, axis, qmin, qmax)
+    else:
+        rows = group_rows(xf, granularity)
+        out = torch.fake_quantize_per_channel_affine(rows, scale, zero_point, 0, qmin, qmax)
+        out = ungroup_rows(out, x.shape, granularity)
+    return out if out_dtype == torch.float32 else out.to(out_dtype)
+
+
+def num_groups(x: torch.Tensor, granularity: Granularity) -> int:
+    """How many (scale, zero_point) pairs ``x`` needs under ``granularity``."""
+    if granularity.kind == "tensor":
+        return 1
+    axis = _axis(x, granularity)
+    if granularity.kind == "channel":
+        return x.shape[axis]
+    size = x.shape[axis]
+    if size % granularity.group_size:
+        raise QuantizationError(
+            f"axis {axis} of size {size} is not divisible by group_size {granularity.group_size}"
+        )
+    return x.numel() // granularity.group_size
+
+
+def group_rows(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+    """2-D view ``(groups, elements)``: one row per (scale, zero_point) of ``granularity``."""
+    if granularity.kind == "tensor":
+        return x.reshape(1, -1)
+    axis = _axis(x, granularity)
+    if granularity.kind == "channel":
+        return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    num_groups(x, granularity)  # divisibility check
+    return x.movedim(axis, -1).reshape(-1, granularity.group_size)
+
+
+def ungroup_rows(rows: torch.Tensor, shape: torch.Size, granularity: Granularity) -> torch.Tensor:
+    """Inverse of :func:`group_rows`."""
+    if granularity.kind == "tensor":
+        return rows.reshape(shape)
+    axis = granularity.axis % len(shape)
+    if granularity.kind == "channel":
+        moved = (shape[axis],) + tuple(s for i, s in enumerate(shape) if i != axis)
+        return rows.reshape(moved).movedim(0, axis)
+    moved = tuple(s for i, s in enumerate(shape) if i != axis) + (shape[axis],)
+    return rows.reshape(moved).movedim(-1, axis)
+
+
+def _axis(x: torch.Tensor, granularity: Granularity) -> int:
+    if not -x.dim() <= granularity.axis < max(x.dim(), 1):
+        raise QuantizationError(f"axis {granularity.axis} is out of range for a {x.dim()}-D tensor")
+    return granularity.axis % x.dim()
+
+
+def _check_qparams(
+    scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+    zero_point = torch.as_tensor(zero_point).reshape(-1).to(torch.int32)
+    if scale.numel() != groups or zero_point.numel() != groups:
+        raise QuantizationError(
+            f"expected {groups} scale/zero_point entries, got {scale.numel()} and {zero_point.numel()}"
+        )
+    if not qmin < qmax:
+        raise QuantizationError(f"empty integer grid [{qmin}, {qmax}]")
+    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+        raise QuantizationError("scale must be finite and positive")
+    if bool(((zero_point < qmin) | (zero_point > qmax)).any()):
+        raise QuantizationError(f"zero_point outside the grid [{qmin}, {qmax}]")
+    return scale, zero_point

@@ -1,0 +1,54 @@
+"""Observer base: streaming statistics that yield ``(scale, zero_point)`` for a spec."""
+
+from __future__ import annotations
+
+import torch
+
+from quantizers.errors import QuantizationError
+from quantizers.functional.checks import check_tensor
+from quantizers.functional.uniform import grid_range
+from quantizers.spec import QuantSpec
+from quantizers.state import LazyStateModule
+
+
+class Observer(LazyStateModule):
+    """Sees tensors one batch at a time (``forward(x) -> x``) and never keeps them.
+
+    Subclasses implement :meth:`_observe` (update buffers from one detached float tensor) and
+    :meth:`_calculate_qparams`. State lives in buffers, so ``state_dict`` round-trips.
+
+    Arguments:
+      spec: the quantization spec whose grid and granularity the qparams are for.
+    """
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return grid_range(self.spec.bits, self.spec.symmetric, self.spec.signed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor(x, "observed tensor")
+        with torch.no_grad():
+            self._observe(x.detach() if x.dtype == torch.float32 else x.detach().float())
+        self.num_batches += 1
+        return x
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale float32, zero_point int32)``, one entry per quantization group."""
+        if int(self.num_batches) == 0:
+            raise QuantizationError(f"{type(self).__name__}: qparams requested before any data was observed")
+        return self._calculate_qparams()
+
+    def _observe(self, x: torch.Tensor) -> None:
+        raise NotImplementedError  # abstract
+
+    def _calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # abstract
+
+    def extra_repr(self) -> str:
+        g = self.spec.granularity
+        return f"bits={self.spec.bits}, symmetric={self.spec.symmetric}, granularity={g.kind}"

@@ -1,0 +1,87 @@
+"""MinMax observers: running, averaged over batches, and exponential moving average."""
+
+from __future__ import annotations
+
+import torch
+
+from quantizers.errors import QuantizationError
+from quantizers.functional.uniform import group_rows, qparams_from_minmax
+from quantizers.observers.base import Observer
+from quantizers.spec import Granularity, QuantSpec
+
+
+def batch_minmax(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group ``(min, max)`` of one tensor under ``granularity`` (1-D, one entry per group)."""
+    if granularity.kind == "tensor":
+        lo, hi = torch.aminmax(x)
+        return lo.reshape(1), hi.reshape(1)
+    if granularity.kind == "channel":
+        axis = granularity.axis % x.dim()
+        dims = [d for d in range(x.dim()) if d != axis]
+        if not dims:
+            return x.clone(), x.clone()
+        return x.amin(dim=dims), x.amax(dim=dims)
+    lo, hi = torch.aminmax(group_rows(x, granularity), dim=1)
+    return lo, hi
+
+
+class _MinMaxState(Observer):
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec)
+        self.register_buffer("min_val", torch.empty(0))
+        self.register_buffer("max_val", torch.empty(0))
+
+    def _calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self._range()
+        return qparams_from_minmax(lo, hi, self.spec.bits, self.spec.symmetric, self.spec.signed)
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.min_val, self.max_val
+
+
+class MinMaxObserver(_MinMaxState):
+    """Running min and max over every batch seen (``torch.ao`` MinMaxObserver semantics)."""
+
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = batch_minmax(x, self.spec.granularity)
+        if self.min_val.numel() == 0:
+            self.min_val, self.max_val = lo, hi
+        else:
+            self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
+
+
+class AvgMinMaxObserver(_MinMaxState):
+    """Mean over batches of each batch's min and max (PTQ4SAM's default activation observer)."""
+
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = batch_minmax(x, self.spec.granularity)
+        if self.min_val.numel() == 0:
+            self.min_val, self.max_val = lo, hi
+        else:
+            self.min_val, self.max_val = self.min_val + lo, self.max_val + hi
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = float(self.num_batches)
+        return self.min_val / n, self.max_val / n
+
+
+class EMAMinMaxObserver(_MinMaxState):
+    """Exponential moving average of min and max, ``m ← m + c (m_batch − m)`` (torch: c = 0.01).
+
+    Options: ``momentum`` (c, default 0.01).
+    """
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec)
+        self.momentum = float(spec.observer_options.get("momentum", 0.01))
+        if not 0.0 < self.momentum <= 1.0:
+            raise QuantizationError(f"ema_minmax momentum must be in (0, 1], got {self.momentum}")
+
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = batch_minmax(x, self.spec.granularity)
+        if self.min_val.numel() == 0:
+            self.min_val, self.max_val = lo, hi
+        else:
+            c = self.momentum
+            self.min_val = self.min_val + c * (lo - self.min_val)
+            self.max_val = self.max_val + c * (hi - self.max_val)

@@ -1,0 +1,21 @@
+"""Modules whose buffers take their shape from the first data they see."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LazyStateModule(nn.Module):
+    """An ``nn.Module`` whose buffers may be resized after construction (per-channel statistics,
+    qparams of unknown length). Loading a state_dict resizes each buffer to the saved shape and
+    dtype, so the state of a calibrated module loads into a freshly built one."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):  # noqa: D401 - torch hook signature
+        for name, buf in list(self._buffers.items()):
+            saved = state_dict.get(prefix + name)
+            if buf is not None and saved is not None and (saved.shape != buf.shape or saved.dtype != buf.dtype):
+                self._buffers[name] = torch.empty_like(saved, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
