@@ -54,11 +54,15 @@ class AvgMinMaxObserver(_MinMaxState):
     """Mean over batches of each batch's min and max (PTQ4SAM's default activation observer)."""
 
     def _observe(self, x: torch.Tensor) -> None:
-        lo, hi = batch_minmax(x, self.spec.granularity)
+        lo, hi = self._batch_range(x)
         if self.min_val.numel() == 0:
             self.min_val, self.max_val = lo, hi
         else:
             self.min_val, self.max_val = self.min_val + lo, self.max_val + hi
+
+    def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range this batch contributes to the mean (subclasses may choose another range)."""
+        return batch_minmax(x, self.spec.granularity)
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = float(self.num_batches)

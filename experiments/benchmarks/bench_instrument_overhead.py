@@ -1,0 +1,94 @@
+"""Cost of instrumentation on SAM-B's image encoder at 1024² (random weights, seed 0).
+
+Variants, timed in interleaved rounds (one forward of each per round), medians reported:
+  plain         segment_anything's encoder, untouched
+  sited         instrumented (a Site on every quantizable tensor), no quantizer attached
+  attached_off  minmax W8A8 quantizers attached to every selected site, all in OFF mode
+  w8a8          the same quantizers calibrated on one random image, fake-quantizing
+Goals: sited and attached_off within 1.03x of plain. w8a8 / plain is reported, no goal.
+
+Usage:
+  python experiments/benchmarks/bench_instrument_overhead.py                # 3 rounds, CPU
+  python experiments/benchmarks/bench_instrument_overhead.py --repeats 5 --device cuda
+  python experiments/benchmarks/bench_instrument_overhead.py --threads 1   # on a shared CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from ptqsam.instrument import attach, attached_quantizers, instrument, observing, quantizing, sites
+from ptqsam.models import build_model
+
+IMAGE_SIZE = 1024
+
+
+def timed_forward(encoder: nn.Module, image: torch.Tensor) -> float:
+    if image.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    encoder(image)
+    if image.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    plain = build_model("vit_b", seed=0).image_encoder.to(device)
+    sited = instrument(copy.deepcopy(plain))
+    quantized = copy.deepcopy(plain)
+    attach(quantized, "minmax", 8, 8)
+    generator = torch.Generator().manual_seed(0)
+    calibration, image = (torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(device) for _ in range(2))
+
+    times: dict[str, list[float]] = {"plain": [], "sited": [], "attached_off": [], "w8a8": []}
+    with torch.no_grad():
+        start = time.perf_counter()
+        with observing(quantized):
+            quantized(calibration)
+        for quantizer in attached_quantizers(quantized).values():
+            quantizer.finalize()
+        calibration_s = time.perf_counter() - start
+        print(f"SAM-B encoder, {IMAGE_SIZE}², device {device}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads; {len(sites(sited))} sites, "
+              f"{len(attached_quantizers(quantized))} quantizers (minmax W8A8); calibration {calibration_s:.1f} s")
+        with quantizing(quantized):
+            reference = plain(image)
+            error = (quantized(image) - reference).abs().max().item()
+        assert torch.equal(sited(image), reference), "instrumented encoder differs from the original"
+        for round_index in range(args.repeats):
+            times["plain"].append(timed_forward(plain, image))
+            times["sited"].append(timed_forward(sited, image))
+            times["attached_off"].append(timed_forward(quantized, image))
+            with quantizing(quantized):
+                times["w8a8"].append(timed_forward(quantized, image))
+            print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    base = medians["plain"]
+    print(f"\n{'variant':<14}{'median s':>10}{'x plain':>9}")
+    for name, median in medians.items():
+        print(f"{name:<14}{median:>10.2f}{median / base:>9.3f}")
+    print(f"\nw8a8 max |embedding - float embedding| = {error:.4g}")
+    for name in ("sited", "attached_off"):
+        ratio = medians[name] / base
+        print(f"{name}: {ratio:.3f}x plain -> goal <= 1.03x {'met' if ratio <= 1.03 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Hessian-guided scale search as a calibration pass (PTQ4ViT, Q-TinySAM).
+
+A *unit* is one product whose two operands may be quantized: a Linear (input, weight) or an
+attention / decoder matmul (query·keyᵀ, probs·value, hyper_in·upscaled). For the units whose
+operand quantizers ask for ``search: hessian``, the pass caches on the float model, for every
+calibration image, the operands, the product O and ∂L/∂O, then searches the scales on them.
+
+The task loss is BCE + Dice of the mask logits against the float model's own binary masks: its
+gradient is not zero (unlike PTQ4ViT's KL(FP‖FP), whose gradient vanishes, a known bug). Every unit
+is calibrated on float inputs ("parallel" calibration, not layer after layer). What grows with
+the number of images: the cached operands, outputs and gradients of the units searched together;
+units are searched in groups whose cache fits ``memory_budget``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ptqsam.instrument.instrument import attached_quantizers, sites
+from quantizers.modules.base import Quantizer
+from quantizers.modules.uniform import UniformQuantizer
+from quantizers.search.hessian import HessianSearchConfig, objective, search_linear, search_matmul
+
+#: operand roles of the matmul units: (a, b, output); the key enters transposed.
+MATMUL_UNITS = (("query", "key", "logits"), ("probs", "value", "context"), ("matmul_a", "matmul_b", "matmul_output"))
+#: bits at which a twin-quantized operand is re-quantized while its uniform partner is searched:
+#: the search functions quantize both operands; 16 bits adds at most max|x|/65535 of error.
+FIXED_OPERAND_BITS = 16
+
+
+@dataclass(frozen=True)
+class SearchUnit:
+    """One product with its operand site names (None where the operand stays float)."""
+
+    name: str
+    kind: str  # "linear" or "matmul"
+    a: str | None
+    b: str | None
+    output: str | None  # the output site of a matmul; a Linear's output is its module's output
+
+
+def search_units(model: nn.Module) -> list[SearchUnit]:
+    """The units with at least one operand quantizer asking for the Hessian search."""
+    quantizers = attached_quantizers(model)
+    wants = {n for n, q in quantizers.items() if q.spec.search == "hessian"}
+    all_sites = sites(model)
+    units = []
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Linear) and hasattr(module, "input_site"):
+            a, b = f"{path}.input", f"{path}.weight"
+            if {a, b} & wants:
+                units.append(SearchUnit(path, "linear", _if(a, quantizers), _if(b, quantizers), None))
+    for a_role, b_role, out_role in MATMUL_UNITS:
+        for name in all_sites:
+            if name.endswith("." + a_role):
+                base = name[: -len(a_role)]
+                a, b = base + a_role, base + b_role
+                if {a, b} & wants and base + out_role in all_sites:
+                    units.append(SearchUnit(f"{base}{a_role}@{b_role}", "matmul", _if(a, quantizers),
+                                            _if(b, quantizers), base + out_role))
+    return units
+
+
+def _if(name: str, quantizers: dict[str, Quantizer]) -> str | None:
+    return name if name in quantizers else None
+
+
+def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
+    """BCE + Dice of the mask logits against the (detached) binary masks they give."""
+    target = (low_res_logits > 0).float().detach()
+    bce = F.binary_cross_entropy_with_logits(low_res_logits, target)
+    p = low_res_logits.sigmoid().flatten(1)
+    t = target.flatten(1)
+    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return bce + dice.mean()
+
+
+class _Capture:
+    """Hooks caching each unit's operands, output and output gradient over the calibration set."""
+
+    def __init__(self, model: nn.Module, units: Sequence[SearchUnit]) -> None:
+        self.data: dict[str, dict[str, list[torch.Tensor]]] = {u.name: {"a": [], "b": [], "out": [], "grad": []}
+                                                               for u in units}
+        modules, all_sites = dict(model.named_modules()), sites(model)
+        self.handles = []
+        for unit in units:
+            store = self.data[unit.name]
+            if unit.kind == "linear":
+                self.handles.append(modules[unit.name].register_forward_hook(self._linear_hook(store)))
+            else:
+                a_role, b_role = unit.name.split(".")[-1].split("@")
+                base = unit.output.rsplit(".", 1)[0] + "."
+                self.handles.append(all_sites[base + a_role].register_forward_hook(self._keep(store["a"])))
+                self.handles.append(all_sites[base + b_role].register_forward_hook(self._keep(store["b"])))
+                self.handles.append(all_sites[unit.output].register_forward_hook(self._output_hook(store)))
+
+    @staticmethod
+    def _keep(bucket: list) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            bucket.append(output.detach().cpu())
+        return hook
+
+    @staticmethod
+    def _output_hook(store: dict) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            store["out"].append(output.detach().cpu())
+            if output.requires_grad:
+                output.register_hook(lambda g: store["grad"].append(g.detach().cpu()))
+        return hook
+
+    @classmethod
+    def _linear_hook(cls, store: dict) -> Callable:
+        output_hook = cls._output_hook(store)
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            store["a"].append(args[0].detach().cpu())
+            output_hook(module, args, output)
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def capture(model: nn.Module, units: Sequence[SearchUnit], run_with_grad: Callable[[Callable], None]) -> dict:
+    """Cache the units' tensors while ``run_with_grad(task_loss)`` runs one forward + backward per
+    image (each unit is called once per image, so outputs and gradients stay aligned)."""
+    cap = _Capture(model, units)
+    try:
+        run_with_grad(task_loss)
+    finally:
+        cap.remove()
+    for name, store in cap.data.items():
+        if store["grad"] and len(store["grad"]) != len(store["out"]):
+            raise RuntimeError(f"unit {name}: {len(store['out'])} outputs but {len(store['grad'])} gradients")
+    return cap.data
+
+
+def search_unit(unit: SearchUnit, store: dict, model: nn.Module) -> dict:
+    """Search the unit's operand scales on its cached tensors and install them; returns a record.
+
+    A unit whose output does not reach the mask logits (the IoU head) has no gradient: it is
+    searched on the unweighted output error (metric ``l2``) instead.
+    """
+    quantizers = attached_quantizers(model)
+    qa = quantizers.get(unit.a) if unit.a else None
+    qb = quantizers.get(unit.b) if unit.b else None
+    cfg = HessianSearchConfig.from_options((qa or qb).spec.search_options)
+    keep = 1 if unit.kind == "linear" else 2
+    out = _cat(store["out"], keep)
+    grad = _cat(store["grad"], keep) if store["grad"] else None
+    if grad is None or not bool(grad.any()):
+        cfg, grad = replace(cfg, metric="l2"), None
+    if unit.kind == "linear":
+        module = dict(model.named_modules())[unit.name]
+        bias = None if module.bias is None else module.bias.detach().cpu()
+        return _search_pair(qa, qb, _cat(store["a"], 1), module.weight.detach().cpu(), bias, out, grad, cfg)
+    a, b = _cat(store["a"], 2), _cat(store["b"], 2)
+    if unit.b.endswith(".key"):  # the product is q @ kᵀ; key scales are per tensor, so layout-free
+        b = b.transpose(-2, -1)
+    return _search_pair(qa, qb, a, b, None, out, grad, cfg, linear=False)
+
+
+def _search_pair(qa, qb, a, b, bias, out, grad, cfg: HessianSearchConfig, linear: bool = True) -> dict:
+    """Both operands uniform: the alternating search. A twin operand is fitted first on the
+    weighted output error (its partner in float), then its uniform partner is searched with the
+    twin-quantized operand held fixed. A float operand (None) is held fixed too."""
+
+    def product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, y, bias) if linear else torch.matmul(x, y)
+
+    record: dict = {}
+    if qa is not None and not _is_uniform(qa):
+        _fit_twin(qa, a, lambda a_hat: product(a_hat, b), out, grad, cfg)
+        a, record["a"] = qa.fake_quantize(a), "twin"
+    if qb is not None and not _is_uniform(qb):
+        _fit_twin(qb, b, lambda b_hat: product(a, b_hat), out, grad, cfg)
+        b, record["b"] = qb.fake_quantize(b), "twin"
+    if not (_is_uniform(qa) or _is_uniform(qb)):
+        return record
+    a_bits = qa.spec.bits if _is_uniform(qa) else FIXED_OPERAND_BITS
+    b_bits = qb.spec.bits if _is_uniform(qb) else FIXED_OPERAND_BITS
+    if linear:
+        granularity = "channel" if _is_uniform(qb) and qb.spec.granularity.kind == "channel" else "tensor"
+        found = search_linear(a, b, bias, out, grad, b_bits, a_bits, granularity, config=cfg)
+        a_scale, b_scale = found.input_scale, found.weight_scale
+    else:
+        found = search_matmul(a, b, out, grad, a_bits, b_bits, config=cfg)
+        a_scale, b_scale = found.a_scale, found.b_scale
+    for quantizer, scale in ((qa, a_scale), (qb, b_scale)):
+        if _is_uniform(quantizer):
+            quantizer.set_qparams(scale, torch.zeros_like(scale, dtype=torch.int32))
+    record["metric"] = cfg.metric
+    record["history"] = [float(h) for h in found.history]
+    return record
+
+
+def _fit_twin(quantizer: Quantizer, x: torch.Tensor, make_output: Callable, out, grad, cfg) -> None:
+    quantizer.objective = lambda x_hat, x_ref: float(objective(make_output(x_hat), out, grad, cfg.metric))
+    try:
+        quantizer.observe(x)
+    finally:
+        quantizer.objective = None
+    quantizer.finalize()
+
+
+def _is_uniform(quantizer: Quantizer | None) -> bool:
+    return isinstance(quantizer, UniformQuantizer)
+
+
+def _cat(tensors: Iterable[torch.Tensor], keep: int) -> torch.Tensor:
+    """Concatenate per-image tensors along one flattened leading dimension, keeping the trailing
+    ``keep`` dims (1 for Linear inputs/outputs, 2 for matmul operands)."""
+    return torch.cat([t.reshape(-1, *t.shape[-keep:]) for t in tensors])

@@ -1,0 +1,51 @@
+"""Calibration images: chosen by seed, held in memory with all their prompts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ptqsam.data.coco import CocoDataset
+from ptqsam.data.prompts import PromptSet, gt_prompts
+from ptqsam.errors import DataError
+
+log = logging.getLogger("ptqsam")
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationSample:
+    """One calibration image (HxWx3 uint8 RGB) with every prompt of it."""
+
+    image_id: int
+    image: np.ndarray
+    prompts: PromptSet
+
+
+def choose_image_ids(dataset: CocoDataset, count: int, seed: int) -> list[int]:
+    """``count`` image ids drawn without replacement by ``seed`` (all of them if fewer), sorted."""
+    ids = sorted(dataset.image_ids)
+    if not ids:
+        raise DataError("the dataset has no readable image to calibrate on")
+    pick = np.random.default_rng(seed).choice(len(ids), size=min(count, len(ids)), replace=False)
+    return sorted(ids[i] for i in pick)
+
+
+def calibration_samples(
+    dataset: CocoDataset, count: int, seed: int, prompt: str = "box", num_points: int = 1
+) -> list[CalibrationSample]:
+    """Load the calibration images chosen by ``seed`` with one ground-truth prompt per instance.
+
+    Images without a usable instance are skipped (and counted by the dataset).
+    """
+    ids = choose_image_ids(dataset, count, seed)
+    kind = "box" if prompt == "detections" else prompt
+    samples = [
+        CalibrationSample(s.image_id, s.image, gt_prompts(s.image_id, s.instances, kind, num_points, seed))
+        for s in dataset.samples(ids)
+    ]
+    if not samples:
+        raise DataError(f"none of the calibration images {ids} has a usable instance")
+    log.info("calibration images (seed %d): %s", seed, [s.image_id for s in samples])
+    return samples

@@ -1,0 +1,123 @@
+"""Experiment configuration: one frozen dataclass shared by the CLI and sweeps; YAML round-trip."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ptqsam.errors import PtqsamError
+
+from ptqsam.data.prompts import PROMPT_KINDS as GT_PROMPT_KINDS
+
+PROMPT_KINDS = GT_PROMPT_KINDS + ("detections",)
+DEVICES = ("cpu", "cuda")
+
+
+class ConfigError(PtqsamError):
+    """A config file or option is malformed; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What a sweep runs: models × recipes × bit-widths on one dataset.
+
+    Arguments:
+      models: model types (``vit_b``, ``tinysam``, ``testbed``, ...).
+      checkpoints: model type -> checkpoint path (absent: packaged testbed weights or random init).
+      recipes: shipped recipe names or YAML paths; ``float`` is always run as the baseline.
+      bits: bit-widths such as ``W8A8``.
+      images, annotations: COCO-format image folder and instances JSON (absent: a synthetic set).
+      detections: COCO results JSON of a detector (needed for mask AP / ``detections`` prompts).
+      prompt: prompt kind (``box``, ``tight_box``, ``center_point``, ``random_points``; or
+        ``detections``: detector boxes only, for mask AP).
+      num_points: k for the ``random_points`` prompt.
+      calib_images: images used for calibration (chosen by ``seed``).
+      eval_images: limit on evaluated images (0 = all).
+      quantize_encoder: quantize the image encoder too (else it stays float and its embeddings are
+        computed once).
+      multimask: three masks per prompt, best by predicted IoU (else one).
+      score_with_iou: mask AP score = detector score × predicted IoU (PTQ4SAM) instead of the
+        detector score alone.
+      synthetic_images: size of the generated dataset when no ``images`` are given.
+      seed: every random choice derives from it.
+      device: ``cpu`` or ``cuda``.
+      out: results folder.
+    """
+
+    models: tuple[str, ...] = ("testbed",)
+    checkpoints: Mapping[str, str] = field(default_factory=dict)
+    recipes: tuple[str, ...] = ("minmax",)
+    bits: tuple[str, ...] = ("W8A8",)
+    images: str | None = None
+    annotations: str | None = None
+    detections: str | None = None
+    prompt: str = "box"
+    num_points: int = 1
+    calib_images: int = 32
+    eval_images: int = 0
+    quantize_encoder: bool = True
+    multimask: bool = True
+    score_with_iou: bool = True
+    synthetic_images: int = 24
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "results"
+
+    def __post_init__(self) -> None:
+        for name in ("models", "recipes", "bits"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            if not value or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a non-empty list of strings, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "checkpoints", dict(self.checkpoints or {}))
+        if self.prompt not in PROMPT_KINDS:
+            raise ConfigError(f"prompt must be one of {PROMPT_KINDS}, got {self.prompt!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if (self.images is None) != (self.annotations is None):
+            raise ConfigError("images and annotations go together: give both or neither")
+        if self.prompt == "detections" and not self.detections:
+            raise ConfigError("prompt 'detections' needs a detections file")
+        for name in ("calib_images", "num_points", "synthetic_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.eval_images, int) or self.eval_images < 0:
+            raise ConfigError(f"eval_images must be >= 0, got {self.eval_images!r}")
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        return ExperimentConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("models", "recipes", "bits"):
+            data[name] = list(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        return cls.from_dict(data or {})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)

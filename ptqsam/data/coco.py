@@ -1,0 +1,430 @@
+"""A COCO-format instance-segmentation reader built on pycocotools.
+
+The annotations file is validated once, when the dataset is opened: a file that is not COCO-shaped
+(not JSON, missing ``images``/``annotations``, wrong types, duplicate ids) raises
+:class:`~ptqsam.errors.DataError` naming the file and the entry. Bad *data* inside a well-formed
+file (a missing image file, a zero-area or empty mask, a box outside the image, an image with no
+usable instance) never stops a run: the item is left out and recorded in :class:`SkipCounter`.
+
+Coordinates are those of the original image: boxes are COCO ``[x, y, w, h]`` (``box_xywh``) or
+``[x0, y0, x1, y1]`` (``box_xyxy``) in pixel edges, so a one-pixel mask at column 3 spans x 3..4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from ptqsam.errors import DataError
+
+#: Why an item was left out (or, for ``clipped_box``, repaired and kept), with a short explanation.
+SKIP_REASONS: dict[str, str] = {
+    "missing_image": "image file not found",
+    "unreadable_image": "image file could not be decoded",
+    "image_size_mismatch": "image file size differs from the JSON's height/width",
+    "image_without_instances": "image has no usable instance",
+    "orphan_annotation": "annotation names an image id that is not in 'images'",
+    "crowd": "iscrowd annotation (left out of instance lists; COCOeval still sees it)",
+    "zero_area": "annotation area <= 0",
+    "degenerate_box": "box width or height <= 0",
+    "box_outside_image": "box entirely outside the image",
+    "mask_size_mismatch": "RLE size differs from the image's height/width",
+    "empty_mask": "decoded mask has no pixel",
+    "clipped_box": "box partly outside the image, clipped to it (kept)",
+}
+
+_REPAIRS = frozenset({"clipped_box"})
+
+
+class SkipCounter:
+    """Counts of left-out items by reason (see :data:`SKIP_REASONS`).
+
+    Each reason holds the set of keys (image ids, annotation ids, ...) it was recorded for, so
+    reading the same data twice (e.g. evaluating a float and a quantized model) counts each item
+    once. Counts cover what has been read so far: mask-level reasons are found when masks are
+    decoded.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, set] = {reason: set() for reason in SKIP_REASONS}
+
+    def _recorded(self, reason: str) -> set:
+        if reason not in self._keys:
+            raise DataError(f"unknown skip reason {reason!r}; known: {sorted(SKIP_REASONS)}")
+        return self._keys[reason]
+
+    def add(self, reason: str, key: Any) -> None:
+        """Record that the item ``key`` was skipped (or repaired) for ``reason``."""
+        self._recorded(reason).add(key)
+
+    def count(self, reason: str) -> int:
+        """How many distinct items were recorded for ``reason``."""
+        return len(self._recorded(reason))
+
+    def keys(self, reason: str) -> frozenset:
+        """The items recorded for ``reason`` (image ids or annotation ids)."""
+        return frozenset(self._recorded(reason))
+
+    def skipped_total(self) -> int:
+        """Items left out, over all reasons (repairs such as clipped boxes not included)."""
+        return sum(len(keys) for reason, keys in self._keys.items() if reason not in _REPAIRS)
+
+    def as_dict(self) -> dict[str, int]:
+        """``{reason: count}`` for every reason, zeros included (for reports)."""
+        return {reason: len(keys) for reason, keys in self._keys.items()}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One entry of ``images``: id, file name, size in the JSON, and the file's path."""
+
+    id: int
+    file_name: str
+    height: int
+    width: int
+    path: Path
+
+
+@dataclass(frozen=True, eq=False)
+class Instance:
+    """One usable annotation of an image.
+
+    Arguments:
+      annotation_id: the annotation's ``id``.
+      image_id: the image it belongs to.
+      category_id: its category.
+      box_xywh: COCO box ``[x, y, w, h]`` (float64), clipped to the image.
+      area: the annotation's ``area`` field (COCO semantics; used for size buckets).
+      iscrowd: the annotation's ``iscrowd`` flag.
+      mask: bool array of shape (height, width).
+    """
+
+    annotation_id: int
+    image_id: int
+    category_id: int
+    box_xywh: np.ndarray
+    area: float
+    iscrowd: bool
+    mask: np.ndarray
+
+    @property
+    def box_xyxy(self) -> np.ndarray:
+        """The box as ``[x0, y0, x1, y1]``."""
+        return xywh_to_xyxy(self.box_xywh)
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One image with its usable instances."""
+
+    image_id: int
+    image: np.ndarray
+    instances: list[Instance]
+
+
+def xywh_to_xyxy(box: np.ndarray | list[float]) -> np.ndarray:
+    """``[x, y, w, h]`` -> ``[x0, y0, x1, y1]`` (works on (4,) and (N, 4))."""
+    b = np.asarray(box, dtype=np.float64)
+    return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
+
+
+def xyxy_to_xywh(box: np.ndarray | list[float]) -> np.ndarray:
+    """``[x0, y0, x1, y1]`` -> ``[x, y, w, h]`` (works on (4,) and (N, 4))."""
+    b = np.asarray(box, dtype=np.float64)
+    return np.concatenate([b[..., :2], b[..., 2:] - b[..., :2]], axis=-1)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse the JSON file ``path``; a missing or non-JSON file raises DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        with path.open("rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def is_int(value: Any) -> bool:
+    """True for Python/numpy integers (bool excluded)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """True for finite ints and floats (bool excluded)."""
+    return (is_int(value) or isinstance(value, (float, np.floating))) and math.isfinite(value)
+
+
+BOX_EXPECTED = "a list of 4 finite numbers [x, y, w, h]"
+
+
+def is_box(value: Any) -> bool:
+    """True for a COCO box: a list of 4 finite numbers."""
+    return isinstance(value, list) and len(value) == 4 and all(map(is_number, value))
+
+
+class EntryChecker:
+    """Raises DataError naming the file and the entry for a malformed field.
+
+    Arguments:
+      prefix: what the message starts with, e.g. ``"malformed annotations file PATH"``.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def fail(self, where: str, problem: str) -> None:
+        """Raise DataError for ``where`` (an entry) with ``problem``."""
+        raise DataError(f"{self.prefix}: {where}: {problem}")
+
+    def list_of_dicts(self, data: dict, key: str) -> list[dict]:
+        if key not in data:
+            self.fail("top level", f"missing key {key!r}")
+        entries = data[key]
+        if not isinstance(entries, list):
+            self.fail(key, f"must be a list, got {type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                self.fail(f"{key}[{i}]", f"must be an object, got {type(entry).__name__}")
+        return entries
+
+    def require(self, entry: dict, where: str, key: str, test: Callable[[Any], bool], expected: str) -> Any:
+        """``entry[key]`` if present and passing ``test``, else raise saying it must be ``expected``."""
+        if key not in entry:
+            self.fail(where, f"missing key {key!r}")
+        if not test(entry[key]):
+            self.fail(where, f"{key!r} must be {expected}, got {entry[key]!r:.80}")
+        return entry[key]
+
+    def unique_ids(self, entries: list[dict], key: str) -> None:
+        seen: set[int] = set()
+        for i, entry in enumerate(entries):
+            if entry["id"] in seen:
+                self.fail(f"{key}[{i}]", f"duplicate id {entry['id']}")
+            seen.add(entry["id"])
+
+
+def _is_segmentation(seg: Any) -> bool:
+    if isinstance(seg, list):
+        return all(isinstance(ring, list) and len(ring) % 2 == 0 and all(map(is_number, ring)) for ring in seg)
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        counts = seg.get("counts")
+        size_ok = isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size)
+        counts_ok = isinstance(counts, str) or (isinstance(counts, list) and all(is_int(v) for v in counts))
+        return size_ok and counts_ok
+    return False
+
+
+def _validate(data: Any, path: Path) -> dict:
+    """Check the COCO structure; return it with ``categories`` present (derived when missing)."""
+    check = EntryChecker(f"malformed annotations file {path}")
+    if not isinstance(data, dict):
+        check.fail("top level", f"must be an object, got {type(data).__name__}")
+    images = check.list_of_dicts(data, "images")
+    annotations = check.list_of_dicts(data, "annotations")
+    for i, img in enumerate(images):
+        where = f"images[{i}]"
+        check.require(img, where, "id", is_int, "an integer")
+        check.require(img, where, "file_name", lambda v: isinstance(v, str) and v != "", "a file name")
+        for key in ("height", "width"):
+            check.require(img, where, key, lambda v: is_int(v) and v > 0, "a positive integer")
+    for i, ann in enumerate(annotations):
+        where = f"annotations[{i}]"
+        for key in ("id", "image_id", "category_id"):
+            check.require(ann, where, key, is_int, "an integer")
+        check.require(ann, where, "bbox", is_box, BOX_EXPECTED)
+        check.require(ann, where, "area", is_number, "a finite number")
+        check.require(ann, where, "segmentation", _is_segmentation,
+                      "polygons (lists of x, y pairs) or RLE {size, counts}")
+        if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
+            check.fail(where, f"'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+    check.unique_ids(images, "images")
+    check.unique_ids(annotations, "annotations")
+    data = dict(data)
+    if "categories" in data:
+        for i, cat in enumerate(check.list_of_dicts(data, "categories")):
+            check.require(cat, f"categories[{i}]", "id", is_int, "an integer")
+    else:
+        used = sorted({ann["category_id"] for ann in annotations})
+        data["categories"] = [{"id": c, "name": f"category_{c}"} for c in used]
+    return data
+
+
+def coco_index(data: dict) -> COCO:
+    """A pycocotools COCO index over the COCO-format dict ``data``, without its prints."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class CocoDataset:
+    """Images and instance masks of a COCO-format dataset.
+
+    Arguments:
+      images_dir: folder holding the images named by ``file_name``.
+      annotations_json: COCO instances JSON.
+
+    ``image_ids`` lists, in ascending id order, the images whose file exists; the others are
+    counted as ``missing_image``. ``coco`` is the pycocotools index of the file as written (for
+    COCOeval, whose crowd and area semantics it keeps). ``skips`` counts everything left out.
+    """
+
+    def __init__(self, images_dir: str | Path, annotations_json: str | Path) -> None:
+        self.images_dir = Path(images_dir)
+        self.annotations_path = Path(annotations_json)
+        if not self.images_dir.is_dir():
+            raise DataError(f"images folder not found: {self.images_dir}")
+        data = _validate(read_json(self.annotations_path, "annotations file"), self.annotations_path)
+        self.coco = coco_index(data)
+        self.skips = SkipCounter()
+        self.categories: dict[int, str] = {c["id"]: str(c.get("name", c["id"])) for c in data["categories"]}
+        self._images = {
+            img["id"]: ImageInfo(img["id"], img["file_name"], img["height"], img["width"],
+                                 self.images_dir / img["file_name"])
+            for img in data["images"]
+        }
+        self._annotations: dict[int, list[dict]] = {image_id: [] for image_id in self._images}
+        for ann in sorted(data["annotations"], key=lambda a: a["id"]):
+            if ann["image_id"] in self._annotations:
+                self._annotations[ann["image_id"]].append(ann)
+            else:
+                self.skips.add("orphan_annotation", ann["id"])
+        self.image_ids: list[int] = []
+        for image_id in sorted(self._images):
+            if self._images[image_id].path.is_file():
+                self.image_ids.append(image_id)
+            else:
+                self.skips.add("missing_image", image_id)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_info(self, image_id: int) -> ImageInfo:
+        """The ``images`` entry of ``image_id``; an unknown id raises DataError."""
+        if image_id not in self._images:
+            raise DataError(f"image id {image_id} is not in {self.annotations_path}")
+        return self._images[image_id]
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        """The image as uint8 RGB of shape (height, width, 3).
+
+        A missing, unreadable or wrongly sized file raises DataError naming the path
+        (:meth:`samples` skips and counts those instead).
+        """
+        image, problem = self._read_image(self.image_info(image_id))
+        if image is None:
+            raise DataError(f"image {image_id} ({self._images[image_id].path}): {SKIP_REASONS[problem]}")
+        return image
+
+    def _read_image(self, info: ImageInfo) -> tuple[np.ndarray | None, str | None]:
+        if not info.path.is_file():
+            return None, "missing_image"
+        try:
+            with Image.open(info.path) as img:
+                image = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError):
+            return None, "unreadable_image"
+        if image.shape[:2] != (info.height, info.width):
+            return None, "image_size_mismatch"
+        return image, None
+
+    def instances(self, image_id: int, include_crowd: bool = False) -> list[Instance]:
+        """The usable instances of ``image_id`` in ascending annotation id order.
+
+        Arguments:
+          image_id: the image.
+          include_crowd: keep ``iscrowd`` annotations (left out and counted as ``crowd`` by
+            default, as for mIoU; COCOeval handles crowds itself through ``coco``).
+        """
+        info = self.image_info(image_id)
+        result = []
+        for ann in self._annotations[image_id]:
+            instance = self._instance(ann, info, include_crowd)
+            if instance is not None:
+                result.append(instance)
+        return result
+
+    def _instance(self, ann: dict, info: ImageInfo, include_crowd: bool) -> Instance | None:
+        ann_id = ann["id"]
+        if ann.get("iscrowd", 0) and not include_crowd:
+            self.skips.add("crowd", ann_id)
+            return None
+        if ann["area"] <= 0:
+            self.skips.add("zero_area", ann_id)
+            return None
+        box = self._clipped_box(ann, info)
+        if box is None:
+            return None
+        mask = self._decode(ann, info)
+        if mask is None:
+            return None
+        return Instance(ann_id, info.id, ann["category_id"], box, float(ann["area"]),
+                        bool(ann.get("iscrowd", 0)), mask)
+
+    def _clipped_box(self, ann: dict, info: ImageInfo) -> np.ndarray | None:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        if w <= 0 or h <= 0:
+            self.skips.add("degenerate_box", ann["id"])
+            return None
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, float(info.width)), min(y + h, float(info.height))
+        if x1 <= x0 or y1 <= y0:
+            self.skips.add("box_outside_image", ann["id"])
+            return None
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            self.skips.add("clipped_box", ann["id"])
+        return np.array([x0, y0, x1 - x0, y1 - y0], dtype=np.float64)
+
+    def _decode(self, ann: dict, info: ImageInfo) -> np.ndarray | None:
+        seg = ann["segmentation"]
+        if isinstance(seg, list):
+            # pycocotools reads a 4-number ring as a box; rings of < 3 points have no area anyway.
+            rings = [ring for ring in seg if len(ring) >= 6]
+            rle = mask_utils.merge(mask_utils.frPyObjects(rings, info.height, info.width)) if rings else None
+        elif list(seg["size"]) != [info.height, info.width]:
+            self.skips.add("mask_size_mismatch", ann["id"])
+            return None
+        elif isinstance(seg["counts"], list):
+            rle = mask_utils.frPyObjects(seg, info.height, info.width)
+        else:
+            rle = seg
+        mask = mask_utils.decode(rle).astype(bool) if rle is not None else None
+        if mask is None or not mask.any():
+            self.skips.add("empty_mask", ann["id"])
+            return None
+        return mask
+
+    def samples(self, image_ids: list[int] | None = None, include_crowd: bool = False,
+                keep_empty: bool = False) -> Iterator[Sample]:
+        """Yield each readable image with its usable instances, skipping and counting the rest.
+
+        Arguments:
+          image_ids: which images (default: ``image_ids``), in the given order.
+          include_crowd: see :meth:`instances`.
+          keep_empty: also yield images without a usable instance (for detector prompts);
+            by default they are skipped and counted as ``image_without_instances``.
+        """
+        for image_id in self.image_ids if image_ids is None else image_ids:
+            info = self.image_info(image_id)
+            instances = self.instances(image_id, include_crowd)
+            if not instances and not keep_empty:
+                self.skips.add("image_without_instances", image_id)
+                continue
+            image, problem = self._read_image(info)
+            if image is None:
+                self.skips.add(problem, image_id)
+                continue
+            yield Sample(image_id, image, instances)

@@ -1,0 +1,63 @@
+"""Image embeddings computed once and reused while the image encoder stays in float."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ptqsam.inference import ImageEmbedding
+from ptqsam.io import write_atomic
+
+
+class EmbeddingCache:
+    """Float image embeddings by key, in memory or on disk.
+
+    Keys should name everything the embedding depends on: model type, checkpoint hash and image
+    (see :func:`embedding_key`). In memory the cache grows with the images it sees (fine for a few
+    dozen); for a full dataset give a directory: nothing is then kept in memory, files are written
+    atomically and survive between runs.
+
+    Arguments:
+      directory: folder of the disk cache, or None to keep embeddings in memory.
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self._memory: dict[str, ImageEmbedding] = {}
+
+    def get(self, key: str) -> ImageEmbedding | None:
+        if key in self._memory:
+            return self._memory[key]
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        data = torch.load(path, weights_only=True)
+        return ImageEmbedding(data["features"], tuple(data["input_size"]), tuple(data["original_size"]))
+
+    def put(self, key: str, embedding: ImageEmbedding) -> None:
+        embedding = ImageEmbedding(embedding.features.detach(), embedding.input_size, embedding.original_size)
+        path = self._path(key)
+        if path is None:
+            self._memory[key] = embedding
+        else:
+            data = {
+                "features": embedding.features.cpu(),
+                "input_size": list(embedding.input_size),
+                "original_size": list(embedding.original_size),
+            }
+            write_atomic(path, lambda f: torch.save(data, f), mode="wb")
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def _path(self, key: str) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / (re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".pt")
+
+
+def embedding_key(model_type: str, checkpoint_id: str, image_id: int, image_size: int) -> str:
+    """The cache key of one image's float embedding under one model and checkpoint."""
+    return f"{model_type}-{checkpoint_id}-{image_size}-{image_id}"

@@ -1,0 +1,166 @@
+"""Evaluate a (quantized or float) SAM on a COCO-format dataset with one prompt protocol.
+
+Per image: one encoder call (or a cached float embedding), then every prompt in one batched decoder
+call. Metrics: mIoU against the ground truth (all / small / medium / large), agreement (mean IoU
+against a reference run's masks on the same prompts, e.g. the float model), and mask AP from
+detector-box prompts (pycocotools).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from segment_anything.modeling import Sam
+from tqdm import tqdm
+
+from ptqsam.data.coco import CocoDataset, Sample
+from ptqsam.data.prompts import Detections, PromptSet, gt_prompts
+from ptqsam.embedding_cache import EmbeddingCache
+from ptqsam.evaluation.metrics import MiouAccumulator, mask_ap, mask_iou, mask_result, prompt_score
+from ptqsam.inference import ImageEmbedding, SamRunner
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How prompts are made and masks chosen.
+
+    Arguments:
+      prompt: ground-truth prompt kind (``box``, ``tight_box``, ``center_point``,
+        ``random_points``) for mIoU, or ``detections`` to evaluate mask AP only.
+      num_points: points per instance for ``random_points``.
+      multimask: three masks per prompt, keep the one with the highest predicted IoU; else one.
+      score_with_iou: AP score = detector score × predicted IoU (PTQ4SAM) instead of the
+        detector score alone.
+      seed: seed of random point prompts.
+    """
+
+    prompt: str = "box"
+    num_points: int = 1
+    multimask: bool = True
+    score_with_iou: bool = True
+    seed: int = 0
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one run, its predicted masks (RLE, by prompt) and the skipped-data counts."""
+
+    metrics: dict[str, Any]
+    masks: dict[tuple[int, str, int], dict] = field(repr=False)
+    skips: dict[str, int]
+    num_images: int
+    num_prompts: int
+
+
+def prompt_sets(sample: Sample, options: EvalOptions, detections: Detections | None) -> list[PromptSet]:
+    """The prompt batches of one image under ``options``."""
+    sets = []
+    if options.prompt != "detections" and sample.instances:
+        sets.append(gt_prompts(sample.image_id, sample.instances, options.prompt, options.num_points, options.seed))
+    if detections is not None:
+        dets = detections.for_image(sample.image_id)
+        if len(dets):
+            sets.append(dets)
+    return sets
+
+
+def predict(runner: SamRunner, embedding: ImageEmbedding, prompts: PromptSet, multimask: bool):
+    """Best mask (bool, N x H x W numpy) and its predicted IoU for each prompt, in one decoder call."""
+    prediction = runner.decode(embedding, prompts.boxes, prompts.points, prompts.point_labels, multimask)
+    logits, iou = prediction.best()
+    masks = (logits > runner.model.mask_threshold).cpu().numpy()
+    return masks, iou.float().cpu().numpy()
+
+
+def encode(runner: SamRunner, sample: Sample, cache: EmbeddingCache | None, key: Callable[[int], str] | None):
+    """The image embedding, from ``cache`` when it has it (float encoder only; the caller decides)."""
+    if cache is not None and key is not None:
+        cached = cache.get(key(sample.image_id))
+        if cached is not None:
+            return ImageEmbedding(cached.features.to(runner.device), cached.input_size, cached.original_size)
+    embedding = runner.embed(sample.image)
+    if cache is not None and key is not None:
+        cache.put(key(sample.image_id), embedding)
+    return embedding
+
+
+@torch.inference_mode()
+def evaluate(
+    model: Sam,
+    dataset: CocoDataset,
+    image_ids: Iterable[int] | None = None,
+    options: EvalOptions = EvalOptions(),
+    detections: Detections | None = None,
+    reference: EvalResult | None = None,
+    cache: EmbeddingCache | None = None,
+    cache_key: Callable[[int], str] | None = None,
+    progress: bool = True,
+    description: str = "evaluate",
+) -> EvalResult:
+    """Run ``model`` over ``image_ids`` (default: all) and measure.
+
+    Arguments:
+      model: the model, already in the mode to evaluate (float, or inside ``quantizing``).
+      dataset: images and ground truth.
+      options: prompt protocol.
+      detections: detector boxes for mask AP (optional).
+      reference: a run on the same images and prompts (e.g. float) to measure agreement with.
+      cache, cache_key: reuse float embeddings (only valid while the image encoder is float).
+    """
+    runner = SamRunner(model)
+    image_ids = list(dataset.image_ids if image_ids is None else image_ids)
+    keep_empty = detections is not None
+    miou, results, masks = MiouAccumulator(), [], {}
+    num_images = num_prompts = 0
+    samples = dataset.samples(image_ids, keep_empty=keep_empty)
+    for sample in tqdm(samples, total=len(image_ids), desc=description, disable=not progress, leave=False):
+        num_images += 1
+        prompt_batches = prompt_sets(sample, options, detections)
+        if not prompt_batches:
+            continue
+        embedding = encode(runner, sample, cache, cache_key)
+        for prompts in prompt_batches:
+            pred, pred_iou = predict(runner, embedding, prompts, options.multimask)
+            num_prompts += len(prompts)
+            for row in range(len(prompts)):
+                key = (sample.image_id, prompts.source, int(prompts.ids[row]))
+                masks[key] = mask_utils.encode(np.asfortranarray(pred[row]))
+                if prompts.source == "annotation":
+                    _add_gt_iou(miou, sample, int(prompts.ids[row]), pred[row])
+                else:
+                    score = prompt_score(float(prompts.scores[row]), float(pred_iou[row]),
+                                         "detector_x_iou" if options.score_with_iou else "detector")
+                    results.append(mask_result(sample.image_id, int(prompts.category_ids[row]), pred[row], score))
+    metrics: dict[str, Any] = {}
+    if options.prompt != "detections" and num_prompts:
+        metrics.update(miou.summary().as_dict())
+    if detections is not None:
+        ap = mask_ap(dataset, results, [i for i in image_ids if i in set(dataset.image_ids)])
+        metrics.update({k: v for k, v in ap.as_dict().items() if k != "note"})
+    if reference is not None:
+        metrics["agreement"] = agreement(masks, reference.masks)
+    return EvalResult(metrics, masks, dataset.skips.as_dict(), num_images, num_prompts)
+
+
+def _add_gt_iou(miou: MiouAccumulator, sample: Sample, annotation_id: int, pred: np.ndarray) -> None:
+    instance = next(inst for inst in sample.instances if inst.annotation_id == annotation_id)
+    miou.add(float(mask_iou(pred, instance.mask)), instance.area)
+
+
+def agreement(masks: dict, reference: dict) -> float | None:
+    """Mean IoU between masks and the reference run's masks of the same prompts."""
+    keys = [k for k in masks if k in reference]
+    if not keys:
+        return None
+    return float(np.mean([_rle_iou(masks[k], reference[k]) for k in keys]))
+
+
+def _rle_iou(a: dict, b: dict) -> float:
+    """IoU of two RLE masks; two empty masks agree (1.0), as in :func:`mask_iou`."""
+    if not mask_utils.area(a) and not mask_utils.area(b):
+        return 1.0
+    return float(mask_utils.iou([a], [b], [0])[0, 0])

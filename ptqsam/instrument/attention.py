@@ -1,0 +1,150 @@
+"""Attention blocks and the mask decoder with sites on their matmul operands.
+
+Each class subclasses the original module and re-implements ``forward`` (``predict_masks`` for the
+mask decoder) op for op, calling a site on every matmul operand and product. With no quantizer
+attached the sites are identities and the outputs are bit-identical to the original module's.
+``v`` always passes its site before ``probs``, which receives it as context.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from segment_anything.modeling.image_encoder import Attention as ViTAttention
+from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
+from segment_anything.modeling.mask_decoder import MaskDecoder
+from segment_anything.modeling.transformer import Attention as TwoWayAttention
+
+from ptqsam.instrument.sites import Site
+from ptqsam.models.tiny_vit import Attention as TinyViTAttention
+
+
+class AttentionSites:
+    """Sites of an attention block: the q, k, v operands, the q@kᵀ logits, the post-softmax
+    probabilities (called with v as context) and the attn@v context."""
+
+    SITE_ROLES = {
+        "query": "query",
+        "key": "key",
+        "value": "value",
+        "logits": "output",
+        "probs": "probs",
+        "context": "output",
+    }
+    query_site: Site
+    key_site: Site
+    value_site: Site
+    logits_site: Site
+    probs_site: Site
+    context_site: Site
+
+
+class SitedViTAttention(AttentionSites, ViTAttention):
+    """SAM image-encoder attention. The query site sees ``q * scale`` (the original computes
+    ``(q * scale) @ kᵀ``); the decomposed relative-position term uses the float ``q`` and is added
+    to the logits after the logits site."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, _ = x.shape
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1).unbind(0)
+        v = self.value_site(v)
+
+        attn = self.logits_site(self.query_site(q * self.scale) @ self.key_site(k).transpose(-2, -1))
+        if self.use_rel_pos:
+            attn = add_decomposed_rel_pos(attn, q, self.rel_pos_h, self.rel_pos_w, (H, W), (H, W))
+
+        attn = self.probs_site(attn.softmax(dim=-1), v)
+        x = self.context_site(attn @ v)
+        x = x.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
+        return self.proj(x)
+
+
+class SitedTwoWayAttention(AttentionSites, TwoWayAttention):
+    """Attention of the mask decoder's TwoWayTransformer. The logits site sees ``q @ kᵀ`` before
+    the division by ``sqrt(head dim)``."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = self._separate_heads(self.q_proj(q), self.num_heads)
+        k = self._separate_heads(self.k_proj(k), self.num_heads)
+        v = self.value_site(self._separate_heads(self.v_proj(v), self.num_heads))
+
+        _, _, _, c_per_head = q.shape
+        attn = self.logits_site(self.query_site(q) @ self.key_site(k).permute(0, 1, 3, 2))
+        attn = attn / math.sqrt(c_per_head)
+        attn = self.probs_site(torch.softmax(attn, dim=-1), v)
+
+        out = self._recombine_heads(self.context_site(attn @ v))
+        return self.out_proj(out)
+
+
+class SitedTinyViTAttention(AttentionSites, TinyViTAttention):
+    """TinyViT window attention. The logits site sees ``q @ kᵀ`` before scaling and before the
+    learned position bias is added."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        x = self.norm(x)
+        qkv = self.qkv(x).view(batch, tokens, self.num_heads, -1)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
+        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        v = self.value_site(v)
+
+        attn = self.logits_site(self.query_site(q) @ self.key_site(k).transpose(-2, -1))
+        attn = attn * self.scale + self.attention_bias()
+        attn = self.probs_site(attn.softmax(dim=-1), v)
+
+        x = self.context_site(attn @ v).transpose(1, 2).reshape(batch, tokens, self.dh)
+        return self.proj(x)
+
+
+class SitedMaskDecoder(MaskDecoder):
+    """SAM's mask decoder with sites on the final ``hyper_in @ upscaled_embedding`` matmul
+    (``matmul_a`` = hyper_in, ``matmul_b`` = the flattened upscaled embedding)."""
+
+    SITE_ROLES = {"matmul_a": "matmul_a", "matmul_b": "matmul_b", "matmul_output": "output"}
+    matmul_a_site: Site
+    matmul_b_site: Site
+    matmul_output_site: Site
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
+        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+
+        src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0)
+        src = src + dense_prompt_embeddings
+        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
+        b, c, h, w = src.shape
+
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
+
+        src = src.transpose(1, 2).view(b, c, h, w)
+        upscaled_embedding = self.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled_embedding.shape
+        product = self.matmul_a_site(hyper_in) @ self.matmul_b_site(upscaled_embedding.view(b, c, h * w))
+        masks = self.matmul_output_site(product).view(b, -1, h, w)
+
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        return masks, iou_pred
+
+
+#: original class -> instrumented class.
+SITED_BLOCKS: dict[type, type] = {
+    ViTAttention: SitedViTAttention,
+    TwoWayAttention: SitedTwoWayAttention,
+    TinyViTAttention: SitedTinyViTAttention,
+    MaskDecoder: SitedMaskDecoder,
+}

@@ -1,0 +1,255 @@
+"""Recipes: which sites a PTQ method quantizes and how, as data (YAML), not code paths.
+
+A recipe holds ordered rules (fnmatch include/exclude patterns on site names plus a
+:class:`~quantizers.QuantSpec` dict whose ``bits`` may be the placeholder ``"W"`` or ``"A"``),
+``keep_float`` patterns checked before any rule, and transforms applied to modules before
+calibration (e.g. PTQ4SAM's bimodal fold). The first matching rule wins; unmatched sites stay float.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from fnmatch import fnmatchcase
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from ptqsam.errors import RecipeError
+from quantizers import QuantizationError, QuantSpec
+from quantizers.spec import check_bits
+from quantizers.transforms.bimodal import BimodalConfig
+
+#: Placeholders a rule's ``bits`` may hold: replaced by the weight or activation bit-width.
+BITS_PLACEHOLDERS = ("W", "A")
+
+#: Transforms a recipe may ask for (applied by the calibration runner) -> their options' config.
+TRANSFORM_CONFIGS: dict[str, type] = {"bimodal_fold": BimodalConfig}
+
+
+def _patterns(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise RecipeError(f"{what} must be a list of patterns, got {value!r}")
+    if not all(isinstance(p, str) and p for p in value):
+        raise RecipeError(f"{what} must hold non-empty strings, got {list(value)!r}")
+    return tuple(value)
+
+
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """Whether ``name`` matches one of the fnmatch ``patterns`` (case-sensitive; ``*`` spans dots)."""
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+def _reject_unknown(data: Any, cls: type, what: str) -> None:
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"{what} must be a mapping, got {data!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecipeError(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
+
+
+def _build(cls: type, data: Any, what: str, required: tuple[str, ...]) -> Any:
+    """``cls(**data)`` after checking ``data`` has the ``required`` keys and no unknown ones."""
+    _reject_unknown(data, cls, what)
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise RecipeError(f"a {what} needs {missing}, got keys {sorted(data)}")
+    return cls(**data)
+
+
+def _check_bits(bits: Any, what: str) -> int:
+    try:
+        return check_bits(bits)
+    except QuantizationError as error:
+        raise RecipeError(f"{what}: {error}") from None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Sites whose name matches an ``include`` pattern and no ``exclude`` pattern get ``spec``.
+
+    Arguments:
+      include: fnmatch patterns on site names (``*`` also matches dots).
+      exclude: fnmatch patterns removing sites from ``include``.
+      spec: a :class:`~quantizers.QuantSpec` dict; ``bits`` may be ``"W"`` or ``"A"``.
+    """
+
+    include: tuple[str, ...]
+    spec: Mapping[str, Any]
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "include", _patterns(self.include, "rule include"))
+        object.__setattr__(self, "exclude", _patterns(self.exclude, "rule exclude"))
+        if not isinstance(self.spec, Mapping):
+            raise RecipeError(f"rule spec must be a mapping, got {self.spec!r}")
+        object.__setattr__(self, "spec", dict(self.spec))
+        self.resolve(8, 8)  # validates the spec
+
+    def matches(self, name: str) -> bool:
+        return matches_any(name, self.include) and not matches_any(name, self.exclude)
+
+    def resolve(self, w_bits: int, a_bits: int) -> QuantSpec:
+        """The spec with its bits placeholder replaced."""
+        spec = dict(self.spec)
+        if spec.get("bits") in BITS_PLACEHOLDERS:
+            spec["bits"] = {"W": w_bits, "A": a_bits}[spec["bits"]]
+        try:
+            return QuantSpec.from_dict(spec)
+        except QuantizationError as error:
+            raise RecipeError(f"bad spec {self.spec!r} for sites {list(self.include)}: {error}") from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Rule":
+        return _build(cls, data, "rule", ("include", "spec"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"include": list(self.include), "exclude": list(self.exclude), "spec": dict(self.spec)}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A model transform applied before calibration to the modules matching ``sites``.
+
+    Arguments:
+      kind: one of :data:`TRANSFORM_CONFIGS`.
+      sites: fnmatch patterns on module paths (e.g. the decoder's token→image attentions).
+      options: fields of the transform's config (``bimodal_fold``: :class:`BimodalConfig`).
+    """
+
+    kind: str
+    sites: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRANSFORM_CONFIGS:
+            raise RecipeError(f"unknown transform kind {self.kind!r}; choose one of {sorted(TRANSFORM_CONFIGS)}")
+        object.__setattr__(self, "sites", _patterns(self.sites, f"{self.kind} sites"))
+        _reject_unknown(self.options, TRANSFORM_CONFIGS[self.kind], f"{self.kind} option")
+        object.__setattr__(self, "options", dict(self.options))
+        self.config()  # validates the option values
+
+    def config(self) -> Any:
+        """The transform's config object built from :attr:`options`."""
+        try:
+            return TRANSFORM_CONFIGS[self.kind](**self.options)
+        except QuantizationError as error:
+            raise RecipeError(f"bad {self.kind} options {self.options!r}: {error}") from None
+
+    def matches(self, module_name: str) -> bool:
+        return matches_any(module_name, self.sites)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Transform":
+        return _build(cls, data, "transform", ("kind", "sites"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sites": list(self.sites), "options": dict(self.options)}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A PTQ method as data.
+
+    Arguments:
+      name: short name (the shipped file's stem).
+      description: one paragraph for humans.
+      rules: ordered :class:`Rule` s; the first rule matching a site name gives its spec.
+      keep_float: site-name patterns checked before the rules; matching sites stay float.
+      transforms: :class:`Transform` s the calibration runner applies before observing.
+    """
+
+    name: str
+    description: str = ""
+    rules: tuple[Rule, ...] = ()
+    keep_float: tuple[str, ...] = ()
+    transforms: tuple[Transform, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise RecipeError(f"a recipe needs a non-empty name, got {self.name!r}")
+        if not isinstance(self.description, str):
+            raise RecipeError(f"recipe description must be a string, got {self.description!r}")
+        object.__setattr__(self, "rules", tuple(_coerce(r, Rule) for r in self.rules))
+        object.__setattr__(self, "keep_float", _patterns(self.keep_float, "keep_float"))
+        object.__setattr__(self, "transforms", tuple(_coerce(t, Transform) for t in self.transforms))
+
+    def spec_for(self, name: str, w_bits: int, a_bits: int) -> QuantSpec | None:
+        """The spec of site ``name``, or ``None`` when it stays float."""
+        if matches_any(name, self.keep_float):
+            return None
+        rule = next((r for r in self.rules if r.matches(name)), None)
+        return None if rule is None else rule.resolve(w_bits, a_bits)
+
+    def specs_for(self, site_names: Iterable[str], w_bits: int, a_bits: int) -> dict[str, QuantSpec]:
+        """``name -> spec`` for the sites this recipe quantizes (in the order given)."""
+        _check_bits(w_bits, "weight bits")
+        _check_bits(a_bits, "activation bits")
+        specs = {name: self.spec_for(name, w_bits, a_bits) for name in site_names}
+        return {name: spec for name, spec in specs.items() if spec is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, the inverse of :meth:`from_dict`."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "keep_float": list(self.keep_float),
+            "transforms": [t.to_dict() for t in self.transforms],
+            "rules": [r.to_dict() for r in self.rules],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
+        """Build from a dict; unknown keys and bad specs raise :class:`RecipeError` naming them."""
+        for key in ("rules", "transforms"):
+            if isinstance(data, Mapping) and not isinstance(data.get(key, []), (list, tuple)):
+                raise RecipeError(f"recipe {key} must be a list, got {data[key]!r}")
+        return _build(cls, data, "recipe", ("name",))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "Recipe":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise RecipeError(f"recipe is not valid YAML: {error}") from None
+        return cls.from_dict(data)
+
+
+def _coerce(value: Any, cls: type) -> Any:
+    return value if isinstance(value, cls) else cls.from_dict(value)
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in ``ptqsam/recipes``."""
+    return sorted(p.name[: -len(".yaml")] for p in resources.files("ptqsam").joinpath("recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
+    """A shipped recipe by name, or a recipe YAML file by path (a :class:`Recipe` passes through)."""
+    if isinstance(name_or_path, Recipe):
+        return name_or_path
+    if str(name_or_path) in shipped_recipes():
+        text = resources.files("ptqsam").joinpath("recipes", f"{name_or_path}.yaml").read_text()
+        return Recipe.from_yaml(text)
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise RecipeError(f"unknown recipe {str(name_or_path)!r}: not a file and not one of {shipped_recipes()}")
+    return Recipe.from_yaml(path.read_text())
+
+
+_BITS = re.compile(r"w(\d+)a(\d+)", re.IGNORECASE)
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """``"W4A8" -> (4, 8)`` (case-insensitive); bad formats or impossible bits raise RecipeError."""
+    match = _BITS.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise RecipeError(f"bit-widths must look like 'W8A8', got {text!r}")
+    return _check_bits(int(match[1]), "weight bits"), _check_bits(int(match[2]), "activation bits")

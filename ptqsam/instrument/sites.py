@@ -1,0 +1,46 @@
+"""Site: an identity marker module for one quantizable tensor of a model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Kinds of site. "output" sites (the q@kᵀ logits, the attn@v context, the mask decoder's final
+#: matmul) are never quantized by the shipped recipes; they let calibration see layer outputs.
+SITE_KINDS = ("weight", "input", "query", "key", "value", "probs", "matmul_a", "matmul_b", "output")
+
+#: Suffix of the attribute that holds a site inside its owner module (``qkv.input_site``); the
+#: site's name is the attribute path without it (``qkv.input``).
+SITE_SUFFIX = "_site"
+
+
+class Site(nn.Module):
+    """Identity on one tensor: ``forward(x, *context) -> x``.
+
+    A quantizer is attached by :func:`ptqsam.instrument.attach`, which sets ``site.quantizer`` and
+    registers a forward hook that replaces the output by ``quantizer(x, *context)``. Context
+    tensors (the attention's ``v`` for a ``probs`` site) are passed as extra arguments and never
+    modified. Weight sites always present the weight with output channels on axis 0.
+
+    Arguments:
+      kind: one of :data:`SITE_KINDS`.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in SITE_KINDS:
+            raise ValueError(f"unknown site kind {kind!r}; choose one of {SITE_KINDS}")
+        self.kind = kind
+        self.name = ""  # set by instrument(): the owner's module path + the role
+
+    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}"
+
+
+def add_sites(owner: nn.Module, roles: dict[str, str]) -> None:
+    """Register one :class:`Site` per ``role -> kind`` on ``owner`` (as ``<role>_site``)."""
+    for role, kind in roles.items():
+        owner.add_module(role + SITE_SUFFIX, Site(kind))

@@ -1,0 +1,178 @@
+"""Sweeps: models × recipes × bit-widths over one dataset, one atomic result file per cell.
+
+Re-running the same sweep skips the cells already written and completes the rest; an interrupted
+run leaves no half-written file. The float run of each model is a cell too (recipe ``float``): it
+is the baseline of the degradation report and the reference of the agreement metric.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segment_anything.modeling import Sam
+
+from ptqsam.calibration import calibrate, calibration_samples
+from ptqsam.config import ExperimentConfig
+from ptqsam.data import CocoDataset, generate_dataset
+from ptqsam.data.prompts import Detections
+from ptqsam.embedding_cache import EmbeddingCache, embedding_key
+from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate
+from ptqsam.evaluation.report import FLOAT, degradation_rows, write_report
+from ptqsam.instrument.modes import quantizing
+from ptqsam.instrument.recipe import load_recipe, parse_bits
+from ptqsam.instrument.state import save_state
+from ptqsam.io import write_json_atomic
+from ptqsam.models import build_model
+from ptqsam.models.checkpoint import checkpoint_sha256
+from ptqsam.models.zoo import image_size
+
+log = logging.getLogger("ptqsam")
+ENCODER_PATTERN = "image_encoder.*"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model, recipe, bits) run; ``recipe == "float"`` is the baseline."""
+
+    model: str
+    recipe: str
+    bits: str
+
+    @property
+    def file_name(self) -> str:
+        recipe = Path(self.recipe).stem if self.recipe.endswith((".yaml", ".yml")) else self.recipe
+        return f"{self.model}__{recipe}__{self.bits}.json"
+
+
+def cells(config: ExperimentConfig) -> list[Cell]:
+    """The float cell of each model, then every recipe × bits (bit strings normalised)."""
+    bits = [_normal_bits(b) for b in config.bits]
+    out = []
+    for model in config.models:
+        out.append(Cell(model, FLOAT, "float"))
+        out += [Cell(model, recipe, b) for recipe in config.recipes for b in bits]
+    return out
+
+
+def _normal_bits(text: str) -> str:
+    w, a = parse_bits(text)
+    return f"W{w}A{a}"
+
+
+def dataset_for(config: ExperimentConfig) -> CocoDataset:
+    """The configured COCO-format dataset, or the synthetic one generated under ``out/data``."""
+    if config.images is not None:
+        return CocoDataset(config.images, config.annotations)
+    root = Path(config.out) / "data"
+    marker = root / "annotations.json"
+    if not marker.is_file():
+        generate_dataset(root, config.synthetic_images, seed=config.seed)
+    return CocoDataset(root / "images", marker)
+
+
+def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every missing cell, then write ``report.{json,csv,md}``; returns the report rows."""
+    for recipe in config.recipes:
+        load_recipe(recipe)  # fail before any work on an unknown recipe
+    todo = cells(config)
+    out = Path(config.out)
+    dataset = dataset_for(config)
+    detections = Detections(config.detections) if config.detections else None
+    eval_ids = dataset.image_ids[: config.eval_images] if config.eval_images else list(dataset.image_ids)
+    options = EvalOptions(config.prompt, config.num_points, config.multimask, config.score_with_iou, config.seed)
+    runs = []
+    for model_type in config.models:
+        context = _ModelContext(config, model_type, dataset, detections, eval_ids, options, progress)
+        for cell in [c for c in todo if c.model == model_type]:
+            path = out / "cells" / cell.file_name
+            if path.is_file():
+                log.info("cell %s already done: skipped", cell.file_name)
+                runs.append(json.loads(path.read_text()))
+                continue
+            record = context.run(cell)
+            write_json_atomic(path, record)
+            runs.append(record)
+    rows = degradation_rows(runs)
+    write_report(rows, out, _settings(config, dataset, eval_ids))
+    return rows
+
+
+def _settings(config: ExperimentConfig, dataset: CocoDataset, eval_ids: list[int]) -> dict[str, Any]:
+    return {**config.to_dict(), "eval_image_ids": eval_ids, "skipped": dataset.skips.as_dict()}
+
+
+class _ModelContext:
+    """Everything the cells of one model share: the float model, its embeddings, its reference."""
+
+    def __init__(self, config, model_type, dataset, detections, eval_ids, options, progress) -> None:
+        self.config, self.model_type, self.dataset = config, model_type, dataset
+        self.detections, self.eval_ids, self.options, self.progress = detections, eval_ids, options, progress
+        checkpoint = config.checkpoints.get(model_type)
+        self.float_model: Sam = build_model(model_type, checkpoint, seed=config.seed).to(config.device)
+        self.checkpoint_id = checkpoint_sha256(checkpoint) if checkpoint else f"default-seed{config.seed}"
+        cache_dir = Path(config.out) / "cache" if len(eval_ids) > 64 else None
+        self.cache = EmbeddingCache(cache_dir)
+        size = image_size(self.float_model)
+        self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size)
+        self._reference: EvalResult | None = None
+        self._samples = None
+
+    def run(self, cell: Cell) -> dict[str, Any]:
+        start = time.perf_counter()
+        record: dict[str, Any] = {"model": cell.model, "recipe": cell.recipe, "bits": cell.bits,
+                                  "checkpoint": self.checkpoint_id}
+        if cell.recipe == FLOAT:
+            result = self._evaluate(self.float_model, encoder_float=True, reference=None, label="float")
+            record["reference_masks"] = _masks_to_json(result.masks)
+        else:
+            model = copy.deepcopy(self.float_model)
+            w, a = parse_bits(cell.bits)
+            exclude = () if self.config.quantize_encoder else (ENCODER_PATTERN,)
+            report = calibrate(model, cell.recipe, w, a, self._calibration_samples(), exclude, self.progress)
+            state_path = Path(self.config.out) / "states" / cell.file_name.replace(".json", ".pt")
+            save_state(model, state_path, cell.recipe, self.model_type, w, a, report.extra_state())
+            record["calibration"] = {"image_ids": report.image_ids, "num_prompts": report.num_prompts,
+                                     "seconds": report.seconds, "unreached_sites": report.unreached,
+                                     "bimodal": report.bimodal, "state": str(state_path)}
+            with quantizing(model):
+                result = self._evaluate(model, encoder_float=not self.config.quantize_encoder,
+                                        reference=self.reference(), label=f"{cell.recipe} {cell.bits}")
+        record.update(metrics=result.metrics, num_images=result.num_images, num_prompts=result.num_prompts,
+                      skipped=result.skips, seconds=round(time.perf_counter() - start, 3))
+        return record
+
+    def reference(self) -> EvalResult:
+        """The float run's masks (from its cell file when an earlier run wrote it)."""
+        if self._reference is None:
+            path = Path(self.config.out) / "cells" / Cell(self.model_type, FLOAT, "float").file_name
+            data = json.loads(path.read_text())
+            self._reference = EvalResult(data["metrics"], _masks_from_json(data["reference_masks"]),
+                                         data["skipped"], data["num_images"], data["num_prompts"])
+        return self._reference
+
+    def _calibration_samples(self):
+        if self._samples is None:
+            self._samples = calibration_samples(self.dataset, self.config.calib_images, self.config.seed,
+                                                self.config.prompt, self.config.num_points)
+        return self._samples
+
+    def _evaluate(self, model: Sam, encoder_float: bool, reference, label: str) -> EvalResult:
+        return evaluate(model, self.dataset, self.eval_ids, self.options, self.detections, reference,
+                        self.cache if encoder_float else None, self.cache_key, self.progress, label)
+
+
+def _masks_to_json(masks: dict) -> list[list]:
+    return [[image_id, source, ann_id, {"size": rle["size"], "counts": rle["counts"].decode("ascii")}]
+            for (image_id, source, ann_id), rle in masks.items()]
+
+
+def _masks_from_json(entries: list[list]) -> dict:
+    return {(image_id, source, ann_id): {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+            for image_id, source, ann_id, rle in entries}
+

@@ -1,0 +1,93 @@
+"""Log quantizer with an adaptive base (PTQ4SAM AGQ) for post-softmax attention."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from quantizers.errors import QuantizationError
+from quantizers.functional.log import MAX_TAU, LogGrid, agq_search, attention_output_error, log_fake_quantize
+from quantizers.modules.base import Quantizer
+from quantizers.spec import QuantSpec
+
+DEFAULT_TAUS = (1.0, 2.0, 4.0)
+DEFAULT_P = 2.4
+
+
+class LogQuantizer(Quantizer):
+    """``x̂ = s·2^(−q/τ)`` (see :mod:`quantizers.functional.log`) with τ and s calibrated by AGQ.
+
+    Per observed batch ``forward(attn, v)`` and for each τ, the scale minimising the attention
+    output error ``mean |Â·V − A·V|^p`` is found by bounded 1-D search
+    (:func:`~quantizers.functional.log.agq_search`); the per-τ best scale and error are summed.
+    :meth:`finalize` picks τ = argmin of the summed errors and s = that τ's mean best scale.
+    Without ``v`` (a batch observed as ``forward(attn)``) the error is measured on the attention
+    map itself, ``mean |Â − A|^p``.
+
+    Options (``spec.quantizer_options``):
+      taus: candidate τ values (default ``[1, 2, 4]``).
+      p: error exponent (default 2.4).
+      scale: a fixed s (no search; data then only chooses τ). With a single τ and a fixed scale,
+        :meth:`finalize` needs no data (FQ-ViT log2 is ``taus=[1], scale=1``).
+
+    Arguments:
+      spec: ``quantizer="log"`` spec; ``bits`` is the code width (2^b levels plus the zero code).
+    """
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec)
+        options = spec.quantizer_options
+        self.taus = tuple(_positive(t, "tau", MAX_TAU) for t in options.get("taus", DEFAULT_TAUS))
+        if not self.taus:
+            raise QuantizationError("log quantizer taus must list at least one value")
+        self.p = _positive(options.get("p", DEFAULT_P), "p")
+        self.fixed_scale = None if options.get("scale") is None else _positive(options["scale"], "scale")
+        self.register_buffer("scale", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("tau", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("scale_sums", torch.zeros(len(self.taus), dtype=torch.float64))
+        self.register_buffer("error_sums", torch.zeros(len(self.taus), dtype=torch.float64))
+        self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def grid(self) -> LogGrid:
+        """The calibrated grid."""
+        return LogGrid.build(float(self.scale), float(self.tau), self.spec.bits)
+
+    def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
+        v = context[0] if context else None
+        for i, tau in enumerate(self.taus):
+            if self.fixed_scale is None:
+                scale, error = agq_search(x, v, self.spec.bits, tau, self.p)
+            else:
+                scale = self.fixed_scale
+                error = attention_output_error(x, v, LogGrid.build(scale, tau, self.spec.bits), self.p)
+            self.scale_sums[i] += scale
+            self.error_sums[i] += error
+        self.num_batches += 1
+
+    def _finalize(self) -> None:
+        batches = int(self.num_batches)
+        if batches == 0:
+            if self.fixed_scale is None or len(self.taus) > 1:
+                raise QuantizationError("LogQuantizer: finalize() called before any data was observed")
+            self.scale.fill_(self.fixed_scale)
+            self.tau.fill_(self.taus[0])
+            return
+        best = int(torch.argmin(self.error_sums))
+        self.tau.fill_(self.taus[best])
+        self.scale.copy_(self.scale_sums[best] / batches)
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return log_fake_quantize(x, self.grid)
+
+    def extra_repr(self) -> str:
+        state = f", tau={float(self.tau):g}, scale={float(self.scale):.6g}" if self.is_calibrated else ""
+        return f"{super().extra_repr()}, taus={list(self.taus)}{state}"
+
+
+def _positive(value: object, name: str, upper: float = math.inf) -> float:
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and 0.0 < number <= upper):
+        raise QuantizationError(f"log quantizer {name} must be a finite number in (0, {upper}], got {value!r}")
+    return number

@@ -1,0 +1,205 @@
+"""Histogram observers: Percentile and KL (TensorRT entropy calibration).
+
+Both keep, per quantization group, a fixed-bin histogram of ``|x|`` on ``[0, hist_range]`` plus
+the running min and max, and choose a clipping magnitude ``amax`` from the histogram.
+
+Streaming: ``hist_range`` is always the running ``max |x|`` of the group. When a batch exceeds it,
+the old counts move to the wider bins: each old bin's count is split between the (at most two) new
+bins it overlaps, in proportion to the overlap. That assumes counts are spread evenly inside an old
+bin, so after growth the histogram is exact only to about one bin width (counts become fractional,
+hence float64). Memory is ``groups × bins`` counts, whatever the number of batches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quantizers.errors import QuantizationError
+from quantizers.functional.uniform import group_rows, qparams_from_minmax
+from quantizers.observers.base import Observer
+from quantizers.observers.blocks import row_blocks
+from quantizers.observers.minmax import batch_minmax
+from quantizers.observers.options import numeric_option
+from quantizers.spec import QuantSpec
+
+
+def abs_histogram(rows: torch.Tensor, upper: torch.Tensor, bins: int) -> torch.Tensor:
+    """Per-row counts of ``|rows|`` in ``bins`` equal bins on ``[0, upper]`` (float64, ``(groups, bins)``).
+
+    Values at or above ``upper`` count in the last bin; a row with ``upper == 0`` counts in bin 0.
+    The rows are read in bounded blocks.
+    """
+    counts = torch.zeros(rows.shape[0], bins, dtype=torch.float64)
+    per_unit = torch.where(upper > 0, bins / upper.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    for groups, block in row_blocks(rows):
+        index = block.abs().mul_(per_unit[groups, None]).long().clamp_(max=bins - 1)
+        index += torch.arange(index.shape[0]).unsqueeze(1) * bins
+        counts[groups] += torch.bincount(index.reshape(-1), minlength=index.shape[0] * bins).reshape(-1, bins)
+    return counts
+
+
+def rebin(counts: torch.Tensor, old_range: torch.Tensor, new_range: torch.Tensor) -> torch.Tensor:
+    """Per-row float64 counts on ``[0, old_range]`` moved to as many bins on ``[0, new_range]``.
+
+    Each old bin's count is split between the new bins it overlaps in proportion to the overlap
+    (``new_range >= old_range``; a zero ``old_range`` puts everything in bin 0).
+    """
+    bins = counts.shape[1]
+    ratio = (old_range.double() / new_range.double().clamp(min=torch.finfo(torch.float64).tiny)).unsqueeze(1)
+    edges = torch.arange(bins + 1, dtype=torch.float64) * ratio  # old edges in units of new bins
+    low, high = edges[:, :-1], edges[:, 1:]
+    first = low.floor().clamp_(max=bins - 1)
+    share = torch.where(high > low, (torch.minimum(high, first + 1) - low) / (high - low), 1.0)
+    first = first.long()
+    moved = torch.zeros_like(counts).scatter_add_(1, first, counts * share)
+    return moved.scatter_add_(1, (first + 1).clamp_(max=bins - 1), counts * (1 - share))
+
+
+class HistogramObserver(Observer):
+    """Streaming per-group ``|x|`` histogram; subclasses turn it into a clipping magnitude.
+
+    qparams cover ``[max(min, −amax), min(max, amax)]``: both sides are clipped at ``amax``, and an
+    observed min or max already inside keeps its value (affine specs stay tight on one-sided data).
+
+    Arguments:
+      spec: the spec; option ``bins`` (default 2048).
+    """
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec)
+        self.bins = int(numeric_option(spec, "bins", 2048, lambda v: v >= 2, "an integer >= 2", integer=True))
+        self.register_buffer("hist", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("hist_range", torch.empty(0))
+        self.register_buffer("min_val", torch.empty(0))
+        self.register_buffer("max_val", torch.empty(0))
+
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = batch_minmax(x, self.spec.granularity)
+        amax = torch.maximum(-lo, hi)
+        if self.hist.numel() == 0:
+            self.min_val, self.max_val, self.hist_range = lo, hi, amax
+            self.hist = torch.zeros(lo.numel(), self.bins, dtype=torch.float64)
+        else:
+            if lo.numel() != self.min_val.numel():
+                raise QuantizationError(
+                    f"{type(self).__name__}: batch has {lo.numel()} groups, earlier batches {self.min_val.numel()}"
+                )
+            self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
+            if bool((amax > self.hist_range).any()):
+                wider = torch.maximum(self.hist_range, amax)
+                self.hist = rebin(self.hist, self.hist_range, wider)
+                self.hist_range = wider
+        self.hist += abs_histogram(group_rows(x, self.spec.granularity), self.hist_range, self.bins)
+
+    @property
+    def bin_width(self) -> torch.Tensor:
+        """Width of one bin per group (float64)."""
+        return self.hist_range.double() / self.bins
+
+    def _calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        observed = torch.maximum(-self.min_val, self.max_val)
+        amax = torch.minimum(self._histogram_amax().float(), observed)
+        lo = torch.maximum(self.min_val, -amax).clamp(max=0.0)
+        hi = torch.minimum(self.max_val, amax).clamp(min=0.0)
+        return qparams_from_minmax(lo, hi, self.spec.bits, self.spec.symmetric, self.spec.signed)
+
+    def _histogram_amax(self) -> torch.Tensor:
+        """Clipping magnitude per group from :attr:`hist` (may exceed the observed max)."""
+        raise NotImplementedError  # abstract
+
+
+class PercentileObserver(HistogramObserver):
+    """``amax`` = the ``percentile``-th percentile of ``|x|`` (linear inside the histogram bin).
+
+    Arguments:
+      spec: the spec; options ``percentile`` (in (0, 100], default 99.99) and ``bins`` (2048).
+    """
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec)
+        self.percentile = float(
+            numeric_option(spec, "percentile", 99.99, lambda v: 0 < v <= 100, "a number in (0, 100]")
+        )
+
+    def _histogram_amax(self) -> torch.Tensor:
+        counts = self.hist
+        cumulative = counts.cumsum(1)
+        target = cumulative[:, -1:] * (self.percentile / 100.0)
+        bin_index = torch.searchsorted(cumulative, target).clamp_(max=self.bins - 1)
+        in_bin = counts.gather(1, bin_index)
+        before = cumulative.gather(1, bin_index) - in_bin
+        fraction = torch.where(in_bin > 0, (target - before) / in_bin, 1.0)
+        return ((bin_index + fraction) * self.bin_width.unsqueeze(1)).squeeze(1)
+
+
+def _prefix(values: torch.Tensor) -> torch.Tensor:
+    """``out[i] = values[:i].sum()`` (length ``len(values) + 1``)."""
+    return torch.cat([values.new_zeros(1), values.cumsum(0)])
+
+
+def kl_cut(counts: torch.Tensor, levels: int, start_bin: int) -> int:
+    """TensorRT entropy calibration on one float64 histogram: how many bins to keep.
+
+    For every cut ``i`` from ``max(start_bin, levels)`` to one past the last non-empty bin, the
+    reference ``P`` is ``counts[:i]`` with the mass beyond folded into bin ``i − 1``. ``Q`` merges
+    the unfolded ``counts[:i]`` into ``levels`` chunks of ``i // levels`` bins (the last chunk takes
+    the remainder) and spreads each chunk's mass evenly over the bins where ``P > 0``. Both are
+    normalised and the argmin of KL(P‖Q) is returned (the smallest cut on ties). Where ``P > 0`` but
+    ``Q = 0`` (folded outliers in a chunk with no mass of its own) the divergence is infinite, so
+    that cut is never chosen (MXNet smooths both instead); the uncut candidate is always finite.
+
+    The sums over bins are rewritten with prefix sums, ``Σ_j p_j log(p_j / q_j) =
+    Σ_j p_j log p_j − Σ_k P_k log q_k`` per chunk ``k``, so all cuts cost ``O(cuts × levels)``.
+    """
+    end = int(counts.nonzero().max()) + 1  # a histogram of observed data is never empty
+    first = max(start_bin, levels)
+    if first > end:
+        return end
+    cuts = torch.arange(first, end + 1)
+    mass_below, occupied_below = _prefix(counts), _prefix((counts > 0).double())
+    total = mass_below[-1]
+    tail = total - mass_below[cuts]
+    last = counts[cuts - 1] + tail  # the last kept bin with the outliers folded in
+
+    width = (cuts // levels).unsqueeze(1)
+    starts = torch.arange(levels) * width
+    stops = torch.cat([starts[:, 1:], cuts.unsqueeze(1)], dim=1)
+    chunk_mass = mass_below[stops] - mass_below[starts]
+    occupied = occupied_below[stops] - occupied_below[starts]
+    occupied[:, -1] += ((tail > 0) & (counts[cuts - 1] == 0)).double()
+    merged = torch.where(occupied > 0, chunk_mass / occupied.clamp(min=1.0), 0.0)
+    folded_mass = chunk_mass.clone()
+    folded_mass[:, -1] += tail
+
+    entropy_terms = _prefix(torch.xlogy(counts, counts))
+    self_term = entropy_terms[cuts - 1] + torch.xlogy(last, last)
+    cross_term = torch.xlogy(folded_mass, merged).sum(1)
+    divergence = (self_term - cross_term) / total - torch.log(total / mass_below[cuts])
+    divergence[((folded_mass > 0) & (merged == 0)).any(1)] = float("inf")
+    return int(cuts[divergence.argmin()])
+
+
+class KLObserver(HistogramObserver):
+    """``amax`` = the cut minimising KL(P‖Q) between the clipped ``|x|`` histogram and its merge
+    into ``2^(b−1)`` levels (TensorRT entropy calibration, see :func:`kl_cut`).
+
+    The threshold is the upper edge of the last kept bin, ``i · bin_width`` (TensorRT writes
+    ``(i + 0.5) · bin_width``). Candidate cuts stop one past the last non-empty bin; when
+    ``2^(b−1)`` exceeds that, no cut is tried and the observed max is used.
+
+    Arguments:
+      spec: the spec; options ``bins`` (2048) and ``start_bin`` (smallest cut, default 128).
+    """
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec)
+        self.start_bin = int(
+            numeric_option(
+                spec, "start_bin", 128, lambda v: 1 <= v <= self.bins, f"an integer in [1, bins={self.bins}]", integer=True
+            )
+        )
+
+    def _histogram_amax(self) -> torch.Tensor:
+        levels = 2 ** (self.spec.bits - 1)
+        cuts = torch.tensor([kl_cut(row, levels, self.start_bin) for row in self.hist], dtype=torch.float64)
+        return cuts * self.bin_width
