@@ -1,17 +1,273 @@
-"""The ``ptqsam`` command line (a thin layer over the library)."""
+"""The ``ptqsam`` command line: a thin layer over the library.
+
+Every command fails with one clear line and a non-zero exit on bad input (``--debug`` shows the
+traceback); long work shows progress bars.
+"""
 
 from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
 
 import click
 
 from ptqsam import __version__
+from ptqsam.errors import PtqsamError
+from quantizers.errors import QuantizationError
+
+DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam")
+DEMO_BITS = ("W8A8", "W6A6", "W4A4")
+MODEL_CHOICES = ("vit_b", "vit_l", "vit_h", "tinysam", "mobilesam", "testbed")
+PROMPT_CHOICES = ("box", "tight_box", "center_point", "random_points", "detections")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns library errors into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (PtqsamError, QuantizationError, FileNotFoundError, OSError) as error:
+            if ctx.meta.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ptqsam")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details (calibration images, ...).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """Post-training quantization experiments on SAM, TinySAM and MobileSAM."""
+    ctx.meta["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+def model_options(func: Callable) -> Callable:
+    @click.option("--model", "model_type", type=click.Choice(MODEL_CHOICES), default="testbed", show_default=True,
+                  help="Model type.")
+    @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                  help="Checkpoint file (default: packaged testbed weights, else random init).")
+    @click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True)
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def data_options(func: Callable) -> Callable:
+    @click.option("--images", type=click.Path(file_okay=False), default=None,
+                  help="COCO-format image folder (default: a generated synthetic dataset).")
+    @click.option("--annotations", type=click.Path(dir_okay=False), default=None,
+                  help="COCO instances JSON for --images.")
+    @click.option("--detections", type=click.Path(dir_okay=False), default=None,
+                  help="Detector boxes (COCO results JSON) for mask AP.")
+    @click.option("--prompt", type=click.Choice(PROMPT_CHOICES), default="box", show_default=True)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def quant_options(func: Callable) -> Callable:
+    @click.option("--recipe", default="minmax", show_default=True, help="Shipped recipe name or YAML path.")
+    @click.option("--bits", default="W8A8", show_default=True, help="Bit-widths as WxAy, e.g. W4A8.")
+    @click.option("--calib-images", type=int, default=32, show_default=True)
+    @click.option("--float-encoder", is_flag=True, help="Keep the image encoder in float.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def _build(model_type: str, checkpoint: str | None, seed: int, device: str):
+    import torch
+
+    from ptqsam.models import build_model
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PtqsamError("--device cuda asked for, but torch sees no CUDA device")
+    return build_model(model_type, checkpoint, seed=seed).to(device)
+
+
+def _config(**kwargs: Any):
+    from ptqsam.config import ExperimentConfig
+
+    return ExperimentConfig.from_dict({k: v for k, v in kwargs.items() if v is not None})
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="results/demo", show_default=True)
+@click.option("--images", "num_images", type=int, default=12, show_default=True, help="Synthetic images.")
+@click.option("--calib-images", type=int, default=4, show_default=True)
+@click.option("--recipes", default=",".join(DEMO_RECIPES), show_default=True)
+@click.option("--bits", default=",".join(DEMO_BITS), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True)
+def demo(out: str, num_images: int, calib_images: int, recipes: str, bits: str, seed: int, device: str) -> None:
+    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 (a few minutes)."""
+    from ptqsam.evaluation.report import markdown_table
+    from ptqsam.sweep import run_sweep
+
+    config = _config(models=["testbed"], recipes=recipes.split(","), bits=bits.split(","), synthetic_images=num_images,
+                     calib_images=calib_images, seed=seed, device=device, out=out)
+    rows = run_sweep(config)
+    _plots(Path(out))
+    click.echo(markdown_table(rows))
+    click.echo(f"results: {out}/report.md, report.csv, report.json, plots/")
+
+
+@main.command()
+@model_options
+@data_options
+@quant_options
+@click.option("--out", "state_path", type=click.Path(dir_okay=False), default="calibrated.pt", show_default=True,
+              help="Calibrated state file.")
+def calibrate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, recipe, bits,
+              calib_images, float_encoder, state_path) -> None:
+    """Calibrate a recipe on a few images and save the calibrated state."""
+    from ptqsam.calibration import calibrate as run_calibration, calibration_samples, save_calibrated
+    from ptqsam.instrument.recipe import parse_bits
+    from ptqsam.sweep import ENCODER_PATTERN, dataset_for
+
+    w, a = parse_bits(bits)
+    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
+                     calib_images=calib_images, out=str(Path(state_path).parent))
+    model = _build(model_type, checkpoint, seed, device)
+    samples = calibration_samples(dataset_for(config), calib_images, seed, prompt)
+    report = run_calibration(model, recipe, w, a, samples, (ENCODER_PATTERN,) if float_encoder else ())
+    save_calibrated(model, state_path, report, recipe, model_type, w, a)
+    click.echo(json.dumps({"state": state_path, "images": report.image_ids, "prompts": report.num_prompts,
+                           "seconds": report.seconds, "unreached_sites": len(report.unreached),
+                           "bimodal": {k: v["bimodal"] for k, v in report.bimodal.items()}}, indent=2))
+
+
+@main.command()
+@model_options
+@data_options
+@click.option("--state", type=click.Path(dir_okay=False), default=None,
+              help="Calibrated state from `ptqsam calibrate` (default: evaluate the float model).")
+@click.option("--eval-images", type=int, default=0, show_default=True, help="Limit (0 = all).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON here.")
+def evaluate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, state, eval_images,
+             out) -> None:
+    """mIoU (and mask AP with --detections) of a float or calibrated model."""
+    import contextlib
+
+    from ptqsam.calibration import load_calibrated
+    from ptqsam.data.prompts import Detections
+    from ptqsam.evaluation.evaluator import EvalOptions, evaluate as run_evaluation
+    from ptqsam.instrument.modes import quantizing
+    from ptqsam.io import write_json_atomic
+    from ptqsam.sweep import dataset_for
+
+    config = _config(models=[model_type], images=images, annotations=annotations, detections=detections,
+                     prompt=prompt, seed=seed, eval_images=eval_images)
+    dataset = dataset_for(config)
+    model = _build(model_type, checkpoint, seed, device)
+    mode = contextlib.nullcontext()
+    if state is not None:
+        load_calibrated(model, state, model_type=model_type)
+        mode = quantizing(model)
+    ids = dataset.image_ids[:eval_images] if eval_images else None
+    with mode:
+        result = run_evaluation(model, dataset, ids, EvalOptions(prompt=prompt, seed=seed),
+                                Detections(detections) if detections else None)
+    summary = {"metrics": result.metrics, "images": result.num_images, "prompts": result.num_prompts,
+               "skipped": {k: v for k, v in result.skips.items() if v}}
+    if out:
+        write_json_atomic(out, summary)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@click.argument("config_path", type=click.Path(dir_okay=False))
+@click.option("--out", default=None, help="Override the config's results folder.")
+def sweep(config_path: str, out: str | None) -> None:
+    """Run a sweep config (models × recipes × bits); finished cells are skipped on re-runs."""
+    from ptqsam.config import ExperimentConfig
+    from ptqsam.evaluation.report import markdown_table
+    from ptqsam.sweep import run_sweep
+
+    config = ExperimentConfig.from_yaml(config_path)
+    if out:
+        config = config.replace(out=out)
+    rows = run_sweep(config)
+    _plots(Path(config.out))
+    click.echo(markdown_table(rows))
+
+
+@main.command()
+@click.argument("results", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Plot folder (default RESULTS/plots).")
+def plot(results: str, out: str | None) -> None:
+    """Degradation plots of a sweep's results folder (or its report.json)."""
+    path = Path(results)
+    folder = path if path.is_dir() else path.parent
+    for written in _plots(folder, Path(out) if out else None):
+        click.echo(str(written))
+
+
+def _plots(results: Path, out: Path | None = None) -> list[Path]:
+    from ptqsam.plots import plot_report
+
+    report = results / "report.json"
+    if not report.is_file():
+        raise PtqsamError(f"no report.json in {results}: run a sweep first")
+    return list(plot_report(report, out or results / "plots"))
+
+
+@main.command()
+@model_options
+@click.option("--state", type=click.Path(dir_okay=False), default=None,
+              help="Calibrated state: also list each site's quantizer and its parameters.")
+@click.option("--kind", default=None, help="Only sites of this kind (weight, input, probs, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(model_type, checkpoint, device, state, kind, as_json) -> None:
+    """Sites of a model (name, kind, shape); with --state, the calibrated quantizers too."""
+    from ptqsam.calibration import load_calibrated
+    from ptqsam.instrument.instrument import attached_quantizers, site_inventory
+
+    model = _build(model_type, checkpoint, 0, device)
+    quantizers = attached_quantizers(model) if state is None else load_calibrated(model, state, None, model_type).quantizers
+    rows = []
+    for row in site_inventory(model):
+        if kind and row.kind != kind:
+            continue
+        entry = {"name": row.name, "kind": row.kind, "shape": list(row.shape) if row.shape else None,
+                 "owner": row.owner}
+        if row.name in quantizers:
+            entry["quantizer"] = _describe(quantizers[row.name])
+        rows.append(entry)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for entry in rows:
+        shape = "x".join(map(str, entry["shape"])) if entry["shape"] else "-"
+        click.echo(f"{entry['name']:<75} {entry['kind']:<9} {shape:<18} {entry.get('quantizer', '')}")
+    click.echo(f"{len(rows)} sites")
+
+
+def _describe(quantizer) -> str:
+    spec = quantizer.spec
+    text = f"{spec.quantizer} {spec.bits}b {spec.granularity.kind}"
+    if not quantizer.is_calibrated:
+        return text + " (uncalibrated)"
+    for name in ("scale", "tau", "shift", "scale_pos"):
+        value = getattr(quantizer, name, None)
+        if value is not None and hasattr(value, "numel") and value.numel():
+            flat = value.flatten().float()
+            text += f" {name}={float(flat[0]):.4g}" if flat.numel() == 1 else f" {name}=[{float(flat.min()):.3g}..{float(flat.max()):.3g}]"
+    return text
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,3 +15,7 @@ class DataError(PtqsamError):
 
 class RecipeError(PtqsamError):
     """A recipe is unknown or malformed, or calibrated state does not match it."""
+
+
+class AnalysisError(PtqsamError):
+    """Activation-analysis or plot input is missing, empty, non-finite or malformed."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from segment_anything.modeling import Sam
 
-from ptqsam.calibration import calibrate, calibration_samples
+from ptqsam.calibration import calibrate, calibration_samples, save_calibrated
 from ptqsam.config import ExperimentConfig
 from ptqsam.data import CocoDataset, generate_dataset
 from ptqsam.data.prompts import Detections
@@ -26,7 +26,6 @@ from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate
 from ptqsam.evaluation.report import FLOAT, degradation_rows, write_report
 from ptqsam.instrument.modes import quantizing
 from ptqsam.instrument.recipe import load_recipe, parse_bits
-from ptqsam.instrument.state import save_state
 from ptqsam.io import write_json_atomic
 from ptqsam.models import build_model
 from ptqsam.models.checkpoint import checkpoint_sha256
@@ -136,7 +135,7 @@ class _ModelContext:
             exclude = () if self.config.quantize_encoder else (ENCODER_PATTERN,)
             report = calibrate(model, cell.recipe, w, a, self._calibration_samples(), exclude, self.progress)
             state_path = Path(self.config.out) / "states" / cell.file_name.replace(".json", ".pt")
-            save_state(model, state_path, cell.recipe, self.model_type, w, a, report.extra_state())
+            save_calibrated(model, state_path, report, cell.recipe, self.model_type, w, a)
             record["calibration"] = {"image_ids": report.image_ids, "num_prompts": report.num_prompts,
                                      "seconds": report.seconds, "unreached_sites": report.unreached,
                                      "bimodal": report.bimodal, "state": str(state_path)}

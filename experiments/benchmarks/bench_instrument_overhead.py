@@ -1,6 +1,7 @@
 """Cost of instrumentation on SAM-B's image encoder at 1024² (random weights, seed 0).
 
-Variants, timed in interleaved rounds (one forward of each per round), medians reported:
+Variants (deep copies of one randomly initialised encoder), timed in interleaved rounds (one
+forward of each per round, the order rotated every round), medians reported:
   plain         segment_anything's encoder, untouched
   sited         instrumented (a Site on every quantizable tensor), no quantizer attached
   attached_off  minmax W8A8 quantizers attached to every selected site, all in OFF mode
@@ -19,6 +20,7 @@ import argparse
 import copy
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -49,14 +51,23 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    plain = build_model("vit_b", seed=0).image_encoder.to(device)
-    sited = instrument(copy.deepcopy(plain))
-    quantized = copy.deepcopy(plain)
+    # Every variant is a deep copy of one source, so their weights were allocated alike.
+    source = build_model("vit_b", seed=0).image_encoder.to(device)
+    plain, sited, quantized = (copy.deepcopy(source) for _ in range(3))
+    del source
+    instrument(sited)
     attach(quantized, "minmax", 8, 8)
     generator = torch.Generator().manual_seed(0)
     calibration, image = (torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(device) for _ in range(2))
 
-    times: dict[str, list[float]] = {"plain": [], "sited": [], "attached_off": [], "w8a8": []}
+    # name -> (encoder, context manager setting its quantizers' mode)
+    variants = {
+        "plain": (plain, nullcontext),
+        "sited": (sited, nullcontext),
+        "attached_off": (quantized, nullcontext),
+        "w8a8": (quantized, lambda: quantizing(quantized)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
         start = time.perf_counter()
         with observing(quantized):
@@ -71,13 +82,16 @@ def main() -> None:
             reference = plain(image)
             error = (quantized(image) - reference).abs().max().item()
         assert torch.equal(sited(image), reference), "instrumented encoder differs from the original"
+        names = list(variants)
         for round_index in range(args.repeats):
-            times["plain"].append(timed_forward(plain, image))
-            times["sited"].append(timed_forward(sited, image))
-            times["attached_off"].append(timed_forward(quantized, image))
-            with quantizing(quantized):
-                times["w8a8"].append(timed_forward(quantized, image))
-            print(f"round {round_index + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+            shift = round_index % len(names)
+            order = names[shift:] + names[:shift]  # rotated so that no variant always runs first
+            for name in order:
+                encoder, mode = variants[name]
+                with mode():
+                    times[name].append(timed_forward(encoder, image))
+            print(f"round {round_index + 1} ({', '.join(order)}): "
+                  + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
 
     medians = {name: statistics.median(values) for name, values in times.items()}
     base = medians["plain"]

@@ -63,7 +63,7 @@ def save_state(
     wrong = [name for name, q in quantizers.items() if expected.get(name) != q.spec]
     if wrong:
         raise RecipeError(
-            f"attached quantizers of {wrong[:3]} (and {max(len(wrong) - 3, 0)} more) are not what recipe "
+            f"{len(wrong)} attached quantizer(s), e.g. at {wrong[:3]}, are not what recipe "
             f"{recipe.name!r} at W{w_bits}A{a_bits} specifies"
         )
     data = {

@@ -1,0 +1,32 @@
+"""Save a calibrated model's state to one file and load it into a freshly built model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segment_anything.modeling import Sam
+
+from ptqsam.calibration.bimodal import STATE_KEY, reapply_folds
+from ptqsam.calibration.runner import CalibrationReport
+from ptqsam.instrument.recipe import Recipe
+from ptqsam.instrument.state import StateInfo, load_state, save_state
+
+
+def save_calibrated(
+    model: Sam, path: str | Path, report: CalibrationReport, recipe: Recipe | str, model_type: str,
+    w_bits: int, a_bits: int,
+) -> None:
+    """Quantizer state, recipe, model type, bits and the transform state (BIG signs) in one file."""
+    extra = {**report.extra_state(), "calibration_image_ids": report.image_ids}
+    save_state(model, path, recipe, model_type, w_bits, a_bits, extra)
+
+
+def load_calibrated(
+    model: Sam, path: str | Path, recipe: Recipe | str | None = None, model_type: str | None = None
+) -> StateInfo:
+    """Load a state saved by :func:`save_calibrated` into ``model`` (built with the same weights):
+    attaches the quantizers and re-applies the sign folds. Mismatching recipe or model type is
+    refused (:class:`~ptqsam.errors.RecipeError`)."""
+    info = load_state(model, path, recipe, model_type)
+    reapply_folds(model, info.extra.get(STATE_KEY, {}))
+    return info

@@ -1,0 +1,92 @@
+"""The ptqsam CLI end to end (CliRunner), errors included."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ptqsam.cli import main
+
+
+@pytest.fixture
+def run(random_testbed):
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, list(args), catch_exceptions=False)
+    return invoke
+
+
+def test_help_lists_every_command(run):
+    result = run("--help")
+    for command in ("demo", "calibrate", "evaluate", "sweep", "plot", "inspect"):
+        assert command in result.output
+    assert "--bits" in run("calibrate", "--help").output
+
+
+def test_calibrate_then_evaluate(run, tiny_dataset_dir, tmp_path):
+    data = ["--images", str(tiny_dataset_dir / "images"), "--annotations", str(tiny_dataset_dir / "annotations.json")]
+    state = tmp_path / "state.pt"
+    result = run("calibrate", *data, "--recipe", "minmax", "--bits", "W8A8", "--calib-images", "2", "--out", str(state))
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["images"]) == 2 and state.is_file()
+    out = tmp_path / "metrics.json"
+    result = run("evaluate", *data, "--state", str(state), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert 0.0 <= json.loads(out.read_text())["metrics"]["miou"] <= 1.0
+    inspected = run("inspect", "--state", str(state), "--kind", "probs", "--json")
+    rows = json.loads(inspected.stdout)
+    assert len(rows) == 13 and all("quantizer" in r for r in rows)
+
+
+def test_sweep_and_plot(run, tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"recipes: [minmax]\nbits: [W8A8]\nsynthetic_images: 2\ncalib_images: 1\nout: {tmp_path / 'res'}\n")
+    result = run("sweep", str(config))
+    assert result.exit_code == 0, result.output
+    assert "| testbed | minmax | W8A8 |" in result.output
+    assert (tmp_path / "res" / "plots").is_dir()
+    again = run("plot", str(tmp_path / "res"), "--out", str(tmp_path / "p"))
+    assert again.exit_code == 0 and list((tmp_path / "p").glob("*.png"))
+
+
+def test_demo_reduced(run, tmp_path):
+    result = run("demo", "--out", str(tmp_path), "--images", "2", "--calib-images", "1", "--recipes", "minmax",
+                 "--bits", "W8A8")
+    assert result.exit_code == 0, result.output
+    assert "| testbed | float | float |" in result.output and (tmp_path / "report.md").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--checkpoint", "/nonexistent.pth"], "not found"),
+    (["calibrate", "--recipe", "nope"], "nope"),
+    (["calibrate", "--bits", "W1A8"], "weight bits"),
+    (["calibrate", "--bits", "eight"], "eight"),
+    (["plot", "."], "report.json"),
+])
+def test_errors_are_one_line_and_non_zero(run, args, message):
+    result = run(*args)
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and message in lines[-1]
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_wrong_model_type_and_malformed_annotations(run, tmp_path, random_testbed):
+    checkpoint = tmp_path / "testbed.pth"
+    torch.save(random_testbed().state_dict(), checkpoint)
+    result = run("evaluate", "--model", "tinysam", "--checkpoint", str(checkpoint))
+    assert result.exit_code == 1 and "tinysam" in result.output
+    (tmp_path / "images").mkdir()
+    bad = tmp_path / "ann.json"
+    bad.write_text('{"images": 3}')
+    result = run("evaluate", "--images", str(tmp_path / "images"), "--annotations", str(bad))
+    assert result.exit_code == 1 and "ann.json" in result.output
+
+
+def test_debug_shows_traceback(random_testbed):
+    result = CliRunner().invoke(main, ["--debug", "evaluate", "--checkpoint", "/nonexistent.pth"])
+    assert result.exit_code == 1 and "Traceback" in result.output

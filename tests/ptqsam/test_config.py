@@ -1,0 +1,38 @@
+"""ExperimentConfig: YAML round trip and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from ptqsam.config import ConfigError, ExperimentConfig
+
+
+def test_yaml_round_trip(tmp_path):
+    config = ExperimentConfig(models=["testbed", "tinysam"], recipes=["ptq4sam"], bits=["W6A6"], calib_images=8,
+                              checkpoints={"tinysam": "/x/tinysam_42.3.pth"}, prompt="center_point")
+    path = tmp_path / "c.yaml"
+    path.write_text(config.to_yaml())
+    assert ExperimentConfig.from_yaml(path) == config
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"modelz": ["testbed"]}, "modelz"),
+    ({"prompt": "scribble"}, "scribble"),
+    ({"device": "tpu"}, "tpu"),
+    ({"images": "/x"}, "images and annotations"),
+    ({"calib_images": 0}, "calib_images"),
+    ({"prompt": "detections"}, "detections"),
+    ({"bits": []}, "bits"),
+])
+def test_bad_values_are_named(data, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(data)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        ExperimentConfig.from_yaml(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [testbed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        ExperimentConfig.from_yaml(bad)
