@@ -36,6 +36,8 @@ MAX_LEVEL_LINES = 64
 #: Metrics of a report row drawn by :func:`plot_degradation` (key, axis label), in panel order.
 DEGRADATION_METRICS = (("miou", "mIoU"), ("AP", "mask AP"), ("agreement", "agreement with float"))
 FLOAT_RECIPE = "float"
+#: Colours of the dashed float lines, one per model.
+FLOAT_COLOURS = ("black", "0.45", "0.7")
 SHORT_PREFIXES = (("mask_decoder.transformer.", "decoder."), ("mask_decoder.", "decoder."),
                   ("image_encoder.", "encoder."), ("prompt_encoder.", "prompt."))
 SITE_KIND_COLOURS = {"weight": "tab:blue", "input": "tab:orange", "query": "tab:green", "key": "tab:red",
@@ -278,12 +280,14 @@ def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, 
     ax.barh(rows, errors, color=[SITE_KIND_COLOURS.get(k, "tab:gray") for k in kinds], height=0.7)
     ax.set_yticks(rows, [_short(n) for n in names], fontsize=8)
     ax.set_ylim(-0.6, len(names) - 0.4)
-    if errors.min() > 0 and errors.max() / errors.min() > 100:
+    log_axis = errors.min() > 0 and errors.max() / errors.min() > 100
+    if log_axis:
         ax.set_xscale("log")
     for row, error in zip(rows, errors):
         ax.annotate(f"{error:.2e}", (error, row), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
     ax.margins(x=0.12)
-    ax.set_xlabel(r"relative quantization error  $\|q(x) - x\|^2 / \|x\|^2$")
+    scale = " (log scale)" if log_axis else ""
+    ax.set_xlabel(r"relative quantization error  $\|q(x) - x\|^2 / \|x\|^2$" + scale)
     ax.set_title(f"Per-site quantization error (top {len(names)} of {len(errors_by_site)} sites)")
     handles = [Patch(color=SITE_KIND_COLOURS.get(k, "tab:gray")) for k in dict.fromkeys(kinds)]
     ax.legend(handles, list(dict.fromkeys(kinds)), title="site kind", fontsize=8, loc="lower right")
@@ -296,8 +300,9 @@ def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, 
 
 def plot_degradation(rows: Sequence[Mapping[str, Any]], out_stem: str | Path) -> PlotFiles:
     """Metrics against bit-width, one line per recipe (per model and recipe when rows hold
-    several models), the float value as a dashed horizontal line; one panel per metric present
-    (mIoU, AP, agreement). Bit-widths are ordered by (weight, activation) bits: W4A4 < W6A6 < W8A8.
+    several models: colour = recipe, line style = model), the float value as a dashed horizontal
+    line (one grey level per model); one panel per metric present (mIoU, AP, agreement).
+    Bit-widths are ordered by (weight, activation) bits: W4A4 < W6A6 < W8A8.
 
     Arguments:
       rows: report rows (:func:`ptqsam.evaluation.report.degradation_rows`, or ``report.json``'s
@@ -328,8 +333,8 @@ def plot_degradation(rows: Sequence[Mapping[str, Any]], out_stem: str | Path) ->
                         label=recipe if len(models) == 1 else f"{model} / {recipe}")
         for r in rows:
             if r["recipe"] == FLOAT_RECIPE and _metric(r, key) is not None:
-                ax.axhline(_metric(r, key), color="black", linestyle=(0, (5, 3)) if len(models) == 1 else
-                           _model_style(r["model"], models), linewidth=1.2, alpha=0.8,
+                ax.axhline(_metric(r, key), color=FLOAT_COLOURS[models.index(r["model"]) % len(FLOAT_COLOURS)],
+                           linestyle=(0, (5, 3)), linewidth=1.2,
                            label="float" if len(models) == 1 else f"{r['model']} / float")
         ax.set_xticks(range(len(bits)), bits)
         ax.set_xlim(-0.4, len(bits) - 0.6)

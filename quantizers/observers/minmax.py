@@ -26,10 +26,31 @@ def batch_minmax(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tenso
 
 
 class _MinMaxState(Observer):
+    """Per-group (min, max) buffers; subclasses say how a batch's range merges into them."""
+
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)
         self.register_buffer("min_val", torch.empty(0))
         self.register_buffer("max_val", torch.empty(0))
+
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = self._batch_range(x)
+        if self.min_val.numel() == 0:
+            self.min_val, self.max_val = lo, hi
+            return
+        if lo.shape != self.min_val.shape:
+            raise QuantizationError(
+                f"{type(self).__name__}: a batch has {lo.numel()} quantization groups, earlier batches had "
+                f"{self.min_val.numel()}"
+            )
+        self.min_val, self.max_val = self._merge(lo, hi)
+
+    def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range one batch contributes (subclasses may choose another range)."""
+        return batch_minmax(x, self.spec.granularity)
+
+    def _merge(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # abstract
 
     def _calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self._range()
@@ -42,27 +63,15 @@ class _MinMaxState(Observer):
 class MinMaxObserver(_MinMaxState):
     """Running min and max over every batch seen (``torch.ao`` MinMaxObserver semantics)."""
 
-    def _observe(self, x: torch.Tensor) -> None:
-        lo, hi = batch_minmax(x, self.spec.granularity)
-        if self.min_val.numel() == 0:
-            self.min_val, self.max_val = lo, hi
-        else:
-            self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
+    def _merge(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
 
 
 class AvgMinMaxObserver(_MinMaxState):
     """Mean over batches of each batch's min and max (PTQ4SAM's default activation observer)."""
 
-    def _observe(self, x: torch.Tensor) -> None:
-        lo, hi = self._batch_range(x)
-        if self.min_val.numel() == 0:
-            self.min_val, self.max_val = lo, hi
-        else:
-            self.min_val, self.max_val = self.min_val + lo, self.max_val + hi
-
-    def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The range this batch contributes to the mean (subclasses may choose another range)."""
-        return batch_minmax(x, self.spec.granularity)
+    def _merge(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.min_val + lo, self.max_val + hi
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = float(self.num_batches)
@@ -81,11 +90,6 @@ class EMAMinMaxObserver(_MinMaxState):
         if not 0.0 < self.momentum <= 1.0:
             raise QuantizationError(f"ema_minmax momentum must be in (0, 1], got {self.momentum}")
 
-    def _observe(self, x: torch.Tensor) -> None:
-        lo, hi = batch_minmax(x, self.spec.granularity)
-        if self.min_val.numel() == 0:
-            self.min_val, self.max_val = lo, hi
-        else:
-            c = self.momentum
-            self.min_val = self.min_val + c * (lo - self.min_val)
-            self.max_val = self.max_val + c * (hi - self.max_val)
+    def _merge(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.momentum
+        return self.min_val + c * (lo - self.min_val), self.max_val + c * (hi - self.max_val)

@@ -412,3 +412,11 @@ def test_histogram_rejects_a_changing_number_of_groups(kind: str) -> None:
 def test_bad_options_raise(kind: str, options: dict, message: str) -> None:
     with pytest.raises(QuantizationError, match=message):
         build_observer(QuantSpec(observer=kind, observer_options=options))
+
+
+@pytest.mark.parametrize("name", ["minmax", "avg_minmax", "ema_minmax", "mse"])
+def test_group_count_change_between_batches_is_named(name):
+    observer = build_observer(QuantSpec(bits=8, granularity=Granularity("channel", axis=0), observer=name))
+    observer(torch.randn(4, 8))
+    with pytest.raises(QuantizationError, match="quantization groups"):
+        observer(torch.randn(5, 8))
