@@ -129,18 +129,19 @@ def demo(out: str, num_images: int, calib_images: int, recipes: str, bits: str, 
 @model_options
 @data_options
 @quant_options
-@click.option("--out", "state_path", type=click.Path(dir_okay=False), default="calibrated.pt", show_default=True,
-              help="Calibrated state file.")
+@click.option("--out", "state_path", type=click.Path(dir_okay=False), default="results/calibrated.pt",
+              show_default=True, help="Calibrated state file.")
 def calibrate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, recipe, bits,
               calib_images, float_encoder, state_path) -> None:
     """Calibrate a recipe on a few images and save the calibrated state."""
     from ptqsam.calibration import calibrate as run_calibration, calibration_samples, save_calibrated
-    from ptqsam.instrument.recipe import parse_bits
+    from ptqsam.instrument.recipe import load_recipe, parse_bits
     from ptqsam.sweep import ENCODER_PATTERN, dataset_for
 
     w, a = parse_bits(bits)
+    load_recipe(recipe)  # fail before any work
     config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
-                     calib_images=calib_images, out=str(Path(state_path).parent))
+                     calib_images=calib_images)
     model = _build(model_type, checkpoint, seed, device)
     samples = calibration_samples(dataset_for(config), calib_images, seed, prompt)
     report = run_calibration(model, recipe, w, a, samples, (ENCODER_PATTERN,) if float_encoder else ())
@@ -156,9 +157,11 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
 @click.option("--state", type=click.Path(dir_okay=False), default=None,
               help="Calibrated state from `ptqsam calibrate` (default: evaluate the float model).")
 @click.option("--eval-images", type=int, default=0, show_default=True, help="Limit (0 = all).")
+@click.option("--single-mask", is_flag=True, help="One mask per prompt (default: best of 3 by predicted IoU).")
+@click.option("--detector-score", is_flag=True, help="AP score = detector score (default: × predicted IoU).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON here.")
 def evaluate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, state, eval_images,
-             out) -> None:
+             single_mask, detector_score, out) -> None:
     """mIoU (and mask AP with --detections) of a float or calibrated model."""
     import contextlib
 
@@ -171,16 +174,16 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
 
     config = _config(models=[model_type], images=images, annotations=annotations, detections=detections,
                      prompt=prompt, seed=seed, eval_images=eval_images)
-    dataset = dataset_for(config)
     model = _build(model_type, checkpoint, seed, device)
+    dataset = dataset_for(config)
     mode = contextlib.nullcontext()
     if state is not None:
         load_calibrated(model, state, model_type=model_type)
         mode = quantizing(model)
     ids = dataset.image_ids[:eval_images] if eval_images else None
     with mode:
-        result = run_evaluation(model, dataset, ids, EvalOptions(prompt=prompt, seed=seed),
-                                Detections(detections) if detections else None)
+        options = EvalOptions(prompt, multimask=not single_mask, score_with_iou=not detector_score, seed=seed)
+        result = run_evaluation(model, dataset, ids, options, Detections(detections) if detections else None)
     summary = {"metrics": result.metrics, "images": result.num_images, "prompts": result.num_prompts,
                "skipped": {k: v for k, v in result.skips.items() if v}}
     if out:
@@ -191,7 +194,8 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
 @main.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
 @click.option("--out", default=None, help="Override the config's results folder.")
-def sweep(config_path: str, out: str | None) -> None:
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default=None, help="Override the config's device.")
+def sweep(config_path: str, out: str | None, device: str | None) -> None:
     """Run a sweep config (models × recipes × bits); finished cells are skipped on re-runs."""
     from ptqsam.config import ExperimentConfig
     from ptqsam.evaluation.report import markdown_table
@@ -200,6 +204,8 @@ def sweep(config_path: str, out: str | None) -> None:
     config = ExperimentConfig.from_yaml(config_path)
     if out:
         config = config.replace(out=out)
+    if device:
+        config = config.replace(device=device)
     rows = run_sweep(config)
     _plots(Path(config.out))
     click.echo(markdown_table(rows))

@@ -12,7 +12,8 @@ from ptqsam.cli import main
 
 
 @pytest.fixture
-def run(random_testbed):
+def run(random_testbed, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # commands that default to ./results write there
     runner = CliRunner()
 
     def invoke(*args: str):
@@ -36,7 +37,10 @@ def test_calibrate_then_evaluate(run, tiny_dataset_dir, tmp_path):
     out = tmp_path / "metrics.json"
     result = run("evaluate", *data, "--state", str(state), "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert 0.0 <= json.loads(out.read_text())["metrics"]["miou"] <= 1.0
+    best_of_three = json.loads(out.read_text())["metrics"]
+    assert 0.0 <= best_of_three["miou"] <= 1.0
+    single = run("evaluate", *data, "--state", str(state), "--single-mask")
+    assert single.exit_code == 0 and json.loads(single.stdout)["metrics"]["count"] == best_of_three["count"]
     inspected = run("inspect", "--state", str(state), "--kind", "probs", "--json")
     rows = json.loads(inspected.stdout)
     assert len(rows) == 13 and all("quantizer" in r for r in rows)
@@ -66,9 +70,11 @@ def test_demo_reduced(run, tmp_path):
     (["calibrate", "--bits", "W1A8"], "weight bits"),
     (["calibrate", "--bits", "eight"], "eight"),
     (["plot", "."], "report.json"),
+    (["sweep", "missing.yaml"], "not found"),
 ])
-def test_errors_are_one_line_and_non_zero(run, args, message):
+def test_errors_are_one_line_and_non_zero(run, args, message, tmp_path):
     result = run(*args)
+    assert not (tmp_path / "results").exists()  # failed before any work
     assert result.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and message in lines[-1]
