@@ -10,11 +10,14 @@
 
 The image encoder runs once per image per pass; when the recipe leaves it in float, its embeddings
 are computed once and reused by every pass. What grows with the number of images: the images and
-their prompts (held in memory), those float embeddings, and the Hessian search's cached tensors.
+their prompts (held in memory), those float embeddings, and the Hessian search's cached operands,
+outputs and gradients — of one transformer block at a time (one forward + backward pass over the
+images per block).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -33,6 +36,7 @@ from ptqsam.instrument.recipe import Recipe, load_recipe
 from quantizers.modules.base import Mode, Quantizer
 
 ENCODER_PREFIX = "image_encoder."
+BLOCK_PATTERN = re.compile(r"^(image_encoder\.(blocks|layers)\.\d+(\.blocks\.\d+)?|mask_decoder\.transformer\.layers\.\d+)")
 
 
 @dataclass
@@ -174,9 +178,18 @@ def _statistics(model: Sam, passes: _Passes, observed: list[str]) -> set[str]:
 
 
 def _hessian(model: Sam, passes: _Passes, units, report: CalibrationReport) -> None:
-    if not units:
-        return
-    needs_encoder = any(u.name.startswith(ENCODER_PREFIX) for u in units)
-    data = capture(model, units, lambda loss: passes.run_with_grad(loss, needs_encoder, "hessian capture"))
-    for unit in tqdm(units, desc="hessian search", disable=not passes.progress, leave=False):
-        report.hessian[unit.name] = search_unit(unit, data.pop(unit.name), model)
+    """Capture and search block by block, so the cache holds one block's units at a time."""
+    for block, group in _by_block(units).items():
+        needs_encoder = block.startswith(ENCODER_PREFIX)
+        data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {block}"))
+        for unit in group:
+            report.hessian[unit.name] = search_unit(unit, data.pop(unit.name), model)
+
+
+def _by_block(units) -> dict[str, list]:
+    """Units grouped by transformer block (``image_encoder.blocks.3``, ``...layers.1``) or owner."""
+    groups: dict[str, list] = {}
+    for unit in units:
+        match = BLOCK_PATTERN.match(unit.name)
+        groups.setdefault(match.group(0) if match else unit.name.rsplit(".", 1)[0], []).append(unit)
+    return groups
