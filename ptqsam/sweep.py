@@ -29,7 +29,7 @@ from ptqsam.instrument.recipe import load_recipe, parse_bits
 from ptqsam.io import write_json_atomic
 from ptqsam.models import build_model
 from ptqsam.models.checkpoint import checkpoint_sha256
-from ptqsam.models.zoo import image_size
+from ptqsam.models.zoo import PACKAGED_WEIGHTS, image_size
 
 log = logging.getLogger("ptqsam")
 ENCODER_PATTERN = "image_encoder.*"
@@ -85,9 +85,10 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
     detections = Detections(config.detections) if config.detections else None
     eval_ids = dataset.image_ids[: config.eval_images] if config.eval_images else list(dataset.image_ids)
     options = EvalOptions(config.prompt, config.num_points, config.multimask, config.score_with_iou, config.seed)
-    runs = []
+    runs, checkpoints = [], {}
     for model_type in config.models:
         context = _ModelContext(config, model_type, dataset, detections, eval_ids, options, progress)
+        checkpoints[model_type] = context.checkpoint_id
         for cell in [c for c in todo if c.model == model_type]:
             path = out / "cells" / cell.file_name
             if path.is_file():
@@ -98,12 +99,20 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
             write_json_atomic(path, record)
             runs.append(record)
     rows = degradation_rows(runs)
-    write_report(rows, out, _settings(config, dataset, eval_ids))
+    settings = {**config.to_dict(), "checkpoint_ids": checkpoints, "eval_image_ids": eval_ids,
+                "skipped": dataset.skips.as_dict()}
+    write_report(rows, out, settings)
     return rows
 
 
-def _settings(config: ExperimentConfig, dataset: CocoDataset, eval_ids: list[int]) -> dict[str, Any]:
-    return {**config.to_dict(), "eval_image_ids": eval_ids, "skipped": dataset.skips.as_dict()}
+def checkpoint_id(model_type: str, checkpoint: str | None, seed: int) -> str:
+    """What the weights are: the checkpoint's hash, the packaged weights' hash, or the random seed."""
+    if checkpoint:
+        return checkpoint_sha256(checkpoint)
+    packaged = PACKAGED_WEIGHTS.get(model_type)
+    if packaged is not None and Path(packaged).is_file():
+        return "packaged-" + checkpoint_sha256(packaged)
+    return f"random-seed{seed}"
 
 
 class _ModelContext:
@@ -114,7 +123,7 @@ class _ModelContext:
         self.detections, self.eval_ids, self.options, self.progress = detections, eval_ids, options, progress
         checkpoint = config.checkpoints.get(model_type)
         self.float_model: Sam = build_model(model_type, checkpoint, seed=config.seed).to(config.device)
-        self.checkpoint_id = checkpoint_sha256(checkpoint) if checkpoint else f"default-seed{config.seed}"
+        self.checkpoint_id = checkpoint_id(model_type, checkpoint, config.seed)
         cache_dir = Path(config.out) / "cache" if len(eval_ids) > 64 else None
         self.cache = EmbeddingCache(cache_dir)
         size = image_size(self.float_model)

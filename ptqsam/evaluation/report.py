@@ -16,6 +16,8 @@ METRIC_KEYS = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
 )
 FLOAT = "float"
+#: Settings of a run copied beside its numbers when present.
+RUN_FIELDS = ("checkpoint", "num_images", "num_prompts")
 
 
 def degradation_rows(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -29,6 +31,7 @@ def degradation_rows(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         row: dict[str, Any] = {"model": run["model"], "recipe": run["recipe"], "bits": run["bits"]}
+        row.update({key: run[key] for key in RUN_FIELDS if key in run})
         base = floats.get(run["model"], {})
         for key in METRIC_KEYS:
             value = run["metrics"].get(key)
@@ -55,6 +58,10 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return cols
 
 
+def _all_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return _columns(rows) + [key for key in RUN_FIELDS if any(key in r for r in rows)]
+
+
 def _cell(column: str, value: Any) -> str:
     if not isinstance(value, float):
         return str(value)
@@ -73,7 +80,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=_columns(rows), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=_all_columns(rows), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()

@@ -32,3 +32,13 @@ def test_written_files(tmp_path):
     assert "| m | minmax | W4A4 | 0.5000 | -0.3000 |" in text
     assert paths["markdown"].read_text() == text
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_run_settings_travel_with_the_numbers():
+    runs = [dict(RUNS[1], checkpoint="abc123", num_images=4, num_prompts=17)]
+    row = degradation_rows(runs)[0]
+    assert (row["checkpoint"], row["num_images"], row["num_prompts"]) == ("abc123", 4, 17)
+    from ptqsam.evaluation.report import csv_text
+
+    header = csv_text([row]).splitlines()[0].split(",")
+    assert header[-3:] == ["checkpoint", "num_images", "num_prompts"]

@@ -1,0 +1,47 @@
+"""The evaluator: float against itself, detections, and bad data counted, never dropped silently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from ptqsam.data import CocoDataset
+from ptqsam.data.prompts import Detections
+from ptqsam.evaluation.evaluator import EvalOptions, evaluate
+
+
+def test_float_against_itself(tiny_dataset, random_testbed):
+    model = random_testbed()
+    first = evaluate(model, tiny_dataset, progress=False)
+    second = evaluate(model, tiny_dataset, reference=first, progress=False)
+    assert second.metrics["agreement"] == 1.0
+    assert second.metrics["miou"] == first.metrics["miou"]
+    total = sum(len(tiny_dataset.instances(i)) for i in tiny_dataset.image_ids)
+    assert first.num_prompts == total == first.metrics["count"]
+
+
+def test_missing_image_and_bad_annotation_are_counted(tiny_dataset_dir, random_testbed, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset_dir, root)
+    data = json.loads((root / "annotations.json").read_text())
+    (root / "images" / data["images"][0]["file_name"]).unlink()
+    data["annotations"][-1]["bbox"] = [1000.0, 1000.0, 5.0, 5.0]  # entirely outside the image
+    (root / "annotations.json").write_text(json.dumps(data))
+    dataset = CocoDataset(root / "images", root / "annotations.json")
+    result = evaluate(random_testbed(), dataset, progress=False)
+    assert result.skips["box_outside_image"] == 1
+    assert result.num_images == len(data["images"]) - 1
+    assert result.skips["missing_image"] == 1
+
+
+def test_detections_give_mask_ap_with_both_score_modes(tiny_dataset_dir, tiny_dataset, random_testbed, tmp_path):
+    dets = [{"image_id": inst.image_id, "category_id": inst.category_id, "bbox": [float(v) for v in inst.box_xywh],
+             "score": 0.9} for i in tiny_dataset.image_ids for inst in tiny_dataset.instances(i)]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    model = random_testbed()
+    runs = [evaluate(model, tiny_dataset, options=EvalOptions(prompt="detections", score_with_iou=flag),
+                     detections=Detections(path), progress=False) for flag in (True, False)]
+    for run in runs:
+        assert 0.0 <= run.metrics["AP"] <= 1.0 and "miou" not in run.metrics
+        assert run.num_prompts == len(dets)
