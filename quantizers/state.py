@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from abc import ABCMeta
+
 import torch
 from torch import nn
 
 
-class LazyStateModule(nn.Module):
+class LazyStateModule(nn.Module, metaclass=ABCMeta):
     """An ``nn.Module`` whose buffers may be resized after construction (per-channel statistics,
     qparams of unknown length). Loading a state_dict resizes each buffer to the saved shape and
-    dtype, so the state of a calibrated module loads into a freshly built one."""
+    dtype, so the state of a calibrated module loads into a freshly built one. Abstract methods of
+    subclasses are enforced (ABCMeta)."""
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):  # noqa: D401 - torch hook signature

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from enum import Enum
 
 import torch
@@ -65,14 +67,17 @@ class Quantizer(LazyStateModule):
         self._finalize()
         self.calibrated.fill_(True)
 
+    @abstractmethod
     def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
-        raise NotImplementedError  # abstract
+        ...
 
+    @abstractmethod
     def _finalize(self) -> None:
-        raise NotImplementedError  # abstract
+        ...
 
+    @abstractmethod
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract
+        ...
 
     def extra_repr(self) -> str:
         return f"bits={self.spec.bits}, mode={self.mode.value}, calibrated={self.is_calibrated}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from quantizers.errors import QuantizationError
@@ -28,13 +30,15 @@ class _TwinSearchQuantizer(Quantizer):
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
 
     @property
+    @abstractmethod
     def grid(self) -> TwinGrid:
         """The calibrated grid."""
-        raise NotImplementedError  # abstract
+        ...
 
+    @abstractmethod
     def candidates(self, x: torch.Tensor) -> list[TwinGrid]:
         """The grids scored on batch ``x``."""
-        raise NotImplementedError  # abstract
+        ...
 
     def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
         self.error_sums += twin_errors(x, self.candidates(x), self.objective)
@@ -45,8 +49,9 @@ class _TwinSearchQuantizer(Quantizer):
             raise QuantizationError(f"{type(self).__name__}: finalize() called before any data was observed")
         self._choose(int(torch.argmin(self.error_sums)))
 
+    @abstractmethod
     def _choose(self, best: int) -> None:
-        raise NotImplementedError  # abstract
+        ...
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         return twin_fake_quantize(x, self.grid)

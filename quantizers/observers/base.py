@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from quantizers.errors import QuantizationError
@@ -43,11 +45,13 @@ class Observer(LazyStateModule):
             raise QuantizationError(f"{type(self).__name__}: qparams requested before any data was observed")
         return self._calculate_qparams()
 
+    @abstractmethod
     def _observe(self, x: torch.Tensor) -> None:
-        raise NotImplementedError  # abstract
+        ...
 
+    @abstractmethod
     def _calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # abstract
+        ...
 
     def extra_repr(self) -> str:
         g = self.spec.granularity

@@ -12,6 +12,8 @@ hence float64). Memory is ``groups × bins`` counts, whatever the number of batc
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from quantizers.errors import QuantizationError
@@ -103,9 +105,10 @@ class HistogramObserver(Observer):
         hi = torch.minimum(self.max_val, amax).clamp(min=0.0)
         return qparams_from_minmax(lo, hi, self.spec.bits, self.spec.symmetric, self.spec.signed)
 
+    @abstractmethod
     def _histogram_amax(self) -> torch.Tensor:
         """Clipping magnitude per group from :attr:`hist` (may exceed the observed max)."""
-        raise NotImplementedError  # abstract
+        ...
 
 
 class PercentileObserver(HistogramObserver):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from quantizers.errors import QuantizationError
@@ -49,8 +51,9 @@ class _MinMaxState(Observer):
         """The range one batch contributes (subclasses may choose another range)."""
         return batch_minmax(x, self.spec.granularity)
 
+    @abstractmethod
     def _merge(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # abstract
+        ...
 
     def _calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self._range()
