@@ -20,6 +20,16 @@ class ConfigError(PtqsamError):
     """A config file or option is malformed; the message names the key."""
 
 
+def reject_unknown_keys(data: Any, cls: type, what: str, error: type[PtqsamError] = ConfigError) -> None:
+    """Raise ``error`` unless ``data`` is a mapping whose keys are all fields of dataclass ``cls``."""
+    if not isinstance(data, Mapping):
+        raise error(f"{what} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """What a sweep runs: models × recipes × bit-widths on one dataset.
@@ -100,12 +110,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        reject_unknown_keys(data, cls, "config")
         return cls(**data)
 
     @classmethod

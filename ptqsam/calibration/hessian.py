@@ -35,13 +35,14 @@ FIXED_OPERAND_BITS = 16
 
 @dataclass(frozen=True)
 class SearchUnit:
-    """One product with its operand site names (None where the operand stays float)."""
+    """One product with the site names of its operands (an operand whose site carries no
+    quantizer stays float) and, for a matmul, of its output (a Linear's output is its module's)."""
 
     name: str
     kind: str  # "linear" or "matmul"
-    a: str | None
-    b: str | None
-    output: str | None  # the output site of a matmul; a Linear's output is its module's output
+    a: str
+    b: str
+    output: str | None
 
 
 def search_units(model: nn.Module) -> list[SearchUnit]:
@@ -54,20 +55,15 @@ def search_units(model: nn.Module) -> list[SearchUnit]:
         if isinstance(module, nn.Linear) and hasattr(module, "input_site"):
             a, b = f"{path}.input", f"{path}.weight"
             if {a, b} & wants:
-                units.append(SearchUnit(path, "linear", _if(a, quantizers), _if(b, quantizers), None))
+                units.append(SearchUnit(path, "linear", a, b, None))
     for a_role, b_role, out_role in MATMUL_UNITS:
         for name in all_sites:
             if name.endswith("." + a_role):
                 base = name[: -len(a_role)]
                 a, b = base + a_role, base + b_role
                 if {a, b} & wants and base + out_role in all_sites:
-                    units.append(SearchUnit(f"{base}{a_role}@{b_role}", "matmul", _if(a, quantizers),
-                                            _if(b, quantizers), base + out_role))
+                    units.append(SearchUnit(f"{base}{a_role}@{b_role}", "matmul", a, b, base + out_role))
     return units
-
-
-def _if(name: str, quantizers: dict[str, Quantizer]) -> str | None:
-    return name if name in quantizers else None
 
 
 def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
@@ -93,10 +89,8 @@ class _Capture:
             if unit.kind == "linear":
                 self.handles.append(modules[unit.name].register_forward_hook(self._linear_hook(store)))
             else:
-                a_role, b_role = unit.name.split(".")[-1].split("@")
-                base = unit.output.rsplit(".", 1)[0] + "."
-                self.handles.append(all_sites[base + a_role].register_forward_hook(self._keep(store["a"])))
-                self.handles.append(all_sites[base + b_role].register_forward_hook(self._keep(store["b"])))
+                self.handles.append(all_sites[unit.a].register_forward_hook(self._keep(store["a"])))
+                self.handles.append(all_sites[unit.b].register_forward_hook(self._keep(store["b"])))
                 self.handles.append(all_sites[unit.output].register_forward_hook(self._output_hook(store)))
 
     @staticmethod
@@ -148,8 +142,7 @@ def search_unit(unit: SearchUnit, store: dict, model: nn.Module) -> dict:
     searched on the unweighted output error (metric ``l2``) instead.
     """
     quantizers = attached_quantizers(model)
-    qa = quantizers.get(unit.a) if unit.a else None
-    qb = quantizers.get(unit.b) if unit.b else None
+    qa, qb = quantizers.get(unit.a), quantizers.get(unit.b)
     cfg = HessianSearchConfig.from_options((qa or qb).spec.search_options)
     keep = 1 if unit.kind == "linear" else 2
     out = _cat(store["out"], keep)

@@ -129,7 +129,7 @@ def calibrate(
 
     _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
     units = search_units(model)
-    searched = {name for unit in units for name in (unit.a, unit.b) if name}
+    searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers}
     observed = [name for name in quantizers if name not in searched]
     reached = _timed(report, "statistics", lambda: _statistics(model, passes, observed))
     _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report))

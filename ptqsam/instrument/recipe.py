@@ -9,7 +9,7 @@ calibration (e.g. PTQ4SAM's bimodal fold). The first matching rule wins; unmatch
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ptqsam.config import reject_unknown_keys
 from ptqsam.errors import RecipeError
 from quantizers import QuantizationError, QuantSpec
 from quantizers.spec import check_bits
@@ -42,18 +43,9 @@ def matches_any(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(name, p) for p in patterns)
 
 
-def _reject_unknown(data: Any, cls: type, what: str) -> None:
-    if not isinstance(data, Mapping):
-        raise RecipeError(f"{what} must be a mapping, got {data!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RecipeError(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
-
-
 def _build(cls: type, data: Any, what: str, required: tuple[str, ...]) -> Any:
     """``cls(**data)`` after checking ``data`` has the ``required`` keys and no unknown ones."""
-    _reject_unknown(data, cls, what)
+    reject_unknown_keys(data, cls, what, RecipeError)
     missing = [key for key in required if key not in data]
     if missing:
         raise RecipeError(f"a {what} needs {missing}, got keys {sorted(data)}")
@@ -128,7 +120,7 @@ class Transform:
         if self.kind not in TRANSFORM_CONFIGS:
             raise RecipeError(f"unknown transform kind {self.kind!r}; choose one of {sorted(TRANSFORM_CONFIGS)}")
         object.__setattr__(self, "sites", _patterns(self.sites, f"{self.kind} sites"))
-        _reject_unknown(self.options, TRANSFORM_CONFIGS[self.kind], f"{self.kind} option")
+        reject_unknown_keys(self.options, TRANSFORM_CONFIGS[self.kind], f"{self.kind} option", RecipeError)
         object.__setattr__(self, "options", dict(self.options))
         self.config()  # validates the option values
 

@@ -6,21 +6,12 @@ from __future__ import annotations
 from typing import Callable
 
 import pytest
-import torch
 from segment_anything.modeling import Sam
 
 from ptqsam.calibration import CalibrationSample, calibration_samples
 from ptqsam.data import CocoDataset, generate_dataset
 from ptqsam.models import build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread on a shared CPU (and float sums do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

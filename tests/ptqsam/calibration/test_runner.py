@@ -125,3 +125,16 @@ def test_instrument_is_idempotent_with_calibration(random_testbed):
     instrument(model)
     instrument(model)
     assert attach(model, "minmax", 8, 8)
+
+
+def test_hessian_search_with_one_operand_float(tiny_dataset, random_testbed):
+    from ptqsam.instrument.recipe import Recipe
+
+    recipe = Recipe.from_dict({"name": "query-only", "description": "query quantized, key float", "rules": [
+        {"include": ["image_encoder.blocks.0.attn.query"],
+         "spec": {"bits": "A", "symmetric": True, "search": "hessian", "search_options": {"n": 10, "rounds": 1}}}]})
+    model = random_testbed()
+    report = calibrate(model, recipe, 8, 4, calibration_samples(tiny_dataset, 1, seed=0), progress=False)
+    assert list(report.hessian) == ["image_encoder.blocks.0.attn.query@key"]
+    (quantizer,) = report.quantizers.values()
+    assert quantizer.is_calibrated and quantizer.scale.numel() == 1

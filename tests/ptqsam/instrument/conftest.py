@@ -87,15 +87,6 @@ def assert_identical(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; with several processes sharing the CPU, OpenMP
-    barriers can slow two-thread runs of tiny ops by 100×."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="session")
 def make_vit_sam() -> Callable[..., Sam]:
