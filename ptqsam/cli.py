@@ -22,6 +22,8 @@ from quantizers.errors import QuantizationError
 
 DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam")
 DEMO_BITS = ("W8A8", "W6A6", "W4A4")
+#: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
+DEMO_SEARCH_ROWS = 256
 MODEL_CHOICES = ("vit_b", "vit_l", "vit_h", "tinysam", "mobilesam", "testbed")
 PROMPT_CHOICES = ("box", "tight_box", "center_point", "random_points", "detections")
 
@@ -81,6 +83,8 @@ def quant_options(func: Callable) -> Callable:
     @click.option("--recipe", default="minmax", show_default=True, help="Shipped recipe name or YAML path.")
     @click.option("--bits", default="W8A8", show_default=True, help="Bit-widths as WxAy, e.g. W4A8.")
     @click.option("--calib-images", type=int, default=32, show_default=True)
+    @click.option("--search-rows", type=int, default=None,
+                  help="Hessian search: score each unit on at most this many random cached rows (default: all).")
     @click.option("--float-encoder", is_flag=True, help="Keep the image encoder in float.")
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -108,19 +112,23 @@ def _config(**kwargs: Any):
 @click.option("--out", type=click.Path(file_okay=False), default="results/demo", show_default=True)
 @click.option("--images", "num_images", type=int, default=12, show_default=True, help="Synthetic images.")
 @click.option("--calib-images", type=int, default=4, show_default=True)
+@click.option("--search-rows", type=int, default=DEMO_SEARCH_ROWS, show_default=True,
+              help="Hessian search (ptq4vit): rows of each unit's cache that score the candidates.")
 @click.option("--recipes", default=",".join(DEMO_RECIPES), show_default=True)
 @click.option("--bits", default=",".join(DEMO_BITS), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True)
-def demo(out: str, num_images: int, calib_images: int, recipes: str, bits: str, seed: int, device: str) -> None:
+def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes: str, bits: str, seed: int,
+         device: str) -> None:
     """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 (a few minutes)."""
     from ptqsam.evaluation.report import markdown_table
     from ptqsam.sweep import run_sweep
 
     config = _config(models=["testbed"], recipes=recipes.split(","), bits=bits.split(","), synthetic_images=num_images,
-                     calib_images=calib_images, seed=seed, device=device, out=out)
+                     calib_images=calib_images, search_rows=search_rows, seed=seed, device=device, out=out)
     rows = run_sweep(config)
     _plots(Path(out))
+    _demo_site_figures(config, rows)
     click.echo(markdown_table(rows))
     click.echo(f"results: {out}/report.md, report.csv, report.json, plots/")
 
@@ -132,7 +140,7 @@ def demo(out: str, num_images: int, calib_images: int, recipes: str, bits: str, 
 @click.option("--out", "state_path", type=click.Path(dir_okay=False), default="results/calibrated.pt",
               show_default=True, help="Calibrated state file.")
 def calibrate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, recipe, bits,
-              calib_images, float_encoder, state_path) -> None:
+              calib_images, search_rows, float_encoder, state_path) -> None:
     """Calibrate a recipe on a few images and save the calibrated state."""
     from ptqsam.calibration import calibrate as run_calibration, calibration_samples, save_calibrated
     from ptqsam.instrument.recipe import load_recipe, parse_bits
@@ -141,10 +149,11 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
     w, a = parse_bits(bits)
     load_recipe(recipe)  # fail before any work
     config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
-                     calib_images=calib_images)
+                     calib_images=calib_images, search_rows=search_rows)
     model = _build(model_type, checkpoint, seed, device)
     samples = calibration_samples(dataset_for(config), calib_images, seed, prompt)
-    report = run_calibration(model, recipe, w, a, samples, (ENCODER_PATTERN,) if float_encoder else ())
+    report = run_calibration(model, recipe, w, a, samples, (ENCODER_PATTERN,) if float_encoder else (),
+                             search_rows=search_rows)
     save_calibrated(model, state_path, report, recipe, model_type, w, a)
     click.echo(json.dumps({"state": state_path, "images": report.image_ids, "prompts": report.num_prompts,
                            "seconds": report.seconds, "unreached_sites": len(report.unreached),
@@ -222,6 +231,33 @@ def plot(results: str, out: str | None) -> None:
         click.echo(str(written))
 
 
+#: the demo's per-site figures: a decoder post-softmax site, the lowest-bit cell of this recipe
+DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs", "ptq4sam"
+
+
+def _demo_site_figures(config, rows: list[dict]) -> None:
+    """The histogram of one post-softmax site with its quantizer's grid, and the per-site
+    quantization error (sensitivity) of the lowest-bit ``ptq4sam`` cell, if the demo ran it."""
+    from ptqsam.analysis import collect_site_values, site_quantization_error
+    from ptqsam.calibration import calibration_samples, load_calibrated
+    from ptqsam.plots import bit_width_order, plot_sensitivity, plot_site_histogram
+    from ptqsam.sweep import Cell, dataset_for, state_path
+
+    bits = [r["bits"] for r in rows if r["recipe"] == DEMO_SITE_RECIPE]
+    if not bits:
+        return
+    lowest = bit_width_order(bits)[0]
+    model = _build("testbed", None, config.seed, config.device)
+    info = load_calibrated(model, state_path(config, Cell("testbed", DEMO_SITE_RECIPE, lowest)), DEMO_SITE_RECIPE,
+                           "testbed")
+    samples = calibration_samples(dataset_for(config), config.calib_images, config.seed, config.prompt)
+    values = collect_site_values(model, samples, [DEMO_SITE], seed=config.seed)[DEMO_SITE].values
+    plots = Path(config.out) / "plots"
+    plot_site_histogram(values, info.quantizers[DEMO_SITE], f"{DEMO_SITE} ({DEMO_SITE_RECIPE} {lowest})",
+                        plots / f"site_{DEMO_SITE_RECIPE}_{lowest}")
+    plot_sensitivity(site_quantization_error(model, samples), plots / f"sensitivity_{DEMO_SITE_RECIPE}_{lowest}")
+
+
 def _plots(results: Path, out: Path | None = None) -> list[Path]:
     from ptqsam.plots import plot_report
 
@@ -233,15 +269,23 @@ def _plots(results: Path, out: Path | None = None) -> list[Path]:
 
 @main.command()
 @model_options
+@data_options
 @click.option("--state", type=click.Path(dir_okay=False), default=None,
               help="Calibrated state: also list each site's quantizer and its parameters.")
 @click.option("--kind", default=None, help="Only sites of this kind (weight, input, probs, ...).")
+@click.option("--stats-images", type=int, default=0, show_default=True,
+              help="Run this many images (drawn by --seed) and add each site's activation statistics "
+                   "(min, max, mean, std, |x| 99.9th percentile; with --state, the relative quantization error).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect(model_type, checkpoint, device, state, kind, as_json) -> None:
-    """Sites of a model (name, kind, shape); with --state, the calibrated quantizers too."""
+def inspect(model_type, checkpoint, device, images, annotations, detections, prompt, seed, state, kind, stats_images,
+            as_json) -> None:
+    """Sites of a model (name, kind, shape); with --state, the calibrated quantizers; with
+    --stats-images, activation statistics."""
     from ptqsam.calibration import load_calibrated
     from ptqsam.instrument.instrument import attached_quantizers, site_inventory
 
+    if stats_images < 0:
+        raise PtqsamError(f"--stats-images must be >= 0, got {stats_images}")
     model = _build(model_type, checkpoint, 0, device)
     quantizers = attached_quantizers(model) if state is None else load_calibrated(model, state, None, model_type).quantizers
     rows = []
@@ -253,13 +297,31 @@ def inspect(model_type, checkpoint, device, state, kind, as_json) -> None:
         if row.name in quantizers:
             entry["quantizer"] = _describe(quantizers[row.name])
         rows.append(entry)
+    if stats_images:
+        rows = _with_statistics(model, rows, images, annotations, prompt, seed, stats_images)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for entry in rows:
         shape = "x".join(map(str, entry["shape"])) if entry["shape"] else "-"
-        click.echo(f"{entry['name']:<75} {entry['kind']:<9} {shape:<18} {entry.get('quantizer', '')}")
+        stats = entry.get("stats")
+        numbers = "" if stats is None else (
+            f" [{stats['min']:.3g}, {stats['max']:.3g}] mean {stats['mean']:.3g} std {stats['std']:.3g} "
+            f"|x|p99.9 {stats['abs_p999']:.3g}" + (f" rel.err {stats['rel_error']:.3g}" if "rel_error" in stats else ""))
+        click.echo(f"{entry['name']:<75} {entry['kind']:<9} {shape:<18} {entry.get('quantizer', '')}{numbers}")
     click.echo(f"{len(rows)} sites")
+
+
+def _with_statistics(model, rows: list[dict], images, annotations, prompt, seed, count) -> list[dict]:
+    """The rows of the sites the images reach, each with its activation statistics."""
+    from ptqsam.analysis import site_statistics
+    from ptqsam.calibration import calibration_samples
+    from ptqsam.sweep import dataset_for
+
+    config = _config(models=["testbed"], images=images, annotations=annotations, prompt=prompt, seed=seed)
+    samples = calibration_samples(dataset_for(config), count, seed, prompt)
+    table = site_statistics(model, samples, [r["name"] for r in rows], seed=seed)
+    return [{**r, "stats": table[r["name"]]} for r in rows if r["name"] in table]
 
 
 def _describe(quantizer) -> str:

@@ -45,6 +45,9 @@ class ExperimentConfig:
         ``detections``: detector boxes only, for mask AP).
       num_points: k for the ``random_points`` prompt.
       calib_images: images used for calibration (chosen by ``seed``).
+      search_rows: Hessian-guided search: score the candidates of each unit on at most this many
+        seeded-random rows of its calibration cache (the ``max_rows`` search option; a recipe that
+        sets it keeps its own). None: every row, as the papers do.
       eval_images: limit on evaluated images (0 = all).
       quantize_encoder: quantize the image encoder too (else it stays float and its embeddings are
         computed once).
@@ -67,6 +70,7 @@ class ExperimentConfig:
     prompt: str = "box"
     num_points: int = 1
     calib_images: int = 32
+    search_rows: int | None = None
     eval_images: int = 0
     quantize_encoder: bool = True
     multimask: bool = True
@@ -96,6 +100,8 @@ class ExperimentConfig:
         for name in ("calib_images", "num_points", "synthetic_images"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.search_rows is not None and (not isinstance(self.search_rows, int) or self.search_rows < 1):
+            raise ConfigError(f"search_rows must be a positive integer or null, got {self.search_rows!r}")
         if not isinstance(self.eval_images, int) or self.eval_images < 0:
             raise ConfigError(f"eval_images must be >= 0, got {self.eval_images!r}")
 

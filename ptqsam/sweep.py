@@ -49,6 +49,11 @@ class Cell:
         return f"{self.model}__{recipe}__{self.bits}.json"
 
 
+def state_path(config: ExperimentConfig, cell: Cell) -> Path:
+    """Where a sweep saves the calibrated state of ``cell``."""
+    return Path(config.out) / "states" / cell.file_name.replace(".json", ".pt")
+
+
 def cells(config: ExperimentConfig) -> list[Cell]:
     """The float cell of each model, then every recipe × bits (bit strings normalised)."""
     bits = [_normal_bits(b) for b in config.bits]
@@ -142,12 +147,13 @@ class _ModelContext:
             model = copy.deepcopy(self.float_model)
             w, a = parse_bits(cell.bits)
             exclude = () if self.config.quantize_encoder else (ENCODER_PATTERN,)
-            report = calibrate(model, cell.recipe, w, a, self._calibration_samples(), exclude, self.progress)
-            state_path = Path(self.config.out) / "states" / cell.file_name.replace(".json", ".pt")
-            save_calibrated(model, state_path, report, cell.recipe, self.model_type, w, a)
+            report = calibrate(model, cell.recipe, w, a, self._calibration_samples(), exclude, self.progress,
+                               search_rows=self.config.search_rows)
+            saved = state_path(self.config, cell)
+            save_calibrated(model, saved, report, cell.recipe, self.model_type, w, a)
             record["calibration"] = {"image_ids": report.image_ids, "num_prompts": report.num_prompts,
                                      "seconds": report.seconds, "unreached_sites": report.unreached,
-                                     "bimodal": report.bimodal, "state": str(state_path)}
+                                     "bimodal": report.bimodal, "state": str(saved)}
             with quantizing(model):
                 result = self._evaluate(model, encoder_float=not self.config.quantize_encoder,
                                         reference=self.reference(), label=f"{cell.recipe} {cell.bits}")

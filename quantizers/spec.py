@@ -38,7 +38,7 @@ QUANTIZER_OPTIONS: dict[str, frozenset[str]] = {
 #: Options each calibration-time scale search accepts.
 SEARCH_OPTIONS: dict[str, frozenset[str]] = {
     "none": frozenset(),
-    "hessian": frozenset({"alpha", "beta", "n", "rounds", "metric", "memory_budget"}),
+    "hessian": frozenset({"alpha", "beta", "n", "rounds", "metric", "memory_budget", "max_rows"}),
 }
 
 GRANULARITY_KINDS = ("tensor", "channel", "group")

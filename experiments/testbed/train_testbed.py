@@ -8,7 +8,8 @@ figures to ``ptqsam/weights/testbed.json``; the default commands of ptqsam then 
 
 Loss as SAM's: per prompt, 20·focal + dice on the low-resolution logits of each of the three
 masks, the best of the three back-propagated, plus the MSE between predicted and actual IoU.
-Prompts: the (jittered) ground-truth box or one random point inside the mask, half each.
+Prompts: every instance is prompted twice, by its (jittered) ground-truth box and by one random
+point inside its mask.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ class TrainConfig:
     seed: int = 0
     train_images: int = 2000
     val_images: int = 100
-    steps: int = 3000
+    steps: int = 3400
     batch_images: int = 8
     prompts_per_image: int = 6
-    lr: float = 8e-4
+    lr: float = 1.5e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 60
+    warmup_steps: int = 100
     box_jitter: float = 0.05
     threads: int = 2
+    curve_every: int = 500
 
 
 @dataclass
@@ -68,17 +70,15 @@ def load_training_data(dataset: CocoDataset, low_res: int) -> TrainData:
 
 
 def sample_prompts(box: np.ndarray, mask: torch.Tensor, rng: np.random.Generator, jitter: float, scale: float):
-    """Per instance either a jittered box or one random point of its (low-res) mask."""
-    use_box = rng.random(len(box)) < 0.5
-    boxes = box.copy()
-    wh = np.repeat(boxes[:, 2:] - boxes[:, :2], 2, axis=1)
-    boxes = boxes + rng.normal(0, jitter, boxes.shape) * wh
+    """Per instance a jittered box and one random point of its (low-res) mask."""
+    wh = np.repeat(box[:, 2:] - box[:, :2], 2, axis=1)
+    boxes = box + rng.normal(0, jitter, box.shape) * wh
     points = np.zeros((len(box), 1, 2))
     for i, m in enumerate(mask.numpy()):
         ys, xs = np.nonzero(m) if m.any() else np.nonzero(np.ones_like(m))
         j = rng.integers(len(xs))
         points[i, 0] = (np.array([xs[j], ys[j]]) + rng.random(2)) * scale
-    return use_box, boxes, points
+    return boxes, points
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -100,24 +100,23 @@ def image_loss(model, features, data, index, rng, cfg: TrainConfig) -> torch.Ten
     pick = rng.permutation(len(box))[: cfg.prompts_per_image]
     box, mask = box[pick], mask[pick]
     scale = model.image_encoder.img_size / mask.shape[-1]
-    use_box, boxes, points = sample_prompts(box, mask, rng, cfg.box_jitter, scale)
-    losses = []
-    for kind in (True, False):
-        rows = np.nonzero(use_box == kind)[0]
-        if not len(rows):
-            continue
-        prompt = dict(boxes=torch.as_tensor(boxes[rows], dtype=torch.float), points=None) if kind else dict(
-            boxes=None, points=(torch.as_tensor(points[rows], dtype=torch.float), torch.ones(len(rows), 1, dtype=torch.int)))
-        sparse, dense = model.prompt_encoder(masks=None, **prompt)
-        logits, iou_pred = model.mask_decoder(features, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
-        target = mask[rows][:, None].expand_as(logits)
-        per_mask = 20 * focal_loss(logits, target) + dice_loss(logits, target)
-        with torch.no_grad():
-            pred = logits > 0
-            inter = (pred & (target > 0)).flatten(-2).sum(-1).float()
-            union = (pred | (target > 0)).flatten(-2).sum(-1).float().clamp(min=1)
-        losses.append(per_mask.min(dim=1).values.mean() + F.mse_loss(iou_pred, inter / union))
-    return torch.stack(losses).mean()
+    boxes, points = sample_prompts(box, mask, rng, cfg.box_jitter, scale)
+    # A box (two corners) and a point (plus SAM's padding point) are both two sparse tokens, so
+    # the two prompts of every instance go through the decoder in one call.
+    box_tokens, _ = model.prompt_encoder(points=None, boxes=torch.as_tensor(boxes, dtype=torch.float), masks=None)
+    point_tokens, dense = model.prompt_encoder(
+        points=(torch.as_tensor(points, dtype=torch.float), torch.ones(len(points), 1, dtype=torch.int)),
+        boxes=None, masks=None)
+    sparse = torch.cat([box_tokens, point_tokens])
+    dense = dense[:1].expand(len(sparse), -1, -1, -1)
+    logits, iou_pred = model.mask_decoder(features, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+    target = mask[:, None].expand(-1, 3, -1, -1).repeat(2, 1, 1, 1)
+    per_mask = 20 * focal_loss(logits, target) + dice_loss(logits, target)
+    with torch.no_grad():
+        pred = logits > 0
+        inter = (pred & (target > 0)).flatten(-2).sum(-1).float()
+        union = (pred | (target > 0)).flatten(-2).sum(-1).float().clamp(min=1)
+    return per_mask.min(dim=1).values.mean() + F.mse_loss(iou_pred, inter / union)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -127,7 +126,15 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(cfg: TrainConfig, arch: TestbedConfig, workdir: Path) -> tuple[torch.nn.Module, dict]:
+def box_miou(model, dataset: CocoDataset) -> float:
+    """Held-out mIoU with ground-truth boxes (the model is left in train mode)."""
+    result = evaluate(model.eval(), dataset, options=EvalOptions(prompt="box"), description="curve")
+    model.train()
+    return round(result.metrics["miou"], 4)
+
+
+def train(cfg: TrainConfig, arch: TestbedConfig, workdir: Path, val: CocoDataset) -> tuple[torch.nn.Module, dict]:
+    """Train; every ``curve_every`` steps the held-out box mIoU is recorded (a learning curve)."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -136,7 +143,7 @@ def train(cfg: TrainConfig, arch: TestbedConfig, workdir: Path) -> tuple[torch.n
     low_res = 4 * arch.embedding_size  # the mask decoder upscales the embedding 4x
     data = load_training_data(CocoDataset(train_set.images_dir, train_set.annotations_path), low_res)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history, start = [], time.perf_counter()
+    history, curve, start = [], {}, time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="train")
     for step in bar:
         for group in opt.param_groups:
@@ -151,13 +158,20 @@ def train(cfg: TrainConfig, arch: TestbedConfig, workdir: Path) -> tuple[torch.n
         opt.step()
         history.append(float(loss))
         bar.set_postfix(loss=f"{np.mean(history[-20:]):.3f}")
+        if cfg.curve_every and (step + 1) % cfg.curve_every == 0 and step + 1 < cfg.steps:
+            curve[step + 1] = box_miou(model, val)
+            tqdm.write(f"step {step + 1}: loss {np.mean(history[-50:]):.3f}, held-out box mIoU {curve[step + 1]}")
     minutes = (time.perf_counter() - start) / 60
-    return model.eval(), {"train_minutes": round(minutes, 2), "final_loss": float(np.mean(history[-50:]))}
+    return model.eval(), {"train_minutes": round(minutes, 2), "final_loss": float(np.mean(history[-50:])),
+                          "box_miou_curve": curve}
 
 
-def validate(model, cfg: TrainConfig, arch: TestbedConfig, workdir: Path) -> dict:
+def validation_set(cfg: TrainConfig, arch: TestbedConfig, workdir: Path) -> CocoDataset:
     val_set = generate_dataset(workdir / "val", cfg.val_images, seed=cfg.seed + 2000, image_size=arch.image_size)
-    dataset = CocoDataset(val_set.images_dir, val_set.annotations_path)
+    return CocoDataset(val_set.images_dir, val_set.annotations_path)
+
+
+def validate(model, cfg: TrainConfig, dataset: CocoDataset) -> dict:
     figures = {}
     for prompt in ("box", "center_point", "random_points"):
         result = evaluate(model, dataset, options=EvalOptions(prompt=prompt, seed=cfg.seed), description=f"val {prompt}")
@@ -182,9 +196,12 @@ def main() -> None:
     args = vars(parser.parse_args())
     out = args.pop("out")
     cfg, arch = TrainConfig(**args), TestbedConfig()
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        model, figures = train(cfg, arch, Path(tmp))
-        figures["val_miou"] = validate(model, cfg, arch, Path(tmp))
+        val = validation_set(cfg, arch, Path(tmp))
+        model, figures = train(cfg, arch, Path(tmp), val)
+        figures["val_miou"] = validate(model, cfg, val)
+    figures["script_minutes"] = round((time.perf_counter() - start) / 60, 2)
     save(model, cfg, arch, figures, out)
     print(json.dumps(figures, indent=2))
 

@@ -189,6 +189,34 @@ def site_quantization_error(
     return {name: meters[name].relative_error(name) for name in names}
 
 
+def site_statistics(
+    model: Sam, samples: Sequence[CalibrationSample], site_names: Iterable[str], max_values: int = 20_000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Float statistics of each site's input and, for sites with a calibrated quantizer, its
+    relative quantization error: ``name -> {count, min, max, mean, std, abs_p999[, rel_error]}``.
+
+    Sites the samples never reach (e.g. the mask-prompt convs under box prompts) are left out.
+    ``abs_p999`` is the 99.9th percentile of ``|x|`` estimated on the site's random sample of at
+    most ``max_values`` values; the other statistics are exact.
+    """
+    instrument(model)
+    names = _unique(site_names, "site_names")
+    model_sites = sites(model)
+    _check_known(names, model_sites, "site")
+    targets = {n: model_sites[n] for n in names}
+    stats = _sample_modules(model, samples, targets, _site_input, max_values, seed, skip_unreached=True)
+    calibrated = [n for n, q in attached_quantizers(model).items() if q.is_calibrated and n in stats]
+    errors = site_quantization_error(model, samples, calibrated) if calibrated else {}
+    table = {}
+    for name, s in stats.items():
+        row = {"count": s.count, "min": s.min, "max": s.max, "mean": s.mean, "std": s.std,
+               "abs_p999": float(np.quantile(s.values.abs().numpy(), 0.999))}
+        if name in errors:
+            row["rel_error"] = errors[name]
+        table[name] = row
+    return table
+
+
 class _ErrorMeter:
     """Sums ``‖q(x) − x‖²`` and ``‖x‖²`` over the tensors it is called with."""
 
@@ -233,8 +261,10 @@ def _sample_modules(
     tensor_of: Callable[[tuple, torch.Tensor], torch.Tensor],
     max_values: int,
     seed: int,
+    skip_unreached: bool = False,
 ) -> dict[str, SiteStats]:
-    """Hook ``tensor_of(args, output)`` of each target into a :class:`ValueSampler` over a float run."""
+    """Hook ``tensor_of(args, output)`` of each target into a :class:`ValueSampler` over a float run
+    (a target the run never reaches raises, or is left out with ``skip_unreached``)."""
     if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
         raise AnalysisError(f"max_values must be a positive integer, got {max_values!r}")
     samplers = {name: ValueSampler(max_values, _name_seed(seed, name)) for name in targets}
@@ -243,7 +273,7 @@ def _sample_modules(
         for name, module in targets.items()
     ]
     _run_float(model, samples, hooks)
-    return {name: sampler.stats(name) for name, sampler in samplers.items()}
+    return {name: sampler.stats(name) for name, sampler in samplers.items() if sampler.count or not skip_unreached}
 
 
 def _name_seed(seed: int, name: str) -> int:

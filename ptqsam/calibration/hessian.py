@@ -24,7 +24,7 @@ from torch import nn
 from ptqsam.instrument.instrument import attached_quantizers, sites
 from quantizers.modules.base import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
-from quantizers.search.hessian import HessianSearchConfig, objective, search_linear, search_matmul
+from quantizers.search.hessian import HessianSearchConfig, objective, search_linear, search_matmul, subsample_rows
 
 #: operand roles of the matmul units: (a, b, output); the key enters transposed.
 MATMUL_UNITS = (("query", "key", "logits"), ("probs", "value", "context"), ("matmul_a", "matmul_b", "matmul_output"))
@@ -135,8 +135,10 @@ def capture(model: nn.Module, units: Sequence[SearchUnit], run_with_grad: Callab
     return cap.data
 
 
-def search_unit(unit: SearchUnit, store: dict, model: nn.Module) -> dict:
+def search_unit(unit: SearchUnit, store: dict, model: nn.Module, max_rows: int | None = None) -> dict:
     """Search the unit's operand scales on its cached tensors and install them; returns a record.
+
+    ``max_rows`` is the search's ``max_rows`` where the recipe leaves it unset.
 
     A unit whose output does not reach the mask logits (the IoU head) has no gradient: it is
     searched on the unweighted output error (metric ``l2``) instead.
@@ -144,16 +146,20 @@ def search_unit(unit: SearchUnit, store: dict, model: nn.Module) -> dict:
     quantizers = attached_quantizers(model)
     qa, qb = quantizers.get(unit.a), quantizers.get(unit.b)
     cfg = HessianSearchConfig.from_options((qa or qb).spec.search_options)
+    if cfg.max_rows is None:
+        cfg = replace(cfg, max_rows=max_rows)
     keep = 1 if unit.kind == "linear" else 2
     out = _cat(store["out"], keep)
     grad = _cat(store["grad"], keep) if store["grad"] else None
     if grad is None or not bool(grad.any()):
         cfg, grad = replace(cfg, metric="l2"), None
+    # the rows that score the candidates, chosen once so a twin operand is fitted on them too
+    a, out, grad = subsample_rows(cfg.max_rows, _cat(store["a"], keep), out, grad, matmul=unit.kind == "matmul")
     if unit.kind == "linear":
         module = dict(model.named_modules())[unit.name]
         bias = None if module.bias is None else module.bias.detach().cpu()
-        return _search_pair(qa, qb, _cat(store["a"], 1), module.weight.detach().cpu(), bias, out, grad, cfg)
-    a, b = _cat(store["a"], 2), _cat(store["b"], 2)
+        return _search_pair(qa, qb, a, module.weight.detach().cpu(), bias, out, grad, cfg)
+    b = _cat(store["b"], 2)
     if unit.b.endswith(".key"):  # the product is q @ kᵀ; key scales are per tensor, so layout-free
         b = b.transpose(-2, -1)
     return _search_pair(qa, qb, a, b, None, out, grad, cfg, linear=False)

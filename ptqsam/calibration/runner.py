@@ -111,6 +111,7 @@ def calibrate(
     samples: Sequence[CalibrationSample],
     exclude: Iterable[str] = (),
     progress: bool = True,
+    search_rows: int | None = None,
 ) -> CalibrationReport:
     """Attach ``recipe`` at WxA bits to ``model`` (instrumenting it) and calibrate on ``samples``.
 
@@ -120,6 +121,7 @@ def calibrate(
       w_bits, a_bits: weight and activation bit-widths.
       samples: calibration images with their prompts (:func:`calibration_samples`).
       exclude: site-name patterns kept in float, e.g. ``("image_encoder.*",)``.
+      search_rows: default ``max_rows`` of the Hessian-guided search (see :func:`.hessian.search_unit`).
     """
     recipe = load_recipe(recipe)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
@@ -132,7 +134,7 @@ def calibrate(
     searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers}
     observed = [name for name in quantizers if name not in searched]
     reached = _timed(report, "statistics", lambda: _statistics(model, passes, observed))
-    _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report))
+    _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report, search_rows))
     for name in observed:
         if name in reached:
             quantizers[name].finalize()
@@ -177,13 +179,13 @@ def _statistics(model: Sam, passes: _Passes, observed: list[str]) -> set[str]:
     return reached
 
 
-def _hessian(model: Sam, passes: _Passes, units, report: CalibrationReport) -> None:
+def _hessian(model: Sam, passes: _Passes, units, report: CalibrationReport, search_rows: int | None) -> None:
     """Capture and search block by block, so the cache holds one block's units at a time."""
     for block, group in _by_block(units).items():
         needs_encoder = block.startswith(ENCODER_PREFIX)
         data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {block}"))
         for unit in group:
-            report.hessian[unit.name] = search_unit(unit, data.pop(unit.name), model)
+            report.hessian[unit.name] = search_unit(unit, data.pop(unit.name), model, search_rows)
 
 
 def _by_block(units) -> dict[str, list]:

@@ -1,6 +1,6 @@
 """A synthetic COCO-format instance-segmentation dataset, for tests and small training runs.
 
-Each image has a textured background, unannotated clutter (textured blobs and lines) and 3 to 7
+Each image has a textured background, unannotated clutter (1 to 4 textured blobs and lines) and 3 to 7
 annotated objects of five shape categories (ellipse, rectangle, triangle, star, ring) filled with
 textures (solid, stripes, checker, noise, gradient). Object sizes are drawn per COCO size bucket
 (area < 32², 32²..96², > 96²; the large bucket needs images of about 170² or more). Objects are
@@ -30,7 +30,7 @@ CATEGORIES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "star", "ring
 
 #: Target object areas (pixels) per size bucket, before occlusion; drawn log-uniformly.
 BUCKET_AREAS: dict[str, tuple[float, float]] = {
-    "small": (48.0, 800.0),
+    "small": (200.0, 900.0),
     "medium": (1300.0, 7500.0),
     "large": (11000.0, 26000.0),
 }
@@ -211,7 +211,7 @@ def _render_image(rng: np.random.Generator, size: int,
     """Pixels, the visible (category id, mask) of each kept object, and how many were hidden."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     image = _texture(rng, ys, xs)
-    for _ in range(int(rng.integers(3, 9))):  # clutter: never annotated
+    for _ in range(int(rng.integers(1, 5))):  # clutter: never annotated
         if rng.random() < 0.5:
             centre = rng.uniform(0, size, size=2)
             mask = _rasterise(_ellipse(rng, rng.uniform(30, 1500), centre), centre, _reach(1500), size)
@@ -249,7 +249,7 @@ def _annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) 
 
 
 def generate_dataset(out_dir: str | Path, count: int = 24, seed: int = 0, image_size: int = 256,
-                     image_format: Literal["png", "jpeg"] = "png", min_visible_area: int = 16) -> SyntheticDataset:
+                     image_format: Literal["png", "jpeg"] = "png", min_visible_area: int = 64) -> SyntheticDataset:
     """Write a synthetic COCO-format dataset and return where it is.
 
     Arguments:

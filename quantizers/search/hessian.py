@@ -16,7 +16,8 @@ block its output columns, a head its output head), so every group picks its own 
 vectorised pass. The layer objective is the mean over those output slices of each slice's metric (for
 ``hessian`` and ``l2`` this is the metric of the whole output); an operand with a single scale (the
 linear input) minimises that mean. Candidates are evaluated in chunks that fit ``memory_budget``
-bytes.
+bytes. With ``max_rows`` the objective is estimated on a seeded random subset of the output rows
+(a Linear's tokens, the rows of a matmul's ``A``): the cost of a search is proportional to them.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class HessianSearchConfig:
       rounds: alternating rounds (each searches both operands once).
       metric: ``hessian``, ``l2``, ``cosine`` or ``pearson``.
       memory_budget: bytes the candidate outputs of one chunk may take.
+      max_rows: score candidates on at most this many output rows, drawn at random (seed 0)
+        without replacement; None: every row.
     """
 
     alpha: float = 0.01
@@ -60,6 +63,7 @@ class HessianSearchConfig:
     rounds: int = 3
     metric: str = "hessian"
     memory_budget: int = 256 * 2**20
+    max_rows: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("alpha", "beta"):
@@ -71,6 +75,9 @@ class HessianSearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise QuantizationError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_rows is not None and (isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int)
+                                          or self.max_rows < 1):
+            raise QuantizationError(f"max_rows must be a positive integer or None, got {self.max_rows!r}")
         _check_metric(self.metric)
 
     @classmethod
@@ -238,8 +245,10 @@ def search_linear(
     if bias is not None and bias.shape != (out_features,):
         raise QuantizationError(f"bias shape {tuple(bias.shape)} != ({out_features},)")
     groups = _weight_groups(weight_granularity, blocks, out_features)
+    x, out, grad_out = subsample_rows(config.max_rows, x, out, grad_out, matmul=False)
     x2, out2 = x.detach().float().reshape(-1, x.shape[-1]), out.detach().float().reshape(-1, out_features)
     grad_sq = _grad_weight(grad_out, out, config.metric)
+    grad_sq = None if grad_sq is None else grad_sq.reshape(-1, out_features)
     b = None if bias is None else bias.detach().float()
 
     def forward(w_hat: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -250,7 +259,6 @@ def search_linear(
         _Operand(weight.detach().float(), check_bits(w_bits), axis=0, groups=groups),
         _Operand(x2, check_bits(a_bits), axis=0, groups=1),
     )
-    grad_sq = None if grad_sq is None else grad_sq.reshape(-1, out_features)
     output = _Output(_split(out2, 1, groups), _split_or_none(grad_sq, 1, groups), axis=1, groups=groups)
     (w_scale, x_scale), history = _alternate(operands, forward, output, config)
     return LinearScales(w_scale, x_scale, history)
@@ -290,6 +298,7 @@ def search_matmul(
         heads = a.shape[axis]
     else:
         raise QuantizationError(f"head_axis {head_axis} must be a leading (batch) axis of a {a.dim()}-D operand")
+    a, out, grad_out = subsample_rows(config.max_rows, a, out, grad_out, matmul=True)
     grad_sq = _grad_weight(grad_out, out, config.metric)
     operands = (
         _Operand(a.detach().float(), check_bits(a_bits), axis, heads),
@@ -328,6 +337,35 @@ def _alternate(
             scales[k] = candidates[rows, best]
             history.append(float(scores[rows, best].mean()))
     return scales, tuple(history)
+
+
+def subsample_rows(
+    max_rows: int | None, a: torch.Tensor, out: torch.Tensor, grad: torch.Tensor | None, matmul: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The same seeded random rows of an operand, the output and its gradient (``max_rows``).
+
+    Linear (``matmul=False``): leading dims are flattened and at most ``max_rows`` rows kept.
+    Matmul: ``a`` is ``(..., N, K)``; the same ``max_rows // (leading size)`` rows (at least one) of
+    ``N`` are kept under every leading index. ``max_rows=None`` or enough rows: unchanged.
+    """
+    if max_rows is None:
+        return a, out, grad
+    if matmul:
+        dim, rows = -2, _row_subset(a.shape[-2], max(1, max_rows // a[..., 0, 0].numel()))
+    else:
+        a, out = a.reshape(-1, a.shape[-1]), out.reshape(-1, out.shape[-1])
+        grad = None if grad is None else grad.reshape(-1, grad.shape[-1])
+        dim, rows = 0, _row_subset(a.shape[0], max_rows)
+    if rows is None:
+        return a, out, grad
+    return a.index_select(dim, rows), out.index_select(dim, rows), None if grad is None else grad.index_select(dim, rows)
+
+
+def _row_subset(rows: int, keep: int) -> torch.Tensor | None:
+    """Sorted indices of ``keep`` of ``rows`` rows drawn without replacement (seed 0); None: all."""
+    if keep >= rows:
+        return None
+    return torch.randperm(rows, generator=torch.Generator().manual_seed(0))[:keep].sort().values
 
 
 def _score_candidates(

@@ -44,6 +44,13 @@ def test_calibrate_then_evaluate(run, tiny_dataset_dir, tmp_path):
     inspected = run("inspect", "--state", str(state), "--kind", "probs", "--json")
     rows = json.loads(inspected.stdout)
     assert len(rows) == 13 and all("quantizer" in r for r in rows)
+    stats = run("inspect", *data, "--state", str(state), "--kind", "probs", "--stats-images", "1", "--json")
+    assert stats.exit_code == 0, stats.output
+    rows = json.loads(stats.stdout)
+    assert len(rows) == 13
+    assert all(0.0 <= r["stats"]["min"] <= r["stats"]["max"] <= 1.0 and r["stats"]["rel_error"] > 0 for r in rows)
+    table = run("inspect", *data, "--kind", "probs", "--stats-images", "1")
+    assert table.exit_code == 0 and "|x|p99.9" in table.output and "rel.err" not in table.output
 
 
 def test_sweep_and_plot(run, tmp_path):
@@ -58,10 +65,12 @@ def test_sweep_and_plot(run, tmp_path):
 
 
 def test_demo_reduced(run, tmp_path):
-    result = run("demo", "--out", str(tmp_path), "--images", "2", "--calib-images", "1", "--recipes", "minmax",
-                 "--bits", "W8A8")
+    result = run("demo", "--out", str(tmp_path), "--images", "2", "--calib-images", "1", "--recipes", "ptq4sam",
+                 "--bits", "W8A8,W4A4")
     assert result.exit_code == 0, result.output
     assert "| testbed | float | float |" in result.output and (tmp_path / "report.md").is_file()
+    figures = {p.name for p in (tmp_path / "plots").glob("*.png")}
+    assert figures == {"degradation.png", "site_ptq4sam_W4A4.png", "sensitivity_ptq4sam_W4A4.png"}
 
 
 @pytest.mark.parametrize("args, message", [
@@ -70,6 +79,8 @@ def test_demo_reduced(run, tmp_path):
     (["calibrate", "--bits", "W1A8"], "weight bits"),
     (["calibrate", "--bits", "eight"], "eight"),
     (["plot", "."], "report.json"),
+    (["inspect", "--stats-images", "-1"], "stats-images"),
+    (["calibrate", "--search-rows", "0"], "search_rows"),
     (["sweep", "missing.yaml"], "not found"),
 ])
 def test_errors_are_one_line_and_non_zero(run, args, message, tmp_path):

@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ptqsam.analysis import ValueSampler, collect_site_values, decoder_keys, site_quantization_error
+from ptqsam.analysis import (ValueSampler, collect_site_values, decoder_keys, site_quantization_error,
+                             site_statistics)
 from ptqsam.calibration import calibrate
 from ptqsam.errors import AnalysisError
 from ptqsam.inference import SamRunner
@@ -243,3 +244,26 @@ def test_keys_are_the_values_of_the_key_site(make_model, samples) -> None:
 def test_decoder_keys_rejects_modules_without_keys(make_model, samples, name, message) -> None:
     with pytest.raises(AnalysisError, match=message):
         decoder_keys(make_model(), samples, [name])
+
+
+# --------------------------------------------------------------------------- site_statistics
+
+
+def test_site_statistics_combine_exact_stats_and_quantization_error(make_model, samples) -> None:
+    mask_conv = "prompt_encoder.mask_downscaling.0.input"  # box prompts never reach it
+    model = make_model()
+    calibrate(model, "minmax", 6, 6, [samples[0]], progress=False)
+    table = site_statistics(model, samples, [SMALL, LARGE, mask_conv], max_values=10**7)
+    assert list(table) == [SMALL, LARGE]  # the unreached site is left out
+    full = _flat(_capture(model, samples, [SMALL])[SMALL])
+    row = table[SMALL]
+    assert row["count"] == full.numel() and row["min"] == float(full.min()) and row["max"] == float(full.max())
+    assert math.isclose(row["mean"], float(full.mean()), rel_tol=1e-9)
+    assert math.isclose(row["std"], float(full.std(correction=0)), rel_tol=1e-9)
+    assert math.isclose(row["abs_p999"], float(np.quantile(full.abs().float().numpy(), 0.999)), rel_tol=1e-6)
+    assert row["rel_error"] == site_quantization_error(model, samples, [SMALL])[SMALL]
+
+
+def test_site_statistics_of_a_float_model_have_no_error(make_model, samples) -> None:
+    table = site_statistics(make_model(), samples, [SMALL])
+    assert "rel_error" not in table[SMALL] and table[SMALL]["count"] > 0

@@ -138,3 +138,23 @@ def test_hessian_search_with_one_operand_float(tiny_dataset, random_testbed):
     assert list(report.hessian) == ["image_encoder.blocks.0.attn.query@key"]
     (quantizer,) = report.quantizers.values()
     assert quantizer.is_calibrated and quantizer.scale.numel() == 1
+
+
+def test_search_rows_is_the_max_rows_option_of_recipes_that_leave_it_unset(tiny_dataset, random_testbed):
+    from ptqsam.instrument.recipe import Recipe
+
+    def recipe(options: dict) -> Recipe:
+        return Recipe.from_dict({"name": "lin", "description": "one Linear searched", "rules": [
+            {"include": ["image_encoder.blocks.0.mlp.lin1.input", "image_encoder.blocks.0.mlp.lin1.weight"],
+             "spec": {"bits": "A", "symmetric": True, "search": "hessian",
+                      "search_options": {"n": 10, "rounds": 1, **options}}}]})
+
+    samples = calibration_samples(tiny_dataset, 1, seed=0)
+    scales = {}
+    for label, options, search_rows in (("option", {"max_rows": 40}, None), ("argument", {}, 40),
+                                        ("recipe wins", {"max_rows": 40}, 7), ("all rows", {}, None)):
+        model = random_testbed()
+        report = calibrate(model, recipe(options), 4, 4, samples, progress=False, search_rows=search_rows)
+        scales[label] = torch.cat([q.scale for q in report.quantizers.values()])
+    assert torch.equal(scales["option"], scales["argument"]) and torch.equal(scales["option"], scales["recipe wins"])
+    assert not torch.equal(scales["option"], scales["all rows"])  # 40 of 256 tokens: another estimate

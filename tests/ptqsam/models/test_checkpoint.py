@@ -13,9 +13,9 @@ from ptqsam.models.zoo import build_model
 
 
 @pytest.fixture
-def testbed_file(tmp_path: Path) -> Path:
+def testbed_file(tmp_path: Path, random_testbed) -> Path:
     path = tmp_path / "testbed.pt"
-    torch.save(build_model("testbed", seed=1).state_dict(), path)
+    torch.save(random_testbed(seed=1).state_dict(), path)
     return path
 
 
@@ -26,9 +26,9 @@ def assert_same_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) ->
 
 
 def test_testbed_round_trip_gives_identical_outputs(
-    testbed_file: Path, box_prediction, testbed_image
+    testbed_file: Path, box_prediction, testbed_image, random_testbed
 ) -> None:
-    source = build_model("testbed", seed=1)
+    source = random_testbed(seed=1)
     loaded = build_model("testbed", checkpoint=testbed_file, seed=0)
     box = [10.0, 20.0, 120.0, 250.0]
     expected = box_prediction(source, testbed_image, box, multimask=True)
@@ -37,7 +37,7 @@ def test_testbed_round_trip_gives_identical_outputs(
     assert torch.equal(got["iou_predictions"], expected["iou_predictions"])
     assert not torch.equal(
         got["low_res_logits"],
-        box_prediction(build_model("testbed", seed=0), testbed_image, box, True)["low_res_logits"],
+        box_prediction(random_testbed(seed=0), testbed_image, box, True)["low_res_logits"],
     )
 
 

@@ -70,21 +70,21 @@ def test_unknown_model_type_lists_known_ones() -> None:
     assert set(MODEL_TYPES) == {"vit_b", "vit_l", "vit_h", "tinysam", "mobilesam", "testbed"}
 
 
-def test_random_init_is_deterministic_and_leaves_global_rng_alone() -> None:
+def test_random_init_is_deterministic_and_leaves_global_rng_alone(random_testbed) -> None:
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
-    first, second = build_model("testbed"), build_model("testbed")
-    other = build_model("testbed", seed=1)
+    first, second = random_testbed(), random_testbed()
+    other = random_testbed(seed=1)
     assert torch.equal(torch.rand(3), expected_draw)
     second_state = second.state_dict()
     assert all(torch.equal(v, second_state[k]) for k, v in first.state_dict().items())
     assert not torch.equal(first.mask_decoder.iou_token.weight, other.mask_decoder.iou_token.weight)
 
 
-def test_random_init_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_random_init_is_logged(caplog: pytest.LogCaptureFixture, random_testbed) -> None:
     with caplog.at_level(logging.INFO, logger="ptqsam"):
-        build_model("testbed", seed=4)
+        random_testbed(seed=4)
     assert "no checkpoint: testbed randomly initialised with seed 4" in caplog.text
 
 

@@ -232,6 +232,31 @@ def test_search_is_deterministic():
     assert torch.equal(first.weight_scale, second.weight_scale) and first.history == second.history
 
 
+def subset(rows: int, keep: int) -> torch.Tensor:
+    """The rows ``max_rows`` draws: seed 0, without replacement, sorted."""
+    return torch.randperm(rows, generator=torch.Generator().manual_seed(0))[:keep].sort().values
+
+
+def test_max_rows_searches_the_seeded_row_subset():
+    x, w, b, out, grad = linear_case(seed=7)
+    rows = subset(64, 20)
+    sub = search_linear(x, w, b, out, grad, 4, 6, "channel", config=dataclasses.replace(SMALL, max_rows=20))
+    direct = search_linear(x[rows], w, b, out[rows], grad[rows], 4, 6, "channel", config=SMALL)
+    assert torch.equal(sub.weight_scale, direct.weight_scale) and sub.history == direct.history
+    a, bm, o, g = matmul_case(seed=8)  # 2 x 3 leading, 12 rows each: 36 rows of A -> 6 per leading index
+    rows = subset(12, 36 // 6)
+    sub = search_matmul(a, bm, o, g, 4, 4, head_axis=1, config=dataclasses.replace(SMALL, max_rows=36))
+    direct = search_matmul(a[..., rows, :], bm, o[..., rows, :], g[..., rows, :], 4, 4, head_axis=1, config=SMALL)
+    assert torch.equal(sub.a_scale, direct.a_scale) and torch.equal(sub.b_scale, direct.b_scale)
+
+
+def test_max_rows_at_or_above_the_row_count_changes_nothing():
+    x, w, b, out, grad = linear_case(seed=9)
+    full = search_linear(x, w, b, out, grad, 4, 6, config=SMALL)
+    capped = search_linear(x, w, b, out, grad, 4, 6, config=dataclasses.replace(SMALL, max_rows=64))
+    assert torch.equal(full.weight_scale, capped.weight_scale) and full.history == capped.history
+
+
 # --- known answer -------------------------------------------------------------------------------
 
 
@@ -328,6 +353,8 @@ def test_bad_matmul_input_raises():
         ({"rounds": 1.5}, "rounds must"),
         ({"metric": "kl"}, "unknown metric"),
         ({"memory_budget": 0}, "memory_budget"),
+        ({"max_rows": 0}, "max_rows"),
+        ({"max_rows": 2.5}, "max_rows"),
     ],
 )
 def test_bad_config_raises(options, message):
