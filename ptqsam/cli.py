@@ -24,6 +24,8 @@ DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam")
 DEMO_BITS = ("W8A8", "W6A6", "W4A4")
 #: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
 DEMO_SEARCH_ROWS = 256
+#: the demo's per-site figures: a decoder post-softmax site in the lowest-bit cell of this recipe
+DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs", "ptq4sam"
 MODEL_CHOICES = ("vit_b", "vit_l", "vit_h", "tinysam", "mobilesam", "testbed")
 PROMPT_CHOICES = ("box", "tight_box", "center_point", "random_points", "detections")
 
@@ -122,13 +124,15 @@ def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes
          device: str) -> None:
     """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 (a few minutes)."""
     from ptqsam.evaluation.report import markdown_table
-    from ptqsam.sweep import run_sweep
+    from ptqsam.plots import bit_width_order
+    from ptqsam.sweep import Cell, plot_cell_sites, run_sweep
 
     config = _config(models=["testbed"], recipes=recipes.split(","), bits=bits.split(","), synthetic_images=num_images,
                      calib_images=calib_images, search_rows=search_rows, seed=seed, device=device, out=out)
     rows = run_sweep(config)
     _plots(Path(out))
-    _demo_site_figures(config, rows)
+    if DEMO_SITE_RECIPE in config.recipes:
+        plot_cell_sites(config, Cell("testbed", DEMO_SITE_RECIPE, bit_width_order(config.bits)[0]), DEMO_SITE)
     click.echo(markdown_table(rows))
     click.echo(f"results: {out}/report.md, report.csv, report.json, plots/")
 
@@ -208,7 +212,8 @@ def sweep(config_path: str, out: str | None, device: str | None) -> None:
     """Run a sweep config (models × recipes × bits); finished cells are skipped on re-runs."""
     from ptqsam.config import ExperimentConfig
     from ptqsam.evaluation.report import markdown_table
-    from ptqsam.sweep import run_sweep
+    from ptqsam.plots import bit_width_order
+    from ptqsam.sweep import Cell, plot_cell_sites, run_sweep
 
     config = ExperimentConfig.from_yaml(config_path)
     if out:
@@ -229,33 +234,6 @@ def plot(results: str, out: str | None) -> None:
     folder = path if path.is_dir() else path.parent
     for written in _plots(folder, Path(out) if out else None):
         click.echo(str(written))
-
-
-#: the demo's per-site figures: a decoder post-softmax site, the lowest-bit cell of this recipe
-DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs", "ptq4sam"
-
-
-def _demo_site_figures(config, rows: list[dict]) -> None:
-    """The histogram of one post-softmax site with its quantizer's grid, and the per-site
-    quantization error (sensitivity) of the lowest-bit ``ptq4sam`` cell, if the demo ran it."""
-    from ptqsam.analysis import collect_site_values, site_quantization_error
-    from ptqsam.calibration import calibration_samples, load_calibrated
-    from ptqsam.plots import bit_width_order, plot_sensitivity, plot_site_histogram
-    from ptqsam.sweep import Cell, dataset_for, state_path
-
-    bits = [r["bits"] for r in rows if r["recipe"] == DEMO_SITE_RECIPE]
-    if not bits:
-        return
-    lowest = bit_width_order(bits)[0]
-    model = _build("testbed", None, config.seed, config.device)
-    info = load_calibrated(model, state_path(config, Cell("testbed", DEMO_SITE_RECIPE, lowest)), DEMO_SITE_RECIPE,
-                           "testbed")
-    samples = calibration_samples(dataset_for(config), config.calib_images, config.seed, config.prompt)
-    values = collect_site_values(model, samples, [DEMO_SITE], seed=config.seed)[DEMO_SITE].values
-    plots = Path(config.out) / "plots"
-    plot_site_histogram(values, info.quantizers[DEMO_SITE], f"{DEMO_SITE} ({DEMO_SITE_RECIPE} {lowest})",
-                        plots / f"site_{DEMO_SITE_RECIPE}_{lowest}")
-    plot_sensitivity(site_quantization_error(model, samples), plots / f"sensitivity_{DEMO_SITE_RECIPE}_{lowest}")
 
 
 def _plots(results: Path, out: Path | None = None) -> list[Path]:
@@ -298,7 +276,7 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
             entry["quantizer"] = _describe(quantizers[row.name])
         rows.append(entry)
     if stats_images:
-        rows = _with_statistics(model, rows, images, annotations, prompt, seed, stats_images)
+        rows = _with_statistics(model, model_type, rows, images, annotations, prompt, seed, stats_images)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -312,13 +290,14 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
     click.echo(f"{len(rows)} sites")
 
 
-def _with_statistics(model, rows: list[dict], images, annotations, prompt, seed, count) -> list[dict]:
+def _with_statistics(model, model_type: str, rows: list[dict], images, annotations, prompt, seed,
+                     count) -> list[dict]:
     """The rows of the sites the images reach, each with its activation statistics."""
     from ptqsam.analysis import site_statistics
     from ptqsam.calibration import calibration_samples
     from ptqsam.sweep import dataset_for
 
-    config = _config(models=["testbed"], images=images, annotations=annotations, prompt=prompt, seed=seed)
+    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed)
     samples = calibration_samples(dataset_for(config), count, seed, prompt)
     table = site_statistics(model, samples, [r["name"] for r in rows], seed=seed)
     return [{**r, "stats": table[r["name"]]} for r in rows if r["name"] in table]

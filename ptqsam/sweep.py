@@ -17,7 +17,8 @@ from typing import Any
 
 from segment_anything.modeling import Sam
 
-from ptqsam.calibration import calibrate, calibration_samples, save_calibrated
+from ptqsam.analysis import collect_site_values, site_quantization_error
+from ptqsam.calibration import calibrate, calibration_samples, load_calibrated, save_calibrated
 from ptqsam.config import ExperimentConfig
 from ptqsam.data import CocoDataset, generate_dataset
 from ptqsam.data.prompts import Detections
@@ -30,6 +31,7 @@ from ptqsam.io import write_json_atomic
 from ptqsam.models import build_model
 from ptqsam.models.checkpoint import checkpoint_sha256
 from ptqsam.models.zoo import PACKAGED_WEIGHTS, image_size
+from ptqsam.plots import plot_sensitivity, plot_site_histogram
 
 log = logging.getLogger("ptqsam")
 ENCODER_PATTERN = "image_encoder.*"
@@ -52,6 +54,21 @@ class Cell:
 def state_path(config: ExperimentConfig, cell: Cell) -> Path:
     """Where a sweep saves the calibrated state of ``cell``."""
     return Path(config.out) / "states" / cell.file_name.replace(".json", ".pt")
+
+
+def plot_cell_sites(config: ExperimentConfig, cell: Cell, site: str) -> list[Path]:
+    """Figures of a finished cell under ``out/plots``: ``site``'s float values with the cell's grid
+    over them, and the per-site quantization error (sensitivity) of every calibrated site, both
+    measured on the cell's calibration images."""
+    model = build_model(cell.model, config.checkpoints.get(cell.model), seed=config.seed).to(config.device)
+    info = load_calibrated(model, state_path(config, cell), cell.recipe, cell.model)
+    samples = calibration_samples(dataset_for(config), config.calib_images, config.seed, config.prompt)
+    values = collect_site_values(model, samples, [site], seed=config.seed)[site].values
+    stem = Path(config.out) / "plots" / f"{Path(cell.recipe).stem}_{cell.bits}"
+    histogram = plot_site_histogram(values, info.quantizers[site], f"{site} ({cell.recipe} {cell.bits})",
+                                    stem.with_name(f"site_{stem.name}"))
+    sensitivity = plot_sensitivity(site_quantization_error(model, samples), stem.with_name(f"sensitivity_{stem.name}"))
+    return [*histogram, *sensitivity]
 
 
 def cells(config: ExperimentConfig) -> list[Cell]:

@@ -125,11 +125,7 @@ def collect_site_values(
     Returns:
       ``name -> SiteStats`` in the order of ``site_names``.
     """
-    instrument(model)
-    names = _unique(site_names, "site_names")
-    model_sites = sites(model)
-    _check_known(names, model_sites, "site")
-    return _sample_modules(model, samples, {n: model_sites[n] for n in names}, _site_input, max_values, seed)
+    return _sample_modules(model, samples, _site_targets(model, site_names), _site_input, max_values, seed)
 
 
 def decoder_keys(
@@ -199,11 +195,7 @@ def site_statistics(
     ``abs_p999`` is the 99.9th percentile of ``|x|`` estimated on the site's random sample of at
     most ``max_values`` values; the other statistics are exact.
     """
-    instrument(model)
-    names = _unique(site_names, "site_names")
-    model_sites = sites(model)
-    _check_known(names, model_sites, "site")
-    targets = {n: model_sites[n] for n in names}
+    targets = _site_targets(model, site_names)
     stats = _sample_modules(model, samples, targets, _site_input, max_values, seed, skip_unreached=True)
     calibrated = [n for n, q in attached_quantizers(model).items() if q.is_calibrated and n in stats]
     errors = site_quantization_error(model, samples, calibrated) if calibrated else {}
@@ -240,6 +232,15 @@ class _ErrorMeter:
         if self.norm == 0.0:
             raise AnalysisError(f"site {name} saw only zeros: its relative error is undefined")
         return self.error / self.norm
+
+
+def _site_targets(model: Sam, site_names: Iterable[str]) -> dict[str, nn.Module]:
+    """The named sites of ``model`` (instrumented here if it is not yet); unknown names raise."""
+    instrument(model)
+    names = _unique(site_names, "site_names")
+    model_sites = sites(model)
+    _check_known(names, model_sites, "site")
+    return {n: model_sites[n] for n in names}
 
 
 def _squared_norm(x: torch.Tensor) -> float:

@@ -85,10 +85,7 @@ class SitedTinyViTAttention(AttentionSites, TinyViTAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
-        x = self.norm(x)
-        qkv = self.qkv(x).view(batch, tokens, self.num_heads, -1)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
-        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        q, k, v = self.heads(x)
         v = self.value_site(v)
 
         attn = self.logits_site(self.query_site(q) @ self.key_site(k).transpose(-2, -1))

@@ -167,12 +167,16 @@ class Attention(nn.Module):
         """The (num_heads, N, N) bias added to the attention logits, from current weights."""
         return self.attention_biases[:, self.attention_bias_idxs]
 
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value of the (normalised) tokens ``x``, each (batch, heads, tokens, ·)."""
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(self.norm(x)).view(batch, tokens, self.num_heads, -1)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
+        return q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
-        x = self.norm(x)
-        qkv = self.qkv(x).view(batch, tokens, self.num_heads, -1)
-        q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=3)
-        q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        q, k, v = self.heads(x)
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_bias()
         attn = attn.softmax(dim=-1)
         x = (attn @ v).transpose(1, 2).reshape(batch, tokens, self.dh)
