@@ -212,8 +212,7 @@ def sweep(config_path: str, out: str | None, device: str | None) -> None:
     """Run a sweep config (models × recipes × bits); finished cells are skipped on re-runs."""
     from ptqsam.config import ExperimentConfig
     from ptqsam.evaluation.report import markdown_table
-    from ptqsam.plots import bit_width_order
-    from ptqsam.sweep import Cell, plot_cell_sites, run_sweep
+    from ptqsam.sweep import run_sweep
 
     config = ExperimentConfig.from_yaml(config_path)
     if out:

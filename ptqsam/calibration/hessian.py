@@ -153,8 +153,9 @@ def search_unit(unit: SearchUnit, store: dict, model: nn.Module, max_rows: int |
     grad = _cat(store["grad"], keep) if store["grad"] else None
     if grad is None or not bool(grad.any()):
         cfg, grad = replace(cfg, metric="l2"), None
-    # the rows that score the candidates, chosen once so a twin operand is fitted on them too
+    # the rows that score the candidates, chosen once here so a twin operand is fitted on them too
     a, out, grad = subsample_rows(cfg.max_rows, _cat(store["a"], keep), out, grad, matmul=unit.kind == "matmul")
+    cfg = replace(cfg, max_rows=None)
     if unit.kind == "linear":
         module = dict(model.named_modules())[unit.name]
         bias = None if module.bias is None else module.bias.detach().cpu()
