@@ -112,8 +112,9 @@ def _config(**kwargs: Any):
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="results/demo", show_default=True)
-@click.option("--images", "num_images", type=int, default=12, show_default=True, help="Synthetic images.")
-@click.option("--calib-images", type=int, default=4, show_default=True)
+@click.option("--images", "num_images", type=int, default=48, show_default=True, help="Generated images to evaluate.")
+@click.option("--calib-images", type=int, default=4, show_default=True,
+              help="Generated calibration images (a set apart from the evaluated ones).")
 @click.option("--search-rows", type=int, default=DEMO_SEARCH_ROWS, show_default=True,
               help="Hessian search (ptq4vit): rows of each unit's cache that score the candidates.")
 @click.option("--recipes", default=",".join(DEMO_RECIPES), show_default=True)
@@ -145,17 +146,20 @@ def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes
               show_default=True, help="Calibrated state file.")
 def calibrate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, recipe, bits,
               calib_images, search_rows, float_encoder, state_path) -> None:
-    """Calibrate a recipe on a few images and save the calibrated state."""
+    """Calibrate a recipe on a few images of --images and save the calibrated state (without
+    --images: a generated calibration set, apart from the images `evaluate` generates)."""
     from ptqsam.calibration import calibrate as run_calibration, calibration_samples, save_calibrated
     from ptqsam.instrument.recipe import load_recipe, parse_bits
-    from ptqsam.sweep import ENCODER_PATTERN, dataset_for
+    from ptqsam.sweep import ENCODER_PATTERN, calibration_dataset_for
 
+    if (images is None) != (annotations is None):
+        raise PtqsamError("--images and --annotations go together: give both or neither")
     w, a = parse_bits(bits)
     load_recipe(recipe)  # fail before any work
-    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
-                     calib_images=calib_images, search_rows=search_rows)
+    config = _config(models=[model_type], calib_images_dir=images, calib_annotations=annotations, prompt=prompt,
+                     seed=seed, calib_images=calib_images, search_rows=search_rows)
     model = _build(model_type, checkpoint, seed, device)
-    samples = calibration_samples(dataset_for(config), calib_images, seed, prompt)
+    samples = calibration_samples(calibration_dataset_for(config), calib_images, seed, prompt)
     report = run_calibration(model, recipe, w, a, samples, (ENCODER_PATTERN,) if float_encoder else (),
                              search_rows=search_rows)
     save_calibrated(model, state_path, report, recipe, model_type, w, a)

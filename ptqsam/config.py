@@ -45,6 +45,9 @@ class ExperimentConfig:
         ``detections``: detector boxes only, for mask AP).
       num_points: k for the ``random_points`` prompt.
       calib_images: images used for calibration (chosen by ``seed``).
+      calib_images_dir, calib_annotations: COCO-format image folder and instances JSON to calibrate
+        on (PTQ4SAM: COCO train2017). Absent: generated data is calibrated on a separately
+        generated set; a given ``images`` dataset is calibrated on its own images (with a warning).
       search_rows: Hessian-guided search: score the candidates of each unit on at most this many
         seeded-random rows of its calibration cache (the ``max_rows`` search option; a recipe that
         sets it keeps its own). None: every row, as the papers do.
@@ -70,6 +73,8 @@ class ExperimentConfig:
     prompt: str = "box"
     num_points: int = 1
     calib_images: int = 32
+    calib_images_dir: str | None = None
+    calib_annotations: str | None = None
     search_rows: int | None = None
     eval_images: int = 0
     quantize_encoder: bool = True
@@ -95,6 +100,8 @@ class ExperimentConfig:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if (self.images is None) != (self.annotations is None):
             raise ConfigError("images and annotations go together: give both or neither")
+        if (self.calib_images_dir is None) != (self.calib_annotations is None):
+            raise ConfigError("calib_images_dir and calib_annotations go together: give both or neither")
         if self.prompt == "detections" and not self.detections:
             raise ConfigError("prompt 'detections' needs a detections file")
         for name in ("calib_images", "num_points", "synthetic_images"):

@@ -35,6 +35,8 @@ from ptqsam.plots import plot_sensitivity, plot_site_histogram
 
 log = logging.getLogger("ptqsam")
 ENCODER_PATTERN = "image_encoder.*"
+#: generated calibration data uses ``seed`` + this: far from the evaluated data of any nearby seed
+CALIBRATION_SEED_OFFSET = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def plot_cell_sites(config: ExperimentConfig, cell: Cell, site: str) -> list[Pat
     measured on the cell's calibration images."""
     model = build_model(cell.model, config.checkpoints.get(cell.model), seed=config.seed).to(config.device)
     info = load_calibrated(model, state_path(config, cell), cell.recipe, cell.model)
-    samples = calibration_samples(dataset_for(config), config.calib_images, config.seed, config.prompt)
+    samples = calibration_samples(calibration_dataset_for(config), config.calib_images, config.seed, config.prompt)
     values = collect_site_values(model, samples, [site], seed=config.seed)[site].values
     stem = Path(config.out) / "plots" / f"{Path(cell.recipe).stem}_{cell.bits}"
     histogram = plot_site_histogram(values, info.quantizers[site], f"{site} ({cell.recipe} {cell.bits})",
@@ -90,10 +92,27 @@ def dataset_for(config: ExperimentConfig) -> CocoDataset:
     """The configured COCO-format dataset, or the synthetic one generated under ``out/data``."""
     if config.images is not None:
         return CocoDataset(config.images, config.annotations)
-    root = Path(config.out) / "data"
+    return _generated(Path(config.out) / "data", config.synthetic_images, config.seed)
+
+
+def calibration_dataset_for(config: ExperimentConfig) -> CocoDataset:
+    """Where the calibration images come from: the configured calibration set; for generated data,
+    a set generated apart under ``out/calib_data`` (so no evaluated image is a calibration image);
+    else the evaluated dataset itself, with a warning."""
+    if config.calib_images_dir is not None:
+        return CocoDataset(config.calib_images_dir, config.calib_annotations)
+    if config.images is None:
+        return _generated(Path(config.out) / "calib_data", config.calib_images,
+                          config.seed + CALIBRATION_SEED_OFFSET)
+    log.warning("no calibration set given (calib_images_dir): calibrating on images of the evaluated dataset")
+    return dataset_for(config)
+
+
+def _generated(root: Path, count: int, seed: int) -> CocoDataset:
+    """The synthetic dataset under ``root``, generated there unless it already holds ``count`` images."""
     marker = root / "annotations.json"
-    if not marker.is_file():
-        generate_dataset(root, config.synthetic_images, seed=config.seed)
+    if not marker.is_file() or len(json.loads(marker.read_text())["images"]) != count:
+        generate_dataset(root, count, seed=seed)
     return CocoDataset(root / "images", marker)
 
 
@@ -152,6 +171,7 @@ class _ModelContext:
         self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size)
         self._reference: EvalResult | None = None
         self._samples = None
+        self._calibration_dir = ""
 
     def run(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
@@ -168,7 +188,8 @@ class _ModelContext:
                                search_rows=self.config.search_rows)
             saved = state_path(self.config, cell)
             save_calibrated(model, saved, report, cell.recipe, self.model_type, w, a)
-            record["calibration"] = {"image_ids": report.image_ids, "num_prompts": report.num_prompts,
+            record["calibration"] = {"images_dir": self._calibration_dir, "image_ids": report.image_ids,
+                                     "num_prompts": report.num_prompts,
                                      "seconds": report.seconds, "unreached_sites": report.unreached,
                                      "bimodal": report.bimodal, "state": str(saved)}
             with quantizing(model):
@@ -189,8 +210,10 @@ class _ModelContext:
 
     def _calibration_samples(self):
         if self._samples is None:
-            self._samples = calibration_samples(self.dataset, self.config.calib_images, self.config.seed,
+            dataset = calibration_dataset_for(self.config)
+            self._samples = calibration_samples(dataset, self.config.calib_images, self.config.seed,
                                                 self.config.prompt, self.config.num_points)
+            self._calibration_dir = str(dataset.images_dir)
         return self._samples
 
     def _evaluate(self, model: Sam, encoder_float: bool, reference, label: str) -> EvalResult:

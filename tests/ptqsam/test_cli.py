@@ -53,6 +53,13 @@ def test_calibrate_then_evaluate(run, tiny_dataset_dir, tmp_path):
     assert table.exit_code == 0 and "|x|p99.9" in table.output and "rel.err" not in table.output
 
 
+def test_calibrate_without_images_generates_its_own_set(run, tmp_path):
+    result = run("calibrate", "--recipe", "minmax", "--calib-images", "1", "--out", "s.pt")
+    assert result.exit_code == 0, result.output
+    generated = json.loads((tmp_path / "results" / "calib_data" / "annotations.json").read_text())
+    assert len(generated["images"]) == 1 and not (tmp_path / "results" / "data").exists()
+
+
 def test_sweep_and_plot(run, tmp_path):
     config = tmp_path / "sweep.yaml"
     config.write_text(f"recipes: [minmax]\nbits: [W8A8]\nsynthetic_images: 2\ncalib_images: 1\nout: {tmp_path / 'res'}\n")
@@ -81,6 +88,7 @@ def test_demo_reduced(run, tmp_path):
     (["plot", "."], "report.json"),
     (["inspect", "--stats-images", "-1"], "stats-images"),
     (["calibrate", "--search-rows", "0"], "search_rows"),
+    (["calibrate", "--images", "/x"], "--images and --annotations"),
     (["sweep", "missing.yaml"], "not found"),
 ])
 def test_errors_are_one_line_and_non_zero(run, args, message, tmp_path):

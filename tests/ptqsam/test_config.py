@@ -9,7 +9,8 @@ from ptqsam.config import ConfigError, ExperimentConfig
 
 def test_yaml_round_trip(tmp_path):
     config = ExperimentConfig(models=["testbed", "tinysam"], recipes=["ptq4sam"], bits=["W6A6"], calib_images=8,
-                              checkpoints={"tinysam": "/x/tinysam_42.3.pth"}, prompt="center_point")
+                              checkpoints={"tinysam": "/x/tinysam_42.3.pth"}, prompt="center_point",
+                              calib_images_dir="/x/train2017", calib_annotations="/x/instances_train2017.json")
     path = tmp_path / "c.yaml"
     path.write_text(config.to_yaml())
     assert ExperimentConfig.from_yaml(path) == config
@@ -20,6 +21,7 @@ def test_yaml_round_trip(tmp_path):
     ({"prompt": "scribble"}, "scribble"),
     ({"device": "tpu"}, "tpu"),
     ({"images": "/x"}, "images and annotations"),
+    ({"calib_annotations": "/x.json"}, "calib_images_dir and calib_annotations"),
     ({"calib_images": 0}, "calib_images"),
     ({"prompt": "detections"}, "detections"),
     ({"bits": []}, "bits"),
