@@ -148,9 +148,9 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
               calib_images, search_rows, float_encoder, state_path) -> None:
     """Calibrate a recipe on a few images of --images and save the calibrated state (without
     --images: a generated calibration set, apart from the images `evaluate` generates)."""
-    from ptqsam.calibration import calibrate as run_calibration, calibration_samples, save_calibrated
+    from ptqsam.calibration import calibrate as run_calibration, save_calibrated
     from ptqsam.instrument.recipe import load_recipe, parse_bits
-    from ptqsam.sweep import ENCODER_PATTERN, calibration_dataset_for
+    from ptqsam.sweep import ENCODER_PATTERN, sweep_calibration
 
     if (images is None) != (annotations is None):
         raise PtqsamError("--images and --annotations go together: give both or neither")
@@ -159,7 +159,7 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
     config = _config(models=[model_type], calib_images_dir=images, calib_annotations=annotations, prompt=prompt,
                      seed=seed, calib_images=calib_images, search_rows=search_rows)
     model = _build(model_type, checkpoint, seed, device)
-    samples = calibration_samples(calibration_dataset_for(config), calib_images, seed, prompt)
+    _, samples = sweep_calibration(config)
     report = run_calibration(model, recipe, w, a, samples, (ENCODER_PATTERN,) if float_encoder else (),
                              search_rows=search_rows)
     save_calibrated(model, state_path, report, recipe, model_type, w, a)

@@ -18,7 +18,7 @@ from typing import Any
 from segment_anything.modeling import Sam
 
 from ptqsam.analysis import collect_site_values, site_quantization_error
-from ptqsam.calibration import calibrate, calibration_samples, load_calibrated, save_calibrated
+from ptqsam.calibration import CalibrationSample, calibrate, calibration_samples, load_calibrated, save_calibrated
 from ptqsam.config import ExperimentConfig
 from ptqsam.data import CocoDataset, generate_dataset
 from ptqsam.data.prompts import Detections
@@ -64,7 +64,7 @@ def plot_cell_sites(config: ExperimentConfig, cell: Cell, site: str) -> list[Pat
     measured on the cell's calibration images."""
     model = build_model(cell.model, config.checkpoints.get(cell.model), seed=config.seed).to(config.device)
     info = load_calibrated(model, state_path(config, cell), cell.recipe, cell.model)
-    samples = calibration_samples(calibration_dataset_for(config), config.calib_images, config.seed, config.prompt)
+    _, samples = sweep_calibration(config)
     values = collect_site_values(model, samples, [site], seed=config.seed)[site].values
     stem = Path(config.out) / "plots" / f"{Path(cell.recipe).stem}_{cell.bits}"
     histogram = plot_site_histogram(values, info.quantizers[site], f"{site} ({cell.recipe} {cell.bits})",
@@ -106,6 +106,12 @@ def calibration_dataset_for(config: ExperimentConfig) -> CocoDataset:
                           config.seed + CALIBRATION_SEED_OFFSET)
     log.warning("no calibration set given (calib_images_dir): calibrating on images of the evaluated dataset")
     return dataset_for(config)
+
+
+def sweep_calibration(config: ExperimentConfig) -> tuple[CocoDataset, list[CalibrationSample]]:
+    """The calibration dataset of a sweep and the images (with their prompts) its cells calibrate on."""
+    dataset = calibration_dataset_for(config)
+    return dataset, calibration_samples(dataset, config.calib_images, config.seed, config.prompt, config.num_points)
 
 
 def _generated(root: Path, count: int, seed: int) -> CocoDataset:
@@ -170,8 +176,7 @@ class _ModelContext:
         size = image_size(self.float_model)
         self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size)
         self._reference: EvalResult | None = None
-        self._samples = None
-        self._calibration_dir = ""
+        self._calibration: tuple[CocoDataset, list[CalibrationSample]] | None = None
 
     def run(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
@@ -184,11 +189,12 @@ class _ModelContext:
             model = copy.deepcopy(self.float_model)
             w, a = parse_bits(cell.bits)
             exclude = () if self.config.quantize_encoder else (ENCODER_PATTERN,)
-            report = calibrate(model, cell.recipe, w, a, self._calibration_samples(), exclude, self.progress,
+            calibration_set, samples = self.calibration()
+            report = calibrate(model, cell.recipe, w, a, samples, exclude, self.progress,
                                search_rows=self.config.search_rows)
             saved = state_path(self.config, cell)
             save_calibrated(model, saved, report, cell.recipe, self.model_type, w, a)
-            record["calibration"] = {"images_dir": self._calibration_dir, "image_ids": report.image_ids,
+            record["calibration"] = {"images_dir": str(calibration_set.images_dir), "image_ids": report.image_ids,
                                      "num_prompts": report.num_prompts,
                                      "seconds": report.seconds, "unreached_sites": report.unreached,
                                      "bimodal": report.bimodal, "state": str(saved)}
@@ -199,6 +205,12 @@ class _ModelContext:
                       skipped=result.skips, seconds=round(time.perf_counter() - start, 3))
         return record
 
+    def calibration(self) -> tuple[CocoDataset, list[CalibrationSample]]:
+        """The calibration set and samples, loaded by the first quantized cell."""
+        if self._calibration is None:
+            self._calibration = sweep_calibration(self.config)
+        return self._calibration
+
     def reference(self) -> EvalResult:
         """The float run's masks (from its cell file when an earlier run wrote it)."""
         if self._reference is None:
@@ -207,14 +219,6 @@ class _ModelContext:
             self._reference = EvalResult(data["metrics"], _masks_from_json(data["reference_masks"]),
                                          data["skipped"], data["num_images"], data["num_prompts"])
         return self._reference
-
-    def _calibration_samples(self):
-        if self._samples is None:
-            dataset = calibration_dataset_for(self.config)
-            self._samples = calibration_samples(dataset, self.config.calib_images, self.config.seed,
-                                                self.config.prompt, self.config.num_points)
-            self._calibration_dir = str(dataset.images_dir)
-        return self._samples
 
     def _evaluate(self, model: Sam, encoder_float: bool, reference, label: str) -> EvalResult:
         return evaluate(model, self.dataset, self.eval_ids, self.options, self.detections, reference,
