@@ -17,6 +17,7 @@ from typing import Any, Callable
 import click
 
 from ptqsam import __version__
+from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
 from ptqsam.errors import PtqsamError
 from quantizers.errors import QuantizationError
 
@@ -26,8 +27,6 @@ DEMO_BITS = ("W8A8", "W6A6", "W4A4")
 DEMO_SEARCH_ROWS = 256
 #: the demo's per-site figures: a decoder post-softmax site in the lowest-bit cell of this recipe
 DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs", "ptq4sam"
-MODEL_CHOICES = ("vit_b", "vit_l", "vit_h", "tinysam", "mobilesam", "testbed")
-PROMPT_CHOICES = ("box", "tight_box", "center_point", "random_points", "detections")
 
 
 class _Group(click.Group):
@@ -55,11 +54,11 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 def model_options(func: Callable) -> Callable:
-    @click.option("--model", "model_type", type=click.Choice(MODEL_CHOICES), default="testbed", show_default=True,
+    @click.option("--model", "model_type", type=click.Choice(MODEL_TYPES), default="testbed", show_default=True,
                   help="Model type.")
     @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                   help="Checkpoint file (default: packaged testbed weights, else random init).")
-    @click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True)
+    @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
@@ -73,7 +72,7 @@ def data_options(func: Callable) -> Callable:
                   help="COCO instances JSON for --images.")
     @click.option("--detections", type=click.Path(dir_okay=False), default=None,
                   help="Detector boxes (COCO results JSON) for mask AP.")
-    @click.option("--prompt", type=click.Choice(PROMPT_CHOICES), default="box", show_default=True)
+    @click.option("--prompt", type=click.Choice(EVAL_PROMPT_KINDS), default="box", show_default=True)
     @click.option("--seed", type=int, default=0, show_default=True)
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -120,13 +119,14 @@ def _config(**kwargs: Any):
 @click.option("--recipes", default=",".join(DEMO_RECIPES), show_default=True)
 @click.option("--bits", default=",".join(DEMO_BITS), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes: str, bits: str, seed: int,
          device: str) -> None:
     """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 (a few minutes)."""
     from ptqsam.evaluation.report import markdown_table
     from ptqsam.plots import bit_width_order
-    from ptqsam.sweep import Cell, plot_cell_sites, run_sweep
+    from ptqsam.plots.cell import plot_cell_sites
+    from ptqsam.sweep import Cell, run_sweep
 
     config = _config(models=["testbed"], recipes=recipes.split(","), bits=bits.split(","), synthetic_images=num_images,
                      calib_images=calib_images, search_rows=search_rows, seed=seed, device=device, out=out)
@@ -148,9 +148,11 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
               calib_images, search_rows, float_encoder, state_path) -> None:
     """Calibrate a recipe on a few images of --images and save the calibrated state (without
     --images: a generated calibration set, apart from the images `evaluate` generates)."""
+    from ptqsam.bits import parse_bits
     from ptqsam.calibration import calibrate as run_calibration, save_calibrated
-    from ptqsam.instrument.recipe import load_recipe, parse_bits
-    from ptqsam.sweep import ENCODER_PATTERN, sweep_calibration
+    from ptqsam.data.selection import calibration_set
+    from ptqsam.instrument.recipe import load_recipe
+    from ptqsam.models.blocks import ENCODER_SITES
 
     if (images is None) != (annotations is None):
         raise PtqsamError("--images and --annotations go together: give both or neither")
@@ -159,8 +161,8 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
     config = _config(models=[model_type], calib_images_dir=images, calib_annotations=annotations, prompt=prompt,
                      seed=seed, calib_images=calib_images, search_rows=search_rows)
     model = _build(model_type, checkpoint, seed, device)
-    _, samples = sweep_calibration(config)
-    report = run_calibration(model, recipe, w, a, samples, (ENCODER_PATTERN,) if float_encoder else (),
+    _, samples = calibration_set(config)
+    report = run_calibration(model, recipe, w, a, samples, (ENCODER_SITES,) if float_encoder else (),
                              search_rows=search_rows)
     save_calibrated(model, state_path, report, recipe, model_type, w, a)
     click.echo(json.dumps({"state": state_path, "images": report.image_ids, "prompts": report.num_prompts,
@@ -186,8 +188,8 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
     from ptqsam.data.prompts import Detections
     from ptqsam.evaluation.evaluator import EvalOptions, evaluate as run_evaluation
     from ptqsam.instrument.modes import quantizing
+    from ptqsam.data.selection import dataset_for
     from ptqsam.io import write_json_atomic
-    from ptqsam.sweep import dataset_for
 
     config = _config(models=[model_type], images=images, annotations=annotations, detections=detections,
                      prompt=prompt, seed=seed, eval_images=eval_images)
@@ -211,7 +213,7 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
 @main.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
 @click.option("--out", default=None, help="Override the config's results folder.")
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default=None, help="Override the config's device.")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help="Override the config's device.")
 def sweep(config_path: str, out: str | None, device: str | None) -> None:
     """Run a sweep config (models × recipes × bits); finished cells are skipped on re-runs."""
     from ptqsam.config import ExperimentConfig
@@ -263,7 +265,7 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
     """Sites of a model (name, kind, shape); with --state, the calibrated quantizers; with
     --stats-images, activation statistics."""
     from ptqsam.calibration import load_calibrated
-    from ptqsam.instrument.instrument import attached_quantizers, site_inventory
+    from ptqsam.instrument import attached_quantizers, site_inventory
 
     if stats_images < 0:
         raise PtqsamError(f"--stats-images must be >= 0, got {stats_images}")
@@ -276,7 +278,7 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
         entry = {"name": row.name, "kind": row.kind, "shape": list(row.shape) if row.shape else None,
                  "owner": row.owner}
         if row.name in quantizers:
-            entry["quantizer"] = _describe(quantizers[row.name])
+            entry["quantizer"] = quantizers[row.name].summary()
         rows.append(entry)
     if stats_images:
         rows = _with_statistics(model, model_type, rows, images, annotations, prompt, seed, stats_images)
@@ -297,26 +299,13 @@ def _with_statistics(model, model_type: str, rows: list[dict], images, annotatio
                      count) -> list[dict]:
     """The rows of the sites the images reach, each with its activation statistics."""
     from ptqsam.analysis import site_statistics
-    from ptqsam.calibration import calibration_samples
-    from ptqsam.sweep import dataset_for
+    from ptqsam.data.samples import calibration_samples
+    from ptqsam.data.selection import dataset_for
 
     config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed)
     samples = calibration_samples(dataset_for(config), count, seed, prompt)
     table = site_statistics(model, samples, [r["name"] for r in rows], seed=seed)
     return [{**r, "stats": table[r["name"]]} for r in rows if r["name"] in table]
-
-
-def _describe(quantizer) -> str:
-    spec = quantizer.spec
-    text = f"{spec.quantizer} {spec.bits}b {spec.granularity.kind}"
-    if not quantizer.is_calibrated:
-        return text + " (uncalibrated)"
-    for name in ("scale", "tau", "shift", "scale_pos"):
-        value = getattr(quantizer, name, None)
-        if value is not None and hasattr(value, "numel") and value.numel():
-            flat = value.flatten().float()
-            text += f" {name}={float(flat[0]):.4g}" if flat.numel() == 1 else f" {name}=[{float(flat.min()):.3g}..{float(flat.max()):.3g}]"
-    return text
 
 
 if __name__ == "__main__":

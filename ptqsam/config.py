@@ -8,16 +8,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from ptqsam.errors import PtqsamError
-
-from ptqsam.data.prompts import PROMPT_KINDS as GT_PROMPT_KINDS
-
-PROMPT_KINDS = GT_PROMPT_KINDS + ("detections",)
-DEVICES = ("cpu", "cuda")
-
-
-class ConfigError(PtqsamError):
-    """A config file or option is malformed; the message names the key."""
+from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS
+from ptqsam.errors import ConfigError, PtqsamError
 
 
 def reject_unknown_keys(data: Any, cls: type, what: str, error: type[PtqsamError] = ConfigError) -> None:
@@ -94,8 +86,8 @@ class ExperimentConfig:
                 raise ConfigError(f"{name} must be a non-empty list of strings, got {value!r}")
             object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "checkpoints", dict(self.checkpoints or {}))
-        if self.prompt not in PROMPT_KINDS:
-            raise ConfigError(f"prompt must be one of {PROMPT_KINDS}, got {self.prompt!r}")
+        if self.prompt not in EVAL_PROMPT_KINDS:
+            raise ConfigError(f"prompt must be one of {EVAL_PROMPT_KINDS}, got {self.prompt!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if (self.images is None) != (self.annotations is None):

@@ -5,6 +5,10 @@ class PtqsamError(Exception):
     """Base of every error ptqsam raises on bad input."""
 
 
+class ConfigError(PtqsamError):
+    """A config file or option is malformed; the message names the key."""
+
+
 class CheckpointError(PtqsamError):
     """A checkpoint is missing, unreadable, or belongs to another model type."""
 
@@ -15,6 +19,10 @@ class DataError(PtqsamError):
 
 class RecipeError(PtqsamError):
     """A recipe is unknown or malformed, or calibrated state does not match it."""
+
+
+class CalibrationError(PtqsamError):
+    """A calibration pass cannot proceed (inconsistent captures, a degenerate objective, ...)."""
 
 
 class AnalysisError(PtqsamError):

@@ -14,32 +14,9 @@ from typing import Any, Mapping
 import yaml
 
 from quantizers.errors import QuantizationError
+from quantizers.options import Options
 
 MIN_BITS, MAX_BITS = 2, 16
-
-#: Options each observer accepts (name -> allowed option keys).
-OBSERVER_OPTIONS: dict[str, frozenset[str]] = {
-    "minmax": frozenset(),
-    "avg_minmax": frozenset(),
-    "ema_minmax": frozenset({"momentum"}),
-    "percentile": frozenset({"percentile", "bins"}),
-    "mse": frozenset({"p", "steps", "step"}),
-    "kl": frozenset({"bins", "start_bin"}),
-}
-
-#: Options each quantizer kind accepts.
-QUANTIZER_OPTIONS: dict[str, frozenset[str]] = {
-    "uniform": frozenset(),
-    "log": frozenset({"taus", "p", "scale"}),
-    "twin_softmax": frozenset({"max_shift"}),
-    "twin_gelu": frozenset({"gelu_min", "steps"}),
-}
-
-#: Options each calibration-time scale search accepts.
-SEARCH_OPTIONS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "hessian": frozenset({"alpha", "beta", "n", "rounds", "metric", "memory_budget", "max_rows"}),
-}
 
 GRANULARITY_KINDS = ("tensor", "channel", "group")
 
@@ -108,13 +85,18 @@ class QuantSpec:
       signed: for symmetric specs, a signed grid [-2^(b-1), 2^(b-1) - 1]; unsigned gives
         [0, 2^b - 1] (non-negative data such as post-softmax or post-ReLU).
       granularity: see :class:`Granularity`.
-      observer: statistics collector name (``minmax``, ``avg_minmax``, ``ema_minmax``,
-        ``percentile``, ``mse``, ``kl``).
+      observer: a registered observer (``minmax``, ``avg_minmax``, ``ema_minmax``,
+        ``percentile``, ``mse``, ``kl``; see :data:`quantizers.registry.OBSERVERS`).
       observer_options: options of that observer (e.g. ``{"p": 2.4}`` for ``mse``).
-      quantizer: value mapping (``uniform``, ``log``, ``twin_softmax``, ``twin_gelu``).
+      quantizer: a registered quantizer kind (``uniform``, ``log``, ``twin_softmax``,
+        ``twin_gelu``; see :data:`quantizers.registry.QUANTIZERS`).
       quantizer_options: options of that quantizer (e.g. ``{"taus": [1, 2, 4]}`` for ``log``).
-      search: calibration-time scale search (``none`` or ``hessian``).
+      search: a registered calibration-time scale search (``none`` or ``hessian``).
       search_options: options of that search.
+
+    Names and options are checked against the registries when the spec is created (unknown names,
+    unknown option keys and impossible option values raise); :meth:`check_search` says whether the
+    search can search this spec's grid.
     """
 
     bits: int = 8
@@ -134,11 +116,31 @@ class QuantSpec:
             if not isinstance(getattr(self, name), bool):
                 raise QuantizationError(f"{name} must be true or false, got {getattr(self, name)!r}")
         object.__setattr__(self, "granularity", Granularity.from_value(self.granularity))
-        _check_choice("observer", self.observer, self.observer_options, OBSERVER_OPTIONS)
-        _check_choice("quantizer", self.quantizer, self.quantizer_options, QUANTIZER_OPTIONS)
-        _check_choice("search", self.search, self.search_options, SEARCH_OPTIONS)
         for name in ("observer_options", "quantizer_options", "search_options"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise QuantizationError(f"{name} must be a mapping, got {getattr(self, name)!r}")
             object.__setattr__(self, name, dict(getattr(self, name)))
+        self.observer_config, self.quantizer_config, self.search_config  # noqa: B018 - validates them
+
+    def check_search(self) -> None:
+        """Raise unless the scale search can search this spec's grid (e.g. the Hessian-guided search
+        only searches signed symmetric uniform grids). Recipes call it for every rule."""
+        _registries().SEARCHES.get(self.search).cls.check_spec(self)
+
+    @property
+    def observer_config(self) -> Options:
+        """The observer's validated options (its registered :class:`Options` dataclass)."""
+        return _registries().OBSERVERS.options(self.observer, self.observer_options)
+
+    @property
+    def quantizer_config(self) -> Options:
+        """The quantizer kind's validated options."""
+        return _registries().QUANTIZERS.options(self.quantizer, self.quantizer_options)
+
+    @property
+    def search_config(self) -> Options:
+        """The scale search's validated options."""
+        return _registries().SEARCHES.options(self.search, self.search_options)
 
     def replace(self, **changes: Any) -> "QuantSpec":
         """A copy with some fields changed (validated like a new spec)."""
@@ -189,11 +191,8 @@ def _reject_unknown(data: Mapping[str, Any], known: set[str], what: str) -> None
         raise QuantizationError(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
 
 
-def _check_choice(
-    what: str, name: str, options: Mapping[str, Any], table: Mapping[str, frozenset[str]]
-) -> None:
-    if name not in table:
-        raise QuantizationError(f"unknown {what} {name!r}; choose one of {sorted(table)}")
-    if not isinstance(options, Mapping):
-        raise QuantizationError(f"{what}_options must be a mapping, got {options!r}")
-    _reject_unknown(options, set(table[name]), f"{what} {name!r} option")
+def _registries():
+    """The registry module (imported late: the registered parts import this module)."""
+    from quantizers import registry
+
+    return registry

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ptqsam.data import CocoDataset, generate_dataset
 from ptqsam.evaluation.evaluator import EvalOptions, evaluate
+from ptqsam.io import write_atomic, write_json_atomic
 from ptqsam.models.testbed import TestbedConfig, build_testbed
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "ptqsam" / "weights"
@@ -182,10 +183,10 @@ def validate(model, cfg: TrainConfig, dataset: CocoDataset) -> dict:
 def save(model, cfg: TrainConfig, arch: TestbedConfig, figures: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save(state, out / "testbed.pt")
+    write_atomic(out / "testbed.pt", lambda f: torch.save(state, f), mode="wb")
     record = {"architecture": asdict(arch), "training": asdict(cfg), "figures": figures,
               "torch": torch.__version__}
-    (out / "testbed.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(out / "testbed.json", record)
 
 
 def main() -> None:

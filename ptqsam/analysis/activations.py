@@ -17,10 +17,10 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from ptqsam.calibration.samples import CalibrationSample
+from ptqsam.calibration.passes import SampleLoop
+from ptqsam.data.samples import CalibrationSample
 from ptqsam.errors import AnalysisError
-from ptqsam.inference import SamRunner
-from ptqsam.instrument import attached_quantizers, disabled, instrument, sites
+from ptqsam.instrument import attached_quantizers, disabled, forward_hooks, instrument, sites
 
 #: Elements reduced at a time (bounds the float64 temporaries of a hook).
 CHUNK_NUMEL = 1 << 22
@@ -179,9 +179,7 @@ def site_quantization_error(
     _check_known(names, calibrated, "calibrated quantizer on site")
     model_sites = sites(model)
     meters = {n: _ErrorMeter(calibrated[n], once=model_sites[n].kind == "weight") for n in names}
-    hooks = {n: model_sites[n].register_forward_hook(lambda m, args, out, meter=meters[n]: meter(args[0]))
-             for n in names}
-    _run_float(model, samples, hooks.values())
+    _run_float(model, samples, [(model_sites[n], lambda m, args, out, meter=meters[n]: meter(args[0])) for n in names])
     return {name: meters[name].relative_error(name) for name in names}
 
 
@@ -269,11 +267,10 @@ def _sample_modules(
     if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
         raise AnalysisError(f"max_values must be a positive integer, got {max_values!r}")
     samplers = {name: ValueSampler(max_values, _name_seed(seed, name)) for name in targets}
-    hooks = [
-        module.register_forward_hook(lambda m, args, out, s=samplers[name], n=name: s.add(tensor_of(args, out), n))
+    _run_float(model, samples, [
+        (module, lambda m, args, out, s=samplers[name], n=name: s.add(tensor_of(args, out), n))
         for name, module in targets.items()
-    ]
-    _run_float(model, samples, hooks)
+    ])
     return {name: sampler.stats(name) for name, sampler in samplers.items() if sampler.count or not skip_unreached}
 
 
@@ -282,20 +279,12 @@ def _name_seed(seed: int, name: str) -> int:
 
 
 def _run_float(model: Sam, samples: Sequence[CalibrationSample], hooks: Iterable) -> None:
-    """Every sample through the model (all its prompts in one decoder call), quantizers off;
-    removes ``hooks`` afterwards."""
-    hooks = list(hooks)
-    try:
-        if not samples:
-            raise AnalysisError("no samples to run the model on")
-        runner = SamRunner(model)
-        with disabled(model), torch.inference_mode():
-            for sample in samples:
-                p = sample.prompts
-                runner.decode(runner.embed(sample.image), p.boxes, p.points, p.point_labels, multimask=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    """Every sample through the model (all its prompts in one decoder call), quantizers off, with
+    the ``(module, hook)`` pairs registered for the run."""
+    if not samples:
+        raise AnalysisError("no samples to run the model on")
+    with forward_hooks(hooks), disabled(model):
+        SampleLoop(model, samples, encoder_float=False, progress=False).run("float pass")
 
 
 def _unique(names: Iterable[str], what: str) -> list[str]:

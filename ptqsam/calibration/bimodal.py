@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ptqsam.instrument.hooks import forward_hooks
 from quantizers.transforms.bimodal import BimodalConfig, channel_signs, detect_bimodal, fold_signs
 
 #: key of the per-attention signs in the saved calibration state's ``extra``.
@@ -49,12 +50,8 @@ def bimodal_fold_pass(
     each target whose keys are bimodal. Returns, per target, whether it was bimodal, the peaks and
     the signs folded (None when not bimodal)."""
     stats = {name: _KeyStatistics(config.max_values, config.seed) for name in targets}
-    handles = [targets[name].k_proj.register_forward_hook(stats[name]) for name in targets]
-    try:
+    with forward_hooks((targets[name].k_proj, stats[name]) for name in targets):
         run_float()
-    finally:
-        for handle in handles:
-            handle.remove()
     report = {}
     for name, module in targets.items():
         detection = detect_bimodal(torch.cat(stats[name].values), config)

@@ -14,56 +14,33 @@ units are searched in groups whose cache fits ``memory_budget``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptqsam.errors import CalibrationError
+from ptqsam.instrument.hooks import ForwardHook, forward_hooks
 from ptqsam.instrument.instrument import attached_quantizers, sites
+from ptqsam.instrument.units import Unit, model_units
 from quantizers.modules.base import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
 from quantizers.search.hessian import HessianSearchConfig, objective, search_linear, search_matmul, subsample_rows
 
-#: operand roles of the matmul units: (a, b, output); the key enters transposed.
-MATMUL_UNITS = (("query", "key", "logits"), ("probs", "value", "context"), ("matmul_a", "matmul_b", "matmul_output"))
 #: bits at which a twin-quantized operand is re-quantized while its uniform partner is searched:
 #: the search functions quantize both operands; 16 bits adds at most max|x|/65535 of error.
 FIXED_OPERAND_BITS = 16
+#: unit kinds the search handles
+SEARCHED_KINDS = ("linear", "matmul")
 
 
-@dataclass(frozen=True)
-class SearchUnit:
-    """One product with the site names of its operands (an operand whose site carries no
-    quantizer stays float) and, for a matmul, of its output (a Linear's output is its module's)."""
-
-    name: str
-    kind: str  # "linear" or "matmul"
-    a: str
-    b: str
-    output: str | None
-
-
-def search_units(model: nn.Module) -> list[SearchUnit]:
-    """The units with at least one operand quantizer asking for the Hessian search."""
-    quantizers = attached_quantizers(model)
-    wants = {n for n, q in quantizers.items() if q.spec.search == "hessian"}
-    all_sites = sites(model)
-    units = []
-    for path, module in model.named_modules():
-        if isinstance(module, nn.Linear) and hasattr(module, "input_site"):
-            a, b = f"{path}.input", f"{path}.weight"
-            if {a, b} & wants:
-                units.append(SearchUnit(path, "linear", a, b, None))
-    for a_role, b_role, out_role in MATMUL_UNITS:
-        for name in all_sites:
-            if name.endswith("." + a_role):
-                base = name[: -len(a_role)]
-                a, b = base + a_role, base + b_role
-                if {a, b} & wants and base + out_role in all_sites:
-                    units.append(SearchUnit(f"{base}{a_role}@{b_role}", "matmul", a, b, base + out_role))
-    return units
+def search_units(model: nn.Module) -> list[Unit]:
+    """The units (see :mod:`ptqsam.instrument.units`) with at least one operand quantizer asking for
+    the Hessian search (an operand whose site carries no quantizer stays float)."""
+    wants = {n for n, q in attached_quantizers(model).items() if q.spec.search == "hessian"}
+    return [unit for unit in model_units(model) if unit.kind in SEARCHED_KINDS and {unit.a, unit.b} & wants]
 
 
 def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
@@ -79,19 +56,18 @@ def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
 class _Capture:
     """Hooks caching each unit's operands, output and output gradient over the calibration set."""
 
-    def __init__(self, model: nn.Module, units: Sequence[SearchUnit]) -> None:
+    def __init__(self, model: nn.Module, units: Sequence[Unit]) -> None:
         self.data: dict[str, dict[str, list[torch.Tensor]]] = {u.name: {"a": [], "b": [], "out": [], "grad": []}
                                                                for u in units}
         modules, all_sites = dict(model.named_modules()), sites(model)
-        self.handles = []
+        self.hooks: list[tuple[nn.Module, ForwardHook]] = []
         for unit in units:
             store = self.data[unit.name]
-            if unit.kind == "linear":
-                self.handles.append(modules[unit.name].register_forward_hook(self._linear_hook(store)))
+            if unit.output is None:
+                self.hooks.append((modules[unit.module], self._layer_hook(store)))
             else:
-                self.handles.append(all_sites[unit.a].register_forward_hook(self._keep(store["a"])))
-                self.handles.append(all_sites[unit.b].register_forward_hook(self._keep(store["b"])))
-                self.handles.append(all_sites[unit.output].register_forward_hook(self._output_hook(store)))
+                self.hooks += [(all_sites[unit.a], self._keep(store["a"])), (all_sites[unit.b], self._keep(store["b"])),
+                               (all_sites[unit.output], self._output_hook(store))]
 
     @staticmethod
     def _keep(bucket: list) -> Callable:
@@ -108,7 +84,7 @@ class _Capture:
         return hook
 
     @classmethod
-    def _linear_hook(cls, store: dict) -> Callable:
+    def _layer_hook(cls, store: dict) -> Callable:
         output_hook = cls._output_hook(store)
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -116,26 +92,20 @@ class _Capture:
             output_hook(module, args, output)
         return hook
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
-
-def capture(model: nn.Module, units: Sequence[SearchUnit], run_with_grad: Callable[[Callable], None]) -> dict:
+def capture(model: nn.Module, units: Sequence[Unit], run_with_grad: Callable[[Callable], None]) -> dict:
     """Cache the units' tensors while ``run_with_grad(task_loss)`` runs one forward + backward per
     image (each unit is called once per image, so outputs and gradients stay aligned)."""
     cap = _Capture(model, units)
-    try:
+    with forward_hooks(cap.hooks):
         run_with_grad(task_loss)
-    finally:
-        cap.remove()
     for name, store in cap.data.items():
         if store["grad"] and len(store["grad"]) != len(store["out"]):
-            raise RuntimeError(f"unit {name}: {len(store['out'])} outputs but {len(store['grad'])} gradients")
+            raise CalibrationError(f"unit {name}: {len(store['out'])} outputs but {len(store['grad'])} gradients")
     return cap.data
 
 
-def search_unit(unit: SearchUnit, store: dict, model: nn.Module, max_rows: int | None = None) -> dict:
+def search_unit(unit: Unit, store: dict, model: nn.Module, max_rows: int | None = None) -> dict:
     """Search the unit's operand scales on its cached tensors and install them; returns a record.
 
     ``max_rows`` is the search's ``max_rows`` where the recipe leaves it unset.
@@ -145,7 +115,7 @@ def search_unit(unit: SearchUnit, store: dict, model: nn.Module, max_rows: int |
     """
     quantizers = attached_quantizers(model)
     qa, qb = quantizers.get(unit.a), quantizers.get(unit.b)
-    cfg = HessianSearchConfig.from_options((qa or qb).spec.search_options)
+    cfg = (qa or qb).spec.search_config
     if cfg.max_rows is None:
         cfg = replace(cfg, max_rows=max_rows)
     keep = 1 if unit.kind == "linear" else 2
@@ -157,11 +127,11 @@ def search_unit(unit: SearchUnit, store: dict, model: nn.Module, max_rows: int |
     a, out, grad = subsample_rows(cfg.max_rows, _cat(store["a"], keep), out, grad, matmul=unit.kind == "matmul")
     cfg = replace(cfg, max_rows=None)
     if unit.kind == "linear":
-        module = dict(model.named_modules())[unit.name]
+        module = model.get_submodule(unit.module)
         bias = None if module.bias is None else module.bias.detach().cpu()
         return _search_pair(qa, qb, a, module.weight.detach().cpu(), bias, out, grad, cfg)
     b = _cat(store["b"], 2)
-    if unit.b.endswith(".key"):  # the product is q @ kᵀ; key scales are per tensor, so layout-free
+    if unit.b_transposed:  # the product is q @ kᵀ; key scales are per tensor, so layout-free
         b = b.transpose(-2, -1)
     return _search_pair(qa, qb, a, b, None, out, grad, cfg, linear=False)
 

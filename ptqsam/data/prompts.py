@@ -14,12 +14,12 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
-from ptqsam.data.coco import (BOX_EXPECTED, EntryChecker, Instance, SkipCounter, is_box, is_int, is_number,
-                              read_json, xywh_to_xyxy)
+from ptqsam.data.coco import Instance, SkipCounter, xywh_to_xyxy
+from ptqsam.data.validation import BOX_EXPECTED, EntryChecker, is_box, is_int, is_number, read_json
 from ptqsam.errors import DataError
 
 PromptKind = Literal["box", "tight_box", "center_point", "random_points"]
-PROMPT_KINDS: tuple[str, ...] = ("box", "tight_box", "center_point", "random_points")
+from ptqsam.constants import PROMPT_KINDS  # noqa: E402 - re-exported
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ptqsam.data.coco import is_int
+from ptqsam.data.validation import is_int
 from ptqsam.errors import DataError
+from ptqsam.io import write_atomic, write_text_atomic
 
 CATEGORIES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "star", "ring")
 
@@ -278,7 +279,8 @@ def generate_dataset(out_dir: str | Path, count: int = 24, seed: int = 0, image_
         hidden += hidden_here
         file_name = f"{image_id:06d}{suffix}"
         options = {"quality": JPEG_QUALITY} if image_format == "jpeg" else {"compress_level": PNG_COMPRESS_LEVEL}
-        Image.fromarray(pixels).save(images_dir / file_name, **options)
+        write_atomic(images_dir / file_name, lambda f: Image.fromarray(pixels).save(f, format=image_format, **options),
+                     mode="wb")
         images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
         for category_id, mask in objects:
             annotations.append(_annotation(len(annotations) + 1, image_id, category_id, mask))
@@ -291,7 +293,7 @@ def generate_dataset(out_dir: str | Path, count: int = 24, seed: int = 0, image_
         "categories": [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)],
     }
     annotations_path = out / "annotations.json"
-    annotations_path.write_text(json.dumps(data, sort_keys=True, separators=(",", ":")), encoding="ascii")
+    write_text_atomic(annotations_path, json.dumps(data, sort_keys=True, separators=(",", ":")))
     return SyntheticDataset(images_dir, annotations_path, [img["id"] for img in images], len(annotations), hidden)
 
 

@@ -164,3 +164,15 @@ def _rle_iou(a: dict, b: dict) -> float:
     if not mask_utils.area(a) and not mask_utils.area(b):
         return 1.0
     return float(mask_utils.iou([a], [b], [0])[0, 0])
+
+
+def masks_to_json(masks: dict) -> list[list]:
+    """A run's masks as JSON-ready entries ``[image_id, source, annotation id, RLE]``."""
+    return [[image_id, source, ann_id, {"size": rle["size"], "counts": rle["counts"].decode("ascii")}]
+            for (image_id, source, ann_id), rle in masks.items()]
+
+
+def masks_from_json(entries: list[list]) -> dict:
+    """The inverse of :func:`masks_to_json`."""
+    return {(image_id, source, ann_id): {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+            for image_id, source, ann_id, rle in entries}

@@ -17,7 +17,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ptqsam.data.coco import CocoDataset, EntryChecker, coco_index, is_int, is_number
+from ptqsam.data.coco import CocoDataset, coco_index
+from ptqsam.data.validation import EntryChecker, is_int, is_number
 from ptqsam.errors import DataError
 
 SMALL_MAX_AREA = 32**2

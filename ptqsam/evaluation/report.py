@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ptqsam.constants import FLOAT
 from ptqsam.io import write_json_atomic, write_text_atomic
 
 #: Metric keys of a run's ``metrics`` dict that get a delta column, in table order.
@@ -15,7 +16,6 @@ METRIC_KEYS = (
     "miou", "miou_small", "miou_medium", "miou_large", "agreement",
     "AP", "AP50", "AP75", "APs", "APm", "APl",
 )
-FLOAT = "float"
 #: Settings of a run copied beside its numbers when present.
 RUN_FIELDS = ("checkpoint", "num_images", "num_prompts")
 

@@ -17,12 +17,13 @@ from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention as TwoWayAttention
 
 from ptqsam.instrument.sites import Site
+from ptqsam.instrument.units import Product
 from ptqsam.models.tiny_vit import Attention as TinyViTAttention
 
 
 class AttentionSites:
     """Sites of an attention block: the q, k, v operands, the q@kᵀ logits, the post-softmax
-    probabilities (called with v as context) and the attn@v context."""
+    probabilities (called with v as context) and the attn@v context; its two products."""
 
     SITE_ROLES = {
         "query": "query",
@@ -32,6 +33,10 @@ class AttentionSites:
         "probs": "probs",
         "context": "output",
     }
+    PRODUCTS = (
+        Product("matmul", "query", "key", output="logits", b_transposed=True),
+        Product("matmul", "probs", "value", output="context"),
+    )
     query_site: Site
     key_site: Site
     value_site: Site
@@ -101,6 +106,7 @@ class SitedMaskDecoder(MaskDecoder):
     (``matmul_a`` = hyper_in, ``matmul_b`` = the flattened upscaled embedding)."""
 
     SITE_ROLES = {"matmul_a": "matmul_a", "matmul_b": "matmul_b", "matmul_output": "output"}
+    PRODUCTS = (Product("matmul", "matmul_a", "matmul_b", output="matmul_output"),)
     matmul_a_site: Site
     matmul_b_site: Site
     matmul_output_site: Site

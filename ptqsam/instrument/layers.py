@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ptqsam.errors import RecipeError
 from ptqsam.instrument.sites import Site
+from ptqsam.instrument.units import Product
 
 
 class LayerSites:
@@ -25,12 +27,16 @@ class LayerSites:
 class SitedLinear(LayerSites, nn.Linear):
     """``nn.Linear`` whose input and weight pass through ``input_site`` and ``weight_site``."""
 
+    PRODUCTS = (Product("linear", "input", "weight"),)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_site(input), self.weight_site(self.weight), self.bias)
 
 
 class SitedConv2d(LayerSites, nn.Conv2d):
     """``nn.Conv2d`` whose input and weight pass through ``input_site`` and ``weight_site``."""
+
+    PRODUCTS = (Product("conv2d", "input", "weight"),)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_site(input), self.weight_site(self.weight), self.bias)
@@ -44,10 +50,12 @@ class SitedConvTranspose2d(LayerSites, nn.ConvTranspose2d):
     axis 0. Transposing twice restores the original strides, so the float path is unchanged.
     """
 
+    PRODUCTS = (Product("conv_transpose2d", "input", "weight"),)
+
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         # Same steps as torch's ConvTranspose2d.forward, with the two sites.
         if self.padding_mode != "zeros":
-            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
+            raise RecipeError("only 'zeros' padding mode is supported for ConvTranspose2d")
         num_spatial_dims = 2
         output_padding = self._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, num_spatial_dims, self.dilation

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import zlib
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
+import torch
 from torch import nn
 
 from ptqsam.errors import RecipeError
@@ -46,11 +48,44 @@ def observing(model: nn.Module, sites: Iterable[str] | None = None):
     return switched(model, Mode.OBSERVE, sites)
 
 
-def quantizing(model: nn.Module, sites: Iterable[str] | None = None):
-    """Selected quantizers fake-quantize (they must be calibrated)."""
+def quantizing(model: nn.Module, sites: Iterable[str] | None = None, allow_drop: bool = False):
+    """Selected quantizers fake-quantize (they must be calibrated).
+
+    A quantizer still dropping elements (QDrop, see :func:`dropping`) would leave part of its
+    tensor in float: that is refused (RecipeError) unless ``allow_drop`` says it is deliberate
+    (reproducing a reference implementation's evaluation).
+    """
+    if not allow_drop:
+        dropping_now = [name for name, q in select_quantizers(model, sites).items() if q.drop_prob > 0.0]
+        if dropping_now:
+            raise RecipeError(
+                f"{len(dropping_now)} quantizer(s), e.g. {dropping_now[:3]}, still drop elements (QDrop) and would "
+                "leave part of their tensor in float: end the dropping() block first"
+            )
     return switched(model, Mode.QUANTIZE, sites)
 
 
 def disabled(model: nn.Module):
     """Every attached quantizer is off: the model computes in float."""
     return switched(model, Mode.OFF)
+
+
+@contextmanager
+def dropping(
+    model: nn.Module, probability: float, sites: Iterable[str] | None = None, seed: int = 0
+) -> Iterator[dict[str, Quantizer]]:
+    """QDrop while the block runs: each selected quantizer leaves every element in float with
+    ``probability`` (drawn from a generator seeded by ``seed`` and the site name). On exit every
+    selected quantizer drops nothing again, also on errors. Yields the selected quantizers."""
+    if not 0.0 <= probability <= 1.0:
+        raise RecipeError(f"drop probability must be in [0, 1], got {probability!r}")
+    selected = select_quantizers(model, sites)
+    try:
+        for name, quantizer in selected.items():
+            device = quantizer.calibrated.device
+            quantizer.drop_generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            quantizer.drop_prob = float(probability)
+        yield selected
+    finally:
+        for quantizer in selected.values():
+            quantizer.drop_prob, quantizer.drop_generator = 0.0, None

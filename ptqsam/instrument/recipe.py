@@ -8,7 +8,7 @@ calibration (e.g. PTQ4SAM's bimodal fold). The first matching rule wins; unmatch
 
 from __future__ import annotations
 
-import re
+import importlib
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from importlib import resources
@@ -17,10 +17,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ptqsam.bits import check_bit_width, parse_bits
 from ptqsam.config import reject_unknown_keys
 from ptqsam.errors import RecipeError
 from quantizers import QuantizationError, QuantSpec
-from quantizers.spec import check_bits
 from quantizers.transforms.bimodal import BimodalConfig
 
 #: Placeholders a rule's ``bits`` may hold: replaced by the weight or activation bit-width.
@@ -52,13 +52,6 @@ def _build(cls: type, data: Any, what: str, required: tuple[str, ...]) -> Any:
     return cls(**data)
 
 
-def _check_bits(bits: Any, what: str) -> int:
-    try:
-        return check_bits(bits)
-    except QuantizationError as error:
-        raise RecipeError(f"{what}: {error}") from None
-
-
 @dataclass(frozen=True)
 class Rule:
     """Sites whose name matches an ``include`` pattern and no ``exclude`` pattern get ``spec``.
@@ -79,7 +72,7 @@ class Rule:
         if not isinstance(self.spec, Mapping):
             raise RecipeError(f"rule spec must be a mapping, got {self.spec!r}")
         object.__setattr__(self, "spec", dict(self.spec))
-        self.resolve(8, 8)  # validates the spec
+        self.resolve(8, 8)  # validates the spec and that its search can serve it
 
     def matches(self, name: str) -> bool:
         return matches_any(name, self.include) and not matches_any(name, self.exclude)
@@ -90,7 +83,9 @@ class Rule:
         if spec.get("bits") in BITS_PLACEHOLDERS:
             spec["bits"] = {"W": w_bits, "A": a_bits}[spec["bits"]]
         try:
-            return QuantSpec.from_dict(spec)
+            resolved = QuantSpec.from_dict(spec)
+            resolved.check_search()
+            return resolved
         except QuantizationError as error:
             raise RecipeError(f"bad spec {self.spec!r} for sites {list(self.include)}: {error}") from None
 
@@ -152,6 +147,8 @@ class Recipe:
       rules: ordered :class:`Rule` s; the first rule matching a site name gives its spec.
       keep_float: site-name patterns checked before the rules; matching sites stay float.
       transforms: :class:`Transform` s the calibration runner applies before observing.
+      imports: Python modules imported before the rules are read, so that quantizer kinds,
+        observers or searches they register can be named in the specs (a researcher's own parts).
     """
 
     name: str
@@ -159,12 +156,19 @@ class Recipe:
     rules: tuple[Rule, ...] = ()
     keep_float: tuple[str, ...] = ()
     transforms: tuple[Transform, ...] = ()
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise RecipeError(f"a recipe needs a non-empty name, got {self.name!r}")
         if not isinstance(self.description, str):
             raise RecipeError(f"recipe description must be a string, got {self.description!r}")
+        object.__setattr__(self, "imports", _patterns(self.imports, "imports"))
+        for module in self.imports:
+            try:
+                importlib.import_module(module)
+            except ImportError as error:
+                raise RecipeError(f"recipe {self.name!r}: cannot import {module!r} (imports): {error}") from None
         object.__setattr__(self, "rules", tuple(_coerce(r, Rule) for r in self.rules))
         object.__setattr__(self, "keep_float", _patterns(self.keep_float, "keep_float"))
         object.__setattr__(self, "transforms", tuple(_coerce(t, Transform) for t in self.transforms))
@@ -178,8 +182,8 @@ class Recipe:
 
     def specs_for(self, site_names: Iterable[str], w_bits: int, a_bits: int) -> dict[str, QuantSpec]:
         """``name -> spec`` for the sites this recipe quantizes (in the order given)."""
-        _check_bits(w_bits, "weight bits")
-        _check_bits(a_bits, "activation bits")
+        check_bit_width(w_bits, "weight bits")
+        check_bit_width(a_bits, "activation bits")
         specs = {name: self.spec_for(name, w_bits, a_bits) for name in site_names}
         return {name: spec for name, spec in specs.items() if spec is not None}
 
@@ -191,12 +195,13 @@ class Recipe:
             "keep_float": list(self.keep_float),
             "transforms": [t.to_dict() for t in self.transforms],
             "rules": [r.to_dict() for r in self.rules],
+            **({"imports": list(self.imports)} if self.imports else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
         """Build from a dict; unknown keys and bad specs raise :class:`RecipeError` naming them."""
-        for key in ("rules", "transforms"):
+        for key in ("rules", "transforms", "imports"):
             if isinstance(data, Mapping) and not isinstance(data.get(key, []), (list, tuple)):
                 raise RecipeError(f"recipe {key} must be a list, got {data[key]!r}")
         return _build(cls, data, "recipe", ("name",))
@@ -236,12 +241,4 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     return Recipe.from_yaml(path.read_text())
 
 
-_BITS = re.compile(r"w(\d+)a(\d+)", re.IGNORECASE)
-
-
-def parse_bits(text: str) -> tuple[int, int]:
-    """``"W4A8" -> (4, 8)`` (case-insensitive); bad formats or impossible bits raise RecipeError."""
-    match = _BITS.fullmatch(text.strip()) if isinstance(text, str) else None
-    if match is None:
-        raise RecipeError(f"bit-widths must look like 'W8A8', got {text!r}")
-    return _check_bits(int(match[1]), "weight bits"), _check_bits(int(match[2]), "activation bits")
+__all__ = ["Recipe", "Rule", "Transform", "load_recipe", "matches_any", "parse_bits", "shipped_recipes"]

@@ -17,10 +17,10 @@ SITE_SUFFIX = "_site"
 class Site(nn.Module):
     """Identity on one tensor: ``forward(x, *context) -> x``.
 
-    A quantizer is attached by :func:`ptqsam.instrument.attach`, which sets ``site.quantizer`` and
-    registers a forward hook that replaces the output by ``quantizer(x, *context)``. Context
-    tensors (the attention's ``v`` for a ``probs`` site) are passed as extra arguments and never
-    modified. Weight sites always present the weight with output channels on axis 0.
+    A quantizer is attached by :func:`ptqsam.instrument.attach`, which sets ``site.quantizer``;
+    the site then returns ``quantizer(x, *context)`` (the quantizer's mode decides what that is).
+    Context tensors (the attention's ``v`` for a ``probs`` site) are passed as extra arguments and
+    never modified. Weight sites always present the weight with output channels on axis 0.
 
     Arguments:
       kind: one of :data:`SITE_KINDS`.
@@ -29,12 +29,13 @@ class Site(nn.Module):
     def __init__(self, kind: str) -> None:
         super().__init__()
         if kind not in SITE_KINDS:
-            raise ValueError(f"unknown site kind {kind!r}; choose one of {SITE_KINDS}")
+            raise ValueError(f"unknown site kind {kind!r}; choose one of {SITE_KINDS}")  # a programming error
         self.kind = kind
         self.name = ""  # set by instrument(): the owner's module path + the role
 
     def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
-        return x
+        quantizer = self._modules.get("quantizer")
+        return x if quantizer is None else quantizer(x, *context)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}"

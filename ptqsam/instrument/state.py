@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -14,6 +12,7 @@ from torch import nn
 from ptqsam.errors import CheckpointError, RecipeError
 from ptqsam.instrument.instrument import attach_quantizer, attached_quantizers, detach, instrument, model_device, sites
 from ptqsam.instrument.recipe import Recipe, load_recipe
+from ptqsam.io import write_atomic
 from quantizers import Mode, Quantizer, QuantSpec, build_quantizer
 
 STATE_FORMAT = "ptqsam-calibrated-state"
@@ -83,19 +82,7 @@ def save_state(
         },
         "extra": dict(extra or {}),
     }
-    _atomic_save(data, Path(path))
-
-
-def _atomic_save(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(data, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, lambda handle: torch.save(data, handle), mode="wb")
 
 
 def load_state(

@@ -10,9 +10,10 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
+from ptqsam.constants import MODEL_TYPES
 from ptqsam.errors import PtqsamError
 from ptqsam.models.assembly import assemble_sam
-from ptqsam.models.checkpoint import load_checkpoint
+from ptqsam.models.checkpoint import checkpoint_sha256, load_checkpoint
 from ptqsam.models.testbed import build_testbed
 from ptqsam.models.tiny_vit import TinyViT
 
@@ -40,7 +41,7 @@ BUILDERS: dict[str, Callable[[], Sam]] = {
     "mobilesam": build_tiny_vit_sam,
     "testbed": build_testbed,
 }
-MODEL_TYPES: tuple[str, ...] = tuple(BUILDERS)
+assert tuple(BUILDERS) == MODEL_TYPES, "every model type of ptqsam.constants needs a builder here"
 
 #: Weights shipped inside the package (fp16), loaded when no checkpoint is given.
 PACKAGED_WEIGHTS: dict[str, Path] = {
@@ -90,3 +91,14 @@ def image_size(model: Sam) -> int:
 def is_tiny_vit(model: Sam) -> bool:
     """Whether the model's image encoder is TinyViT (TinySAM / MobileSAM)."""
     return isinstance(model.image_encoder, TinyViT)
+
+
+def weights_id(model_type: str, checkpoint: str | Path | None, seed: int) -> str:
+    """What the weights of ``build_model(model_type, checkpoint, seed)`` are: the checkpoint's
+    SHA-256, the packaged weights' (``packaged-<sha>``), or ``random-seed<seed>``."""
+    if checkpoint:
+        return checkpoint_sha256(checkpoint)
+    packaged = PACKAGED_WEIGHTS.get(model_type)
+    if packaged is not None and Path(packaged).is_file():
+        return "packaged-" + checkpoint_sha256(packaged)
+    return f"random-seed{seed}"

@@ -8,6 +8,8 @@ exact, and their backward is the clipped straight-through estimator).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from quantizers.errors import QuantizationError
@@ -70,6 +72,23 @@ def qparams_from_minmax(
     return scale, zero_point.to(torch.int32)
 
 
+class RoundSTE(torch.autograd.Function):
+    """``torch.round`` (half to even) forward, identity gradient backward (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return torch.round(v)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return grad
+
+
+def round_ste(v: torch.Tensor) -> torch.Tensor:
+    """Round to nearest (ties to even) with a straight-through gradient."""
+    return RoundSTE.apply(v)
+
+
 def fake_quantize(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -77,13 +96,23 @@ def fake_quantize(
     qmin: int,
     qmax: int,
     granularity: Granularity = PER_TENSOR,
+    rounding: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Fake-quantize ``x``; gradients follow the clipped straight-through estimator.
 
     ``scale``/``zero_point`` hold one entry per quantization group (see :func:`num_groups`).
     Non-float32 inputs are computed in float32 and cast back.
+
+    Without ``rounding``, torch's fused ``fake_quantize_per_{tensor,channel}_affine`` ops compute
+    it (exact; gradient for ``x`` only). With a ``rounding`` (e.g. :func:`round_ste`, or a learned
+    soft rounding), the same arithmetic runs in autograd ops so that ``scale`` and ``zero_point``
+    (float tensors, e.g. ``nn.Parameter`` s) receive gradients (LSQ): ``rounding(x·(1/Δ)) + z``,
+    clamped to ``[qmin, qmax]`` with the op's gradient mask, minus ``z``, times ``Δ``. With
+    ``round_ste`` and integer zero points the values equal the fused ops' bit for bit.
     """
     check_tensor(x)
+    if rounding is not None:
+        return _fake_quantize_autograd(x, scale, zero_point, qmin, qmax, granularity, rounding)
     scale, zero_point = _check_qparams(scale, zero_point, qmin, qmax, num_groups(x, granularity))
     out_dtype = x.dtype
     xf = x if x.dtype == torch.float32 else x.float()
@@ -97,6 +126,25 @@ def fake_quantize(
         out = torch.fake_quantize_per_channel_affine(rows, scale, zero_point, 0, qmin, qmax)
         out = ungroup_rows(out, x.shape, granularity)
     return out if out_dtype == torch.float32 else out.to(out_dtype)
+
+
+def _fake_quantize_autograd(x, scale, zero_point, qmin, qmax, granularity, rounding) -> torch.Tensor:
+    groups = num_groups(x, granularity)
+    if scale.numel() != groups or zero_point.numel() != groups:
+        raise QuantizationError(
+            f"expected {groups} scale/zero_point entries, got {scale.numel()} and {zero_point.numel()}"
+        )
+    if not qmin < qmax:
+        raise QuantizationError(f"empty integer grid [{qmin}, {qmax}]")
+    rows = group_rows(x.float(), granularity)
+    step = scale.reshape(-1, 1).float()
+    zero = zero_point.reshape(-1, 1).float()
+    index = rounding(rows * (1.0 / step)) + zero
+    # clamp with the op's gradient mask qmin <= q <= qmax (torch.clamp passes nothing at the bounds)
+    inside = (index >= qmin) & (index <= qmax)
+    index = torch.where(inside, index, index.detach().clamp(qmin, qmax))
+    out = ungroup_rows((index - zero) * step, x.shape, granularity)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
 def num_groups(x: torch.Tensor, granularity: Granularity) -> int:

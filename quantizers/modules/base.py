@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-
 from enum import Enum
 
 import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
+from quantizers.levels import GridLevels
+from quantizers.options import Options
 from quantizers.spec import QuantSpec
 from quantizers.state import LazyStateModule
 
@@ -30,16 +31,28 @@ class Quantizer(LazyStateModule):
     modified. After observing, :meth:`finalize` turns statistics into qparams (``calibrated``
     becomes true); quantizing before that raises :class:`QuantizationError`.
 
-    Subclasses implement :meth:`observe`, :meth:`_finalize` and :meth:`fake_quantize`.
+    Subclasses implement :meth:`observe`, :meth:`_finalize` and :meth:`fake_quantize`, and describe
+    themselves with :meth:`levels` (the grid, for plots) and :meth:`summary` (one line). A kind is
+    registered with :func:`~quantizers.registry.register_quantizer`, which sets :attr:`kind` and
+    :attr:`Options`.
+
+    QDrop (:attr:`drop_prob`, 0 by default): while quantizing, each element is left in float with
+    this probability (drawn from :attr:`drop_generator`); :attr:`dropped_elements` counts them.
 
     Arguments:
       spec: the :class:`~quantizers.spec.QuantSpec` this quantizer implements.
     """
 
+    kind: str = ""
+    Options: type[Options] = Options
+
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()
         self.spec = spec
         self.mode = Mode.OFF
+        self.drop_prob = 0.0
+        self.drop_generator: torch.Generator | None = None
+        self.dropped_elements = 0
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -60,7 +73,14 @@ class Quantizer(LazyStateModule):
                 "(observe data and call finalize() first)"
             )
         check_tensor(x)
-        return self.fake_quantize(x)
+        x_hat = self.fake_quantize(x)
+        return self._drop(x, x_hat) if self.drop_prob > 0.0 else x_hat
+
+    def _drop(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """QDrop: each element is ``x`` with probability :attr:`drop_prob`, else ``x_hat``."""
+        keep_float = torch.rand(x.shape, generator=self.drop_generator, device=x.device) < self.drop_prob
+        self.dropped_elements += int(keep_float.sum())
+        return torch.where(keep_float, x, x_hat)
 
     def finalize(self) -> None:
         """Turn the observed statistics into qparams; afterwards the quantizer can quantize."""
@@ -79,5 +99,29 @@ class Quantizer(LazyStateModule):
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         ...
 
+    def levels(self) -> GridLevels | None:
+        """The calibrated grid, for drawing over a histogram; None when the kind cannot list it."""
+        return None
+
+    def summary(self) -> str:
+        """One line: kind, bits, granularity and the calibrated parameters (for ``inspect``)."""
+        text = f"{self.spec.quantizer} {self.spec.bits}b {self.spec.granularity.kind}"
+        if not self.is_calibrated:
+            return text + " (uncalibrated)"
+        parameters = self._parameter_summary()
+        return f"{text} {parameters}" if parameters else text
+
+    def _parameter_summary(self) -> str:
+        """The calibrated parameters as ``name=value`` pairs (subclasses override)."""
+        return ""
+
     def extra_repr(self) -> str:
         return f"bits={self.spec.bits}, mode={self.mode.value}, calibrated={self.is_calibrated}"
+
+
+def describe_values(name: str, value: torch.Tensor) -> str:
+    """``name=v`` for one value, ``name=[min..max]`` for several (for summaries)."""
+    flat = value.detach().flatten().float()
+    if flat.numel() == 1:
+        return f"{name}={float(flat[0]):.4g}"
+    return f"{name}=[{float(flat.min()):.3g}..{float(flat.max()):.3g}]"

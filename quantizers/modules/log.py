@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.log import MAX_TAU, LogGrid, agq_search, attention_output_error, log_fake_quantize
+from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer
+from quantizers.options import Options
+from quantizers.registry import register_quantizer
 from quantizers.spec import QuantSpec
 
-DEFAULT_TAUS = (1.0, 2.0, 4.0)
-DEFAULT_P = 2.4
+
+@dataclass(frozen=True)
+class LogOptions(Options):
+    """``taus``: candidate τ values, each in (0, 64] (default 1, 2, 4); ``p``: error exponent
+    (default 2.4); ``scale``: a fixed s (no search), or None."""
+
+    taus: tuple[float, ...] = (1.0, 2.0, 4.0)
+    p: float = 2.4
+    scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.taus, (str, bytes)) or not hasattr(self.taus, "__iter__"):
+            raise QuantizationError(f"log quantizer taus must be a list of numbers, got {self.taus!r}")
+        object.__setattr__(self, "taus", tuple(_positive(t, "tau", MAX_TAU) for t in self.taus))
+        if not self.taus:
+            raise QuantizationError("log quantizer taus must list at least one value")
+        object.__setattr__(self, "p", _positive(self.p, "p"))
+        if self.scale is not None:
+            object.__setattr__(self, "scale", _positive(self.scale, "scale"))
 
 
+@register_quantizer("log", LogOptions)
 class LogQuantizer(Quantizer):
     """``x̂ = s·2^(−q/τ)`` (see :mod:`quantizers.functional.log`) with τ and s calibrated by AGQ.
 
@@ -25,7 +48,7 @@ class LogQuantizer(Quantizer):
     Without ``v`` (a batch observed as ``forward(attn)``) the error is measured on the attention
     map itself, ``mean |Â − A|^p``.
 
-    Options (``spec.quantizer_options``):
+    Options (:class:`LogOptions`):
       taus: candidate τ values (default ``[1, 2, 4]``).
       p: error exponent (default 2.4).
       scale: a fixed s (no search; data then only chooses τ). With a single τ and a fixed scale,
@@ -37,12 +60,8 @@ class LogQuantizer(Quantizer):
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)
-        options = spec.quantizer_options
-        self.taus = tuple(_positive(t, "tau", MAX_TAU) for t in options.get("taus", DEFAULT_TAUS))
-        if not self.taus:
-            raise QuantizationError("log quantizer taus must list at least one value")
-        self.p = _positive(options.get("p", DEFAULT_P), "p")
-        self.fixed_scale = None if options.get("scale") is None else _positive(options["scale"], "scale")
+        options = spec.quantizer_config
+        self.taus, self.p, self.fixed_scale = options.taus, options.p, options.scale
         self.register_buffer("scale", torch.zeros((), dtype=torch.float64))
         self.register_buffer("tau", torch.zeros((), dtype=torch.float64))
         self.register_buffer("scale_sums", torch.zeros(len(self.taus), dtype=torch.float64))
@@ -80,6 +99,15 @@ class LogQuantizer(Quantizer):
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         return log_fake_quantize(x, self.grid)
+
+    def levels(self) -> GridLevels:
+        grid = self.grid
+        levels = np.sort(grid.levels.cpu().numpy())
+        description = f"log {grid.bits}-bit, levels s·2^(−q/τ), τ={grid.tau:g}, s={grid.scale:.4g}"
+        return GridLevels("log", {"levels": levels}, (0.0, float(levels[-1])), description, log_axis=True)
+
+    def _parameter_summary(self) -> str:
+        return f"tau={float(self.tau):g} scale={float(self.scale):.4g}"
 
     def extra_repr(self) -> str:
         state = f", tau={float(self.tau):g}, scale={float(self.scale):.6g}" if self.is_calibrated else ""

@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.twin import GELU_MIN, Objective, TwinGrid, twin_errors, twin_fake_quantize
+from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer
+from quantizers.options import Options, check_int, check_number
+from quantizers.registry import register_quantizer
 from quantizers.spec import QuantSpec
 
-DEFAULT_MAX_SHIFT = 19
-DEFAULT_STEPS = 100
+
+@dataclass(frozen=True)
+class TwinSoftmaxOptions(Options):
+    """``max_shift``: the largest shift m tried, an integer >= 0 (default 19)."""
+
+    max_shift: int = 19
+
+    def __post_init__(self) -> None:
+        check_int(self.max_shift, "max_shift", 0)
+
+
+@dataclass(frozen=True)
+class TwinGeluOptions(Options):
+    """``gelu_min``: GELU's minimum value, negative (default :data:`GELU_MIN`); ``steps``: candidates
+    of the positive step, an integer >= 1 (default 100)."""
+
+    gelu_min: float = GELU_MIN
+    steps: int = 100
+
+    def __post_init__(self) -> None:
+        check_number(self.gelu_min, "gelu_min", lambda v: v < 0.0, "a finite negative number")
+        check_int(self.steps, "steps", 1)
 
 
 class _TwinSearchQuantizer(Quantizer):
@@ -22,6 +47,9 @@ class _TwinSearchQuantizer(Quantizer):
     ``objective`` (an attribute, default ``None`` = mean squared error) is
     ``objective(x_hat, x) -> error``; a scale search may plug in e.g. a Hessian-weighted metric.
     """
+
+    #: whether the grid is best seen on a logarithmic axis
+    log_axis = False
 
     def __init__(self, spec: QuantSpec, num_candidates: int) -> None:
         super().__init__(spec)
@@ -56,19 +84,39 @@ class _TwinSearchQuantizer(Quantizer):
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         return twin_fake_quantize(x, self.grid)
 
+    def levels(self) -> GridLevels:
+        grid = self.grid
+        index = np.arange(grid.qmax + 1, dtype=np.float32)
+        low = np.sort(index * np.float32(grid.scale_low))
+        # an input >= split gets index round(x/Δ_high) (half to even), so the high range starts there
+        first_high = int(np.rint(np.float32(grid.split) * (np.float32(1.0) / np.float32(grid.scale_high))))
+        high = index[min(first_high, grid.qmax):] * np.float32(grid.scale_high)
+        clip = (float(min(low[0], high[0])), float(max(low[-1], high[-1])))
+        description = (f"twin {grid.bits}-bit, split={grid.split:.4g}, "
+                       f"Δ_low={abs(grid.scale_low):.4g}, Δ_high={grid.scale_high:.4g}")
+        return GridLevels("twin", {"low range": low, "high range": high}, clip, description, split=grid.split,
+                          log_axis=self.log_axis)
 
+    def _parameter_summary(self) -> str:
+        grid = self.grid
+        return f"split={grid.split:.4g} scale_low={abs(grid.scale_low):.4g} scale_high={grid.scale_high:.4g}"
+
+
+@register_quantizer("twin_softmax", TwinSoftmaxOptions)
 class TwinSoftmaxQuantizer(_TwinSearchQuantizer):
     """Post-softmax twin-uniform quantizer: ``Δ_high = 1/2^(b−1)``, ``Δ_low = Δ_high/2^m`` with the
     shift m in ``0 … max_shift`` chosen by the summed error over batches.
 
-    Options: ``max_shift`` (default 19).
+    Options: :class:`TwinSoftmaxOptions`.
 
     Arguments:
       spec: ``quantizer="twin_softmax"`` spec.
     """
 
+    log_axis = True
+
     def __init__(self, spec: QuantSpec) -> None:
-        max_shift = _check_count(spec.quantizer_options.get("max_shift", DEFAULT_MAX_SHIFT), "max_shift", 0)
+        max_shift = spec.quantizer_config.max_shift
         TwinGrid.softmax(spec.bits, max_shift)  # validates max_shift against the float32 range
         super().__init__(spec, max_shift + 1)
         self.max_shift = max_shift
@@ -85,6 +133,7 @@ class TwinSoftmaxQuantizer(_TwinSearchQuantizer):
         self.shift.fill_(best)
 
 
+@register_quantizer("twin_gelu", TwinGeluOptions)
 class TwinGeluQuantizer(_TwinSearchQuantizer):
     """Post-GELU twin-uniform quantizer: negative range fixed, ``Δ− = |gelu_min|/2^(b−1)``; positive
     range ``Δ+`` searched.
@@ -94,18 +143,15 @@ class TwinGeluQuantizer(_TwinSearchQuantizer):
     ``Δ+ = (i*/steps)·mean(M)/(2^(b−1) − 1)`` for the best i* (the per-candidate average of the
     batch scales, as AGQ averages its per-batch scales).
 
-    Options: ``gelu_min`` (GELU's minimum value, default
-    :data:`~quantizers.functional.twin.GELU_MIN`), ``steps`` (default 100).
+    Options: :class:`TwinGeluOptions`.
 
     Arguments:
       spec: ``quantizer="twin_gelu"`` spec.
     """
 
     def __init__(self, spec: QuantSpec) -> None:
-        options = spec.quantizer_options
-        steps = _check_count(options.get("steps", DEFAULT_STEPS), "steps", 1)
-        gelu_min = options.get("gelu_min", GELU_MIN)
-        TwinGrid.gelu(spec.bits, 1.0, gelu_min)  # validates gelu_min
+        options = spec.quantizer_config
+        steps, gelu_min = options.steps, options.gelu_min
         super().__init__(spec, steps)
         self.steps, self.gelu_min = steps, float(gelu_min)
         self.register_buffer("max_sum", torch.zeros((), dtype=torch.float64))
@@ -136,9 +182,3 @@ def _positive_max(x: torch.Tensor) -> float:
     if top <= 0.0:
         raise QuantizationError("post-GELU input has no positive value: the positive range cannot be fitted")
     return top
-
-
-def _check_count(value: object, name: str, lowest: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise QuantizationError(f"{name} must be an integer >= {lowest}, got {value!r}")
-    return value

@@ -1,18 +1,34 @@
-"""Uniform (symmetric or affine) fake-quantizer driven by a swappable observer."""
+"""Uniform (symmetric or affine) fake-quantizer driven by a swappable observer, with learnable parts."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from torch import nn
 
+from quantizers.errors import QuantizationError
 from quantizers.functional.uniform import fake_quantize
-from quantizers.modules.base import Quantizer
+from quantizers.levels import GridLevels
+from quantizers.modules.base import Quantizer, describe_values
 from quantizers.observers.base import Observer
+from quantizers.parts.rounding import NearestRounding, Rounding
+from quantizers.registry import build_observer, register_quantizer
 from quantizers.spec import QuantSpec
 
+QPARAMS = ("scale", "zero_point")
 
+
+@register_quantizer("uniform")
 class UniformQuantizer(Quantizer):
     """``x̂ = (clamp(round(x/Δ) + z, qmin, qmax) − z)·Δ`` with ``(Δ, z)`` from its observer, or set
     directly by a scale search (:meth:`set_qparams`).
+
+    Learnable parts (for reconstruction): :meth:`learn` turns the scale (and optionally the zero
+    point) into ``nn.Parameter`` s (LSQ); :attr:`rounding` is a swappable
+    :class:`~quantizers.parts.rounding.Rounding` part (nearest by default; AdaRound replaces it);
+    :meth:`freeze` turns the qparams back into buffers. With fixed qparams and nearest rounding the
+    values are those of torch's fake-quantize op; otherwise the same arithmetic runs in autograd ops
+    (:func:`~quantizers.functional.uniform.fake_quantize` with a rounding).
 
     Arguments:
       spec: bits, grid, granularity and observer.
@@ -21,15 +37,19 @@ class UniformQuantizer(Quantizer):
 
     def __init__(self, spec: QuantSpec, observer: Observer | None = None) -> None:
         super().__init__(spec)
-        from quantizers.modules.factory import build_observer  # the factory imports this module
-
         self.observer = observer if observer is not None else build_observer(spec)
+        self.rounding: Rounding = NearestRounding()
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
 
     @property
     def qrange(self) -> tuple[int, int]:
         return self.observer.qrange
+
+    @property
+    def learnable(self) -> bool:
+        """Whether a qparam is an ``nn.Parameter`` (see :meth:`learn`)."""
+        return any(name in self._parameters for name in QPARAMS)
 
     def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
         self.observer(x)
@@ -39,10 +59,55 @@ class UniformQuantizer(Quantizer):
 
     def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         """Install qparams found elsewhere (e.g. by a scale search) and mark calibrated."""
+        if self.learnable:
+            raise QuantizationError("set_qparams on learnable qparams: call freeze() first")
         self.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).clone()
         self.zero_point = torch.as_tensor(zero_point).reshape(-1).to(torch.int32).clone()
         self.calibrated.fill_(True)
 
+    def learn(self, scale: bool = True, zero_point: bool = False) -> list[nn.Parameter]:
+        """Turn the calibrated scale (and zero point, as a float) into parameters; returns them."""
+        if not self.is_calibrated:
+            raise QuantizationError("learn() needs calibrated qparams to start from")
+        made = []
+        for name, wanted in (("scale", scale), ("zero_point", zero_point)):
+            if wanted and name not in self._parameters:
+                value = getattr(self, name).detach().float().clone()
+                del self._buffers[name]
+                setattr(self, name, nn.Parameter(value))
+            if name in self._parameters:
+                made.append(self._parameters[name])
+        return made
+
+    def freeze(self) -> None:
+        """Qparams back to buffers (the zero point rounded to int32); the values are kept."""
+        for name in QPARAMS:
+            if name in self._parameters:
+                value = self._parameters.pop(name).detach().clone()
+                if name == "zero_point":
+                    value = torch.round(value).to(torch.int32)
+                self.register_buffer(name, value)
+
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         qmin, qmax = self.qrange
-        return fake_quantize(x, self.scale, self.zero_point, qmin, qmax, self.spec.granularity)
+        autograd = self.learnable or not isinstance(self.rounding, NearestRounding)
+        return fake_quantize(x, self.scale, self.zero_point, qmin, qmax, self.spec.granularity,
+                             self.rounding if autograd else None)
+
+    def levels(self) -> GridLevels:
+        qmin, qmax = self.qrange
+        scale = self.scale.detach().cpu().numpy().astype(np.float32).reshape(-1)
+        zero_point = np.round(self.zero_point.detach().cpu().numpy()).astype(np.int64).reshape(-1)
+        # torch's fake_quantize computes (q − z)·Δ in float32
+        lowest = (np.float32(qmin) - zero_point.astype(np.float32)) * scale
+        highest = (np.float32(qmax) - zero_point.astype(np.float32)) * scale
+        clip = (float(lowest.min()), float(highest.max()))
+        bits, kind = self.spec.bits, self.spec.granularity.kind
+        if scale.size > 1:
+            return GridLevels("uniform", {}, clip, f"uniform {bits}-bit, per {kind} ({scale.size} {kind}s)")
+        codes = np.arange(qmin, qmax + 1, dtype=np.int64)
+        levels = (codes - zero_point[0]).astype(np.float32) * scale[0]
+        return GridLevels("uniform", {"levels": levels}, clip, f"uniform {bits}-bit, Δ={scale[0]:.4g}, z={zero_point[0]}")
+
+    def _parameter_summary(self) -> str:
+        return " ".join(describe_values(name, getattr(self, name)) for name in QPARAMS)

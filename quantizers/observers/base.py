@@ -26,6 +26,7 @@ class Observer(LazyStateModule):
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()
         self.spec = spec
+        self.options = spec.observer_config  #: the validated options (the registered Options dataclass)
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
 
     @property

@@ -13,6 +13,7 @@ hence float64). Memory is ``groups × bins`` counts, whatever the number of batc
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 
 import torch
 
@@ -21,7 +22,8 @@ from quantizers.functional.uniform import group_rows, qparams_from_minmax
 from quantizers.observers.base import Observer
 from quantizers.observers.blocks import row_blocks
 from quantizers.observers.minmax import batch_minmax
-from quantizers.observers.options import numeric_option
+from quantizers.options import Options, check_int, check_number
+from quantizers.registry import register_observer
 from quantizers.spec import QuantSpec
 
 
@@ -57,6 +59,31 @@ def rebin(counts: torch.Tensor, old_range: torch.Tensor, new_range: torch.Tensor
     return moved.scatter_add_(1, (first + 1).clamp_(max=bins - 1), counts * (1 - share))
 
 
+@dataclass(frozen=True)
+class PercentileOptions(Options):
+    """``percentile``: in (0, 100] (default 99.99); ``bins``: histogram bins, >= 2 (default 2048)."""
+
+    percentile: float = 99.99
+    bins: int = 2048
+
+    def __post_init__(self) -> None:
+        check_number(self.percentile, "percentile option 'percentile'", lambda v: 0 < v <= 100, "a number in (0, 100]")
+        check_int(self.bins, "percentile option 'bins'", 2)
+
+
+@dataclass(frozen=True)
+class KLOptions(Options):
+    """``bins``: histogram bins, >= 2 (default 2048); ``start_bin``: smallest cut, in [1, bins]
+    (default 128)."""
+
+    bins: int = 2048
+    start_bin: int = 128
+
+    def __post_init__(self) -> None:
+        check_int(self.bins, "kl option 'bins'", 2)
+        check_int(self.start_bin, "kl option 'start_bin'", 1, self.bins)
+
+
 class HistogramObserver(Observer):
     """Streaming per-group ``|x|`` histogram; subclasses turn it into a clipping magnitude.
 
@@ -64,12 +91,12 @@ class HistogramObserver(Observer):
     observed min or max already inside keeps its value (affine specs stay tight on one-sided data).
 
     Arguments:
-      spec: the spec; option ``bins`` (default 2048).
+      spec: the spec; its options hold ``bins``.
     """
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)
-        self.bins = int(numeric_option(spec, "bins", 2048, lambda v: v >= 2, "an integer >= 2", integer=True))
+        self.bins = int(self.options.bins)
         self.register_buffer("hist", torch.empty(0, dtype=torch.float64))
         self.register_buffer("hist_range", torch.empty(0))
         self.register_buffer("min_val", torch.empty(0))
@@ -111,23 +138,18 @@ class HistogramObserver(Observer):
         ...
 
 
+@register_observer("percentile", PercentileOptions)
 class PercentileObserver(HistogramObserver):
     """``amax`` = the ``percentile``-th percentile of ``|x|`` (linear inside the histogram bin).
 
     Arguments:
-      spec: the spec; options ``percentile`` (in (0, 100], default 99.99) and ``bins`` (2048).
+      spec: the spec; options :class:`PercentileOptions`.
     """
-
-    def __init__(self, spec: QuantSpec) -> None:
-        super().__init__(spec)
-        self.percentile = float(
-            numeric_option(spec, "percentile", 99.99, lambda v: 0 < v <= 100, "a number in (0, 100]")
-        )
 
     def _histogram_amax(self) -> torch.Tensor:
         counts = self.hist
         cumulative = counts.cumsum(1)
-        target = cumulative[:, -1:] * (self.percentile / 100.0)
+        target = cumulative[:, -1:] * (self.options.percentile / 100.0)
         bin_index = torch.searchsorted(cumulative, target).clamp_(max=self.bins - 1)
         in_bin = counts.gather(1, bin_index)
         before = cumulative.gather(1, bin_index) - in_bin
@@ -182,6 +204,7 @@ def kl_cut(counts: torch.Tensor, levels: int, start_bin: int) -> int:
     return int(cuts[divergence.argmin()])
 
 
+@register_observer("kl", KLOptions)
 class KLObserver(HistogramObserver):
     """``amax`` = the cut minimising KL(P‖Q) between the clipped ``|x|`` histogram and its merge
     into ``2^(b−1)`` levels (TensorRT entropy calibration, see :func:`kl_cut`).
@@ -191,18 +214,10 @@ class KLObserver(HistogramObserver):
     ``2^(b−1)`` exceeds that, no cut is tried and the observed max is used.
 
     Arguments:
-      spec: the spec; options ``bins`` (2048) and ``start_bin`` (smallest cut, default 128).
+      spec: the spec; options :class:`KLOptions`.
     """
-
-    def __init__(self, spec: QuantSpec) -> None:
-        super().__init__(spec)
-        self.start_bin = int(
-            numeric_option(
-                spec, "start_bin", 128, lambda v: 1 <= v <= self.bins, f"an integer in [1, bins={self.bins}]", integer=True
-            )
-        )
 
     def _histogram_amax(self) -> torch.Tensor:
         levels = 2 ** (self.spec.bits - 1)
-        cuts = torch.tensor([kl_cut(row, levels, self.start_bin) for row in self.hist], dtype=torch.float64)
+        cuts = torch.tensor([kl_cut(row, levels, self.options.start_bin) for row in self.hist], dtype=torch.float64)
         return cuts * self.bin_width

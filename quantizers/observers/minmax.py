@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.uniform import group_rows, qparams_from_minmax
 from quantizers.observers.base import Observer
+from quantizers.options import Options, check_number
+from quantizers.registry import register_observer
 from quantizers.spec import Granularity, QuantSpec
 
 
@@ -63,6 +66,7 @@ class _MinMaxState(Observer):
         return self.min_val, self.max_val
 
 
+@register_observer("minmax")
 class MinMaxObserver(_MinMaxState):
     """Running min and max over every batch seen (``torch.ao`` MinMaxObserver semantics)."""
 
@@ -70,6 +74,7 @@ class MinMaxObserver(_MinMaxState):
         return torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
 
 
+@register_observer("avg_minmax")
 class AvgMinMaxObserver(_MinMaxState):
     """Mean over batches of each batch's min and max (PTQ4SAM's default activation observer)."""
 
@@ -81,18 +86,23 @@ class AvgMinMaxObserver(_MinMaxState):
         return self.min_val / n, self.max_val / n
 
 
+@dataclass(frozen=True)
+class EMAOptions(Options):
+    """``momentum``: c of the moving average, in (0, 1] (torch: 0.01)."""
+
+    momentum: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_number(self.momentum, "ema_minmax option 'momentum'", lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+
+
+@register_observer("ema_minmax", EMAOptions)
 class EMAMinMaxObserver(_MinMaxState):
     """Exponential moving average of min and max, ``m ← m + c (m_batch − m)`` (torch: c = 0.01).
 
-    Options: ``momentum`` (c, default 0.01).
+    Options: :class:`EMAOptions`.
     """
 
-    def __init__(self, spec: QuantSpec) -> None:
-        super().__init__(spec)
-        self.momentum = float(spec.observer_options.get("momentum", 0.01))
-        if not 0.0 < self.momentum <= 1.0:
-            raise QuantizationError(f"ema_minmax momentum must be in (0, 1], got {self.momentum}")
-
     def _merge(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.momentum
+        c = self.options.momentum
         return self.min_val + c * (lo - self.min_val), self.max_val + c * (hi - self.max_val)

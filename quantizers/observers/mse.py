@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from quantizers.functional.uniform import group_rows, qparams_from_minmax
 from quantizers.observers.blocks import row_blocks
 from quantizers.observers.minmax import AvgMinMaxObserver, batch_minmax
-from quantizers.observers.options import numeric_option
-from quantizers.spec import QuantSpec
+from quantizers.options import Options, check_int, check_number
+from quantizers.registry import register_observer
 
 
 def candidate_errors(
@@ -37,6 +39,23 @@ def candidate_errors(
     return errors
 
 
+@dataclass(frozen=True)
+class MSEOptions(Options):
+    """``p``: error exponent (> 0; PTQ4SAM uses 2.4); ``steps``: candidates (>= 1); ``step``: shrink
+    per candidate, in (0, 1/(steps − 1)) so every candidate range stays positive."""
+
+    p: float = 2.0
+    steps: int = 100
+    step: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_number(self.p, "mse option 'p'", lambda v: v > 0, "a positive number")
+        check_int(self.steps, "mse option 'steps'", 1)
+        check_number(self.step, "mse option 'step'", lambda v: 0 < v and v * (self.steps - 1) < 1,
+                     "in (0, 1/(steps - 1))")
+
+
+@register_observer("mse", MSEOptions)
 class MSEObserver(AvgMinMaxObserver):
     """Per batch and group, the range ``[min·f, max·f]`` with ``f = 1 − step·i`` (``i < steps``)
     minimising mean ``|x − x̂|^p``; qparams come from the mean over batches of those ranges.
@@ -47,24 +66,13 @@ class MSEObserver(AvgMinMaxObserver):
     (:func:`~quantizers.observers.blocks.row_blocks`), so temporaries stay small on large tensors.
 
     Arguments:
-      spec: the spec; options ``p`` (error exponent, default 2.0; PTQ4SAM uses 2.4), ``steps``
-        (candidates, default 100) and ``step`` (shrink per candidate, default 0.01).
+      spec: the spec; options :class:`MSEOptions` (``p`` default 2.0, ``steps`` 100, ``step`` 0.01).
     """
-
-    def __init__(self, spec: QuantSpec) -> None:
-        super().__init__(spec)
-        self.p = float(numeric_option(spec, "p", 2.0, lambda v: v > 0, "a positive number"))
-        self.steps = int(numeric_option(spec, "steps", 100, lambda v: v >= 1, "an integer >= 1", integer=True))
-        self.step = float(
-            numeric_option(
-                spec, "step", 0.01, lambda v: 0 < v and v * (self.steps - 1) < 1, "in (0, 1/(steps - 1))"
-            )
-        )
 
     @property
     def factors(self) -> torch.Tensor:
         """Shrink factors ``1 − step·i`` of the candidate ranges (float32, largest first)."""
-        return 1.0 - self.step * torch.arange(self.steps, dtype=torch.float32)
+        return 1.0 - self.options.step * torch.arange(self.options.steps, dtype=torch.float32)
 
     def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = batch_minmax(x, self.spec.granularity)
@@ -73,6 +81,6 @@ class MSEObserver(AvgMinMaxObserver):
             lo * factors, hi * factors, self.spec.bits, self.spec.symmetric, self.spec.signed
         )
         qmin, qmax = self.qrange
-        errors = candidate_errors(group_rows(x, self.spec.granularity), scales, zero_points, qmin, qmax, self.p)
+        errors = candidate_errors(group_rows(x, self.spec.granularity), scales, zero_points, qmin, qmax, self.options.p)
         best = self.factors[errors.argmin(0)]
         return lo * best, hi * best

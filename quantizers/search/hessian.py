@@ -23,14 +23,20 @@ bytes. With ``max_rows`` the objective is estimated on a seeded random subset of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
 from quantizers.functional.uniform import SCALE_EPS, fake_quantize, quant_range
-from quantizers.spec import SEARCH_OPTIONS, Granularity, check_bits
+from quantizers.options import Options
+from quantizers.registry import register_search
+from quantizers.search.base import ScaleSearch
+from quantizers.spec import Granularity, check_bits
+
+if TYPE_CHECKING:
+    from quantizers.spec import QuantSpec
 
 METRICS = ("hessian", "l2", "cosine", "pearson")
 WEIGHT_GRANULARITIES = ("tensor", "block", "channel")
@@ -43,7 +49,7 @@ def _check_metric(metric: str) -> None:
 
 
 @dataclass(frozen=True)
-class HessianSearchConfig:
+class HessianSearchConfig(Options):
     """Settings of the search; field names are the ``hessian`` search options of a spec.
 
     Arguments:
@@ -80,13 +86,24 @@ class HessianSearchConfig:
             raise QuantizationError(f"max_rows must be a positive integer or None, got {self.max_rows!r}")
         _check_metric(self.metric)
 
+
+@register_search("hessian", HessianSearchConfig)
+class HessianSearch(ScaleSearch):
+    """PTQ4ViT's Hessian-guided search: signed symmetric uniform grids, per tensor or per channel
+    (axis 0, weights); twin-uniform quantizers are fitted on the same objective."""
+
     @classmethod
-    def from_options(cls, options: Mapping[str, object]) -> "HessianSearchConfig":
-        """Build from a spec's ``search_options`` (unknown keys raise)."""
-        unknown = sorted(set(options) - SEARCH_OPTIONS["hessian"])
-        if unknown:
-            raise QuantizationError(f"unknown hessian search option(s) {unknown}")
-        return cls(**options)  # type: ignore[arg-type]
+    def check_spec(cls, spec: "QuantSpec") -> None:
+        if spec.quantizer == "uniform" and not (spec.symmetric and spec.signed):
+            raise QuantizationError(
+                "search 'hessian' searches a signed symmetric grid (zero point 0): the spec must have "
+                f"symmetric: true and signed: true, got symmetric: {spec.symmetric}, signed: {spec.signed}"
+            )
+        g = spec.granularity
+        if g.kind == "group" or (g.kind == "channel" and g.axis != 0):
+            raise QuantizationError(
+                f"search 'hessian' supports per-tensor or per-channel (axis 0) scales, got granularity {g.to_dict()}"
+            )
 
 
 @dataclass(frozen=True)
@@ -467,6 +484,7 @@ def _weight_groups(granularity: str, blocks: int, out_features: int) -> int:
 
 
 __all__ = [
+    "HessianSearch",
     "HessianSearchConfig",
     "LinearScales",
     "MatmulScales",

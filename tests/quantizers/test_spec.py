@@ -6,7 +6,10 @@ import pytest
 import yaml
 
 from quantizers.errors import QuantizationError
-from quantizers.spec import OBSERVER_OPTIONS, Granularity, QuantSpec
+from dataclasses import fields
+
+from quantizers.registry import OBSERVERS
+from quantizers.spec import Granularity, QuantSpec
 
 SPECS = [
     QuantSpec(),
@@ -102,7 +105,8 @@ def test_a_spec_must_be_a_mapping() -> None:
         QuantSpec.from_yaml("- 8\n- 4\n")
 
 
-@pytest.mark.parametrize("observer", sorted(OBSERVER_OPTIONS))
+@pytest.mark.parametrize("observer", sorted(OBSERVERS))
 def test_every_observer_accepts_its_documented_options(observer: str) -> None:
-    options = {name: 1 for name in OBSERVER_OPTIONS[observer]}
+    documented = OBSERVERS.get(observer).options
+    options = {f.name: getattr(documented(), f.name) for f in fields(documented)}
     assert QuantSpec(observer=observer, observer_options=options).observer_options == options

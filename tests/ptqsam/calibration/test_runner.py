@@ -6,7 +6,7 @@ import torch
 
 from ptqsam.calibration import calibrate, calibration_samples, choose_image_ids, load_calibrated, save_calibrated
 from ptqsam.calibration.hessian import capture, search_units, task_loss
-from ptqsam.calibration.runner import _Passes
+from ptqsam.calibration.passes import SampleLoop
 from ptqsam.evaluation.evaluator import evaluate
 from ptqsam.instrument.instrument import attach, attached_quantizers, instrument
 from ptqsam.instrument.modes import quantizing
@@ -81,7 +81,7 @@ def test_hessian_task_loss_gradients_are_not_zero(tiny_dataset, random_testbed):
     kinds = {u.kind for u in units}
     assert kinds == {"linear", "matmul"}
     samples = calibration_samples(tiny_dataset, 1, seed=0)
-    passes = _Passes(model, samples, encoder_float=False, progress=False)
+    passes = SampleLoop(model, samples, encoder_float=False, progress=False)
     data = capture(model, units, lambda loss: passes.run_with_grad(loss, True, "capture"))
     decoder_lin = next(u.name for u in units if u.name.endswith("cross_attn_token_to_image.k_proj"))
     encoder_qk = next(u.name for u in units if u.name.startswith("image_encoder.blocks.0.attn.query"))

@@ -13,6 +13,7 @@ from ptqsam.instrument import (
     attached_quantizers,
     detach,
     disabled,
+    dropping,
     observing,
     quantizing,
     sites,
@@ -31,7 +32,7 @@ def calibrate(model, sam_io) -> None:
         quantizer.finalize()
 
 
-def test_attach_selects_sites_and_hooks_only_those(make_vit_sam):
+def test_attach_selects_sites_and_gives_only_those_a_quantizer(make_vit_sam):
     model = make_vit_sam()
     quantizers = attach(model, "minmax", 6, 6, exclude=["image_encoder.*", "*.output_upscaling.*"])
     assert quantizers == attached_quantizers(model)
@@ -39,7 +40,7 @@ def test_attach_selects_sites_and_hooks_only_those(make_vit_sam):
     assert "prompt_encoder.mask_downscaling.0.weight" in quantizers
     for name, site in sites(model).items():
         hooked = name in quantizers
-        assert len(site._forward_hooks) == int(hooked), name
+        assert not site._forward_hooks, name  # a site calls its quantizer itself: no hook is left behind
         assert hasattr(site, "quantizer") == hooked, name
         if hooked:
             assert site.quantizer.spec.bits == 6 and site.quantizer.mode is Mode.OFF
@@ -50,7 +51,7 @@ def test_attach_twice_replaces_and_detach_removes_everything(make_vit_sam):
     first = attach(model, "minmax", 8, 8)
     second = attach(model, "minmax", 4, 4)
     assert list(first) == list(second)
-    assert all(len(s._forward_hooks) == 1 for n, s in sites(model).items() if n in second)
+    assert all(s.quantizer is second[n] and not s._forward_hooks for n, s in sites(model).items() if n in second)
     assert {q.spec.bits for q in attached_quantizers(model).values()} == {4}
     detach(model)
     assert attached_quantizers(model) == {}
@@ -66,7 +67,7 @@ def test_a_deep_copy_has_its_own_quantizers_and_hooks(make_vit_sam):
     assert all(a is not b for a, b in zip(attached_quantizers(clone).values(), attached_quantizers(model).values()))
     detach(clone)
     assert attached_quantizers(clone) == {}
-    assert all(len(s._forward_hooks) == 1 for n, s in sites(model).items() if n in attached_quantizers(model))
+    assert all(hasattr(s, "quantizer") for n, s in sites(model).items() if n in attached_quantizers(model))
 
 
 def test_quantizing_changes_outputs_and_never_touches_float_weights(make_vit_sam, sam_io):
@@ -151,3 +152,28 @@ def test_probs_quantizer_receives_v_as_context(make_vit_sam, sam_io):
     probs.register_forward_pre_hook(lambda q, args: contexts.append(args[1:]))
     sam_io.predict(model, sam_io.image(64), sam_io.prompts(64)["box"])
     assert len(contexts) == 1 and len(contexts[0]) == 1 and contexts[0][0] is values[0]
+
+
+def test_dropping_is_scoped_and_quantizing_refuses_a_quantizer_left_dropping(make_vit_sam, sam_io):
+    model = make_vit_sam()
+    attach(model, "minmax", 4, 4)
+    calibrate(model, sam_io)
+    img, box = sam_io.image(64), sam_io.prompts(64)["box"]
+    with quantizing(model):
+        exact = sam_io.predict(model, img, box)
+    inputs = [n for n in attached_quantizers(model) if n.endswith(".input")]
+    with pytest.raises(KeyError), dropping(model, 0.5, ["*.input"], seed=1) as selected:
+        assert sorted(selected) == sorted(inputs) and {q.drop_prob for q in selected.values()} == {0.5}
+        with pytest.raises(RecipeError, match="still drop elements"):
+            quantizing(model)
+        with quantizing(model, allow_drop=True):
+            mixed = sam_io.predict(model, img, box)
+        raise KeyError("the block ends with an error")
+    assert not torch.equal(mixed["low_res_logits"], exact["low_res_logits"])
+    assert sum(q.dropped_elements for q in attached_quantizers(model).values()) > 0
+    assert {q.drop_prob for q in attached_quantizers(model).values()} == {0.0}  # reset, also on errors
+    with quantizing(model):
+        sam_io.assert_identical(sam_io.predict(model, img, box), exact)
+    with pytest.raises(RecipeError, match="drop probability"):
+        with dropping(model, 1.5):
+            pass

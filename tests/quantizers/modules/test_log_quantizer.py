@@ -8,7 +8,7 @@ import torch
 from quantizers.errors import QuantizationError
 from quantizers.functional.log import LogGrid, agq_search, attention_output_error, log_fake_quantize
 from quantizers.modules.base import Mode
-from quantizers.modules.factory import build_quantizer
+from quantizers.registry import build_quantizer
 from quantizers.modules.log import LogQuantizer
 from quantizers.spec import QuantSpec
 

@@ -8,7 +8,7 @@ import torch
 from quantizers.errors import QuantizationError
 from quantizers.functional.twin import GELU_MIN, TwinGrid, twin_errors, twin_fake_quantize
 from quantizers.modules.base import Mode, Quantizer
-from quantizers.modules.factory import build_quantizer
+from quantizers.registry import build_quantizer
 from quantizers.modules.twin import TwinGeluQuantizer, TwinSoftmaxQuantizer
 from quantizers.spec import QuantSpec
 

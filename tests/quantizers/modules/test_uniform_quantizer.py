@@ -8,7 +8,7 @@ import torch
 from quantizers.errors import QuantizationError
 from quantizers.functional.uniform import fake_quantize, grid_range
 from quantizers.modules.base import Mode
-from quantizers.modules.factory import OBSERVERS, build_observer, build_quantizer
+from quantizers.registry import OBSERVERS, build_observer, build_quantizer
 from quantizers.modules.uniform import UniformQuantizer
 from quantizers.spec import Granularity, QuantSpec
 

@@ -12,7 +12,7 @@ import torch.ao.quantization as tq
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.uniform import SCALE_EPS, fake_quantize, grid_range, qparams_from_minmax
-from quantizers.modules.factory import OBSERVERS, build_observer
+from quantizers.registry import OBSERVERS, build_observer
 from quantizers.observers import blocks
 from quantizers.observers.blocks import row_blocks
 from quantizers.observers.histogram import kl_cut, rebin

@@ -22,7 +22,8 @@ from quantizers.search.hessian import (
     search_linear,
     search_matmul,
 )
-from quantizers.spec import SEARCH_OPTIONS, QuantSpec
+from quantizers.registry import SEARCHES
+from quantizers.spec import QuantSpec
 
 SMALL = HessianSearchConfig(n=40)
 
@@ -363,9 +364,9 @@ def test_bad_config_raises(options, message):
 
 
 def test_config_fields_are_the_spec_search_options():
-    assert {f.name for f in dataclasses.fields(HessianSearchConfig)} == SEARCH_OPTIONS["hessian"]
+    assert SEARCHES.get("hessian").options is HessianSearchConfig
     spec = QuantSpec(search="hessian", search_options={"n": 50, "metric": "cosine"})
-    config = HessianSearchConfig.from_options(spec.search_options)
+    config = spec.search_config
     assert (config.n, config.metric, config.alpha) == (50, "cosine", 0.01)
     with pytest.raises(QuantizationError, match="unknown"):
-        HessianSearchConfig.from_options({"steps": 3})
+        HessianSearchConfig.from_mapping({"steps": 3}, "search 'hessian'")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from itertools import cycle
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
@@ -24,7 +23,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ptqsam.analysis.grids import GridLevels, grid_levels
-from ptqsam.errors import AnalysisError
+from ptqsam.bits import bits_order, parse_bits
+from ptqsam.constants import FLOAT
+from ptqsam.errors import AnalysisError, RecipeError
 from ptqsam.io import write_atomic
 from quantizers.modules.base import Quantizer
 from quantizers.transforms.bimodal import BimodalResult
@@ -35,7 +36,6 @@ HISTOGRAM_BINS = 120
 MAX_LEVEL_LINES = 64
 #: Metrics of a report row drawn by :func:`plot_degradation` (key, axis label), in panel order.
 DEGRADATION_METRICS = (("miou", "mIoU"), ("AP", "mask AP"), ("agreement", "agreement with float"))
-FLOAT_RECIPE = "float"
 #: Colours of the dashed float lines, one per model.
 FLOAT_COLOURS = ("black", "0.45", "0.7")
 SHORT_PREFIXES = (("mask_decoder.transformer.", "decoder."), ("mask_decoder.", "decoder."),
@@ -313,7 +313,7 @@ def plot_degradation(rows: Sequence[Mapping[str, Any]], out_stem: str | Path) ->
     metrics = [(key, label) for key, label in DEGRADATION_METRICS if any(_metric(r, key) is not None for r in rows)]
     if not metrics:
         raise AnalysisError(f"no row has any of the metrics {[k for k, _ in DEGRADATION_METRICS]}")
-    quantized = [r for r in rows if r["recipe"] != FLOAT_RECIPE]
+    quantized = [r for r in rows if r["recipe"] != FLOAT]
     if not quantized:
         raise AnalysisError("the rows hold no quantized run (only float): nothing to plot against bits")
     bits = bit_width_order(r["bits"] for r in quantized)
@@ -332,7 +332,7 @@ def plot_degradation(rows: Sequence[Mapping[str, Any]], out_stem: str | Path) ->
                 ax.plot(xs, ys, marker="o", color=recipe_colours[recipe], linestyle=_model_style(model, models),
                         label=recipe if len(models) == 1 else f"{model} / {recipe}")
         for r in rows:
-            if r["recipe"] == FLOAT_RECIPE and _metric(r, key) is not None:
+            if r["recipe"] == FLOAT and _metric(r, key) is not None:
                 ax.axhline(_metric(r, key), color=FLOAT_COLOURS[models.index(r["model"]) % len(FLOAT_COLOURS)],
                            linestyle=(0, (5, 3)), linewidth=1.2,
                            label="float" if len(models) == 1 else f"{r['model']} / float")
@@ -385,18 +385,17 @@ def _metric(row: Mapping[str, Any], key: str) -> float | None:
 def bit_width_order(bits: Iterable[Any]) -> list[str]:
     """The distinct bit-width labels (upper-cased ``W<w>A<a>``) in x-axis order: by weight bits,
     then activation bits (W4A4 < W6A6 < W8A4 < W8A8)."""
-    return sorted({_bits_label(b) for b in bits}, key=_bits_key)
+    labels = [str(b) for b in bits]
+    for label in labels:
+        try:
+            parse_bits(label)
+        except RecipeError:
+            raise AnalysisError(f"bits {label!r} is not of the form W<bits>A<bits> (e.g. W8A8)") from None
+    return bits_order(labels)
 
 
 def _bits_label(bits: Any) -> str:
-    return str(bits).upper()
-
-
-def _bits_key(label: str) -> tuple[int, int]:
-    match = re.fullmatch(r"W(\d+)A(\d+)", label)
-    if match is None:
-        raise AnalysisError(f"bits {label!r} is not of the form W<bits>A<bits> (e.g. W8A8)")
-    return int(match.group(1)), int(match.group(2))
+    return str(bits).strip().upper()
 
 
 def _model_style(model: str, models: list[str]) -> Any:

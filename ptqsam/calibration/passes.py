@@ -1,0 +1,77 @@
+"""The one loop over calibration samples: each image encoded, all its prompts decoded in one call.
+
+Every pass that runs a model over samples (calibration statistics, the bimodal fold, the Hessian
+search's capture, activation analysis, reconstruction) goes through :class:`SampleLoop`; it reuses
+the float embeddings when the image encoder stays float.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+from segment_anything.modeling import Sam
+from tqdm import tqdm
+
+from ptqsam.data.samples import CalibrationSample
+from ptqsam.inference import ImageEmbedding, Prediction, SamRunner
+
+
+class SampleLoop:
+    """Runs ``model`` over ``samples``, reusing float embeddings where that is valid.
+
+    Arguments:
+      model: the model (instrumented or not; its quantizers' modes are the caller's business).
+      samples: images with their prompts.
+      encoder_float: the image encoder stays float for the whole loop's life, so each image's
+        embedding is computed once and reused by every pass.
+      progress: show a progress bar per pass.
+    """
+
+    def __init__(self, model: Sam, samples: Sequence[CalibrationSample], encoder_float: bool, progress: bool) -> None:
+        self.runner = SamRunner(model)
+        self.samples = samples
+        self.encoder_float = encoder_float
+        self.progress = progress
+        self.embeddings: dict[int, ImageEmbedding] = {}
+
+    def embed(self, sample: CalibrationSample) -> ImageEmbedding:
+        """The sample's image embedding (cached while the encoder is float)."""
+        if self.encoder_float and sample.image_id in self.embeddings:
+            return self.embeddings[sample.image_id]
+        embedding = self.runner.embed(sample.image)
+        if self.encoder_float:
+            self.embeddings[sample.image_id] = embedding
+        return embedding
+
+    def decode(self, embedding: ImageEmbedding, sample: CalibrationSample) -> Prediction:
+        """Every prompt of the sample in one decoder call (multimask output)."""
+        p = sample.prompts
+        return self.runner.decode(embedding, p.boxes, p.points, p.point_labels, multimask=True)
+
+    def run(self, description: str, before_each: Callable[[int], None] | None = None) -> None:
+        """One pass without gradients; ``before_each(i)`` is called before sample ``i``."""
+        with torch.inference_mode():
+            for i, sample in enumerate(self._iterate(description)):
+                if before_each is not None:
+                    before_each(i)
+                self.decode(self.embed(sample), sample)
+
+    def run_with_grad(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], needs_encoder: bool,
+                      description: str) -> None:
+        """One pass with ``loss_fn(low_res_logits).backward()`` per sample; the encoder runs (with
+        gradients) when ``needs_encoder`` or when it is not float, else cached embeddings are used."""
+        for sample in self._iterate(description):
+            with torch.enable_grad():
+                if needs_encoder or not self.encoder_float:
+                    x, input_size, original_size = self.runner.prepare(sample.image)
+                    embedding = ImageEmbedding(self.runner.model.image_encoder(x.requires_grad_(True)),
+                                               input_size, original_size)
+                else:
+                    cached = self.embed(sample)
+                    features = cached.features.detach().clone().requires_grad_(True)
+                    embedding = ImageEmbedding(features, cached.input_size, cached.original_size)
+                loss_fn(self.decode(embedding, sample).low_res_logits).backward()
+
+    def _iterate(self, description: str) -> Iterable[CalibrationSample]:
+        return tqdm(self.samples, desc=description, disable=not self.progress, leave=False)

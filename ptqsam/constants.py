@@ -1,0 +1,12 @@
+"""Names used across ptqsam, defined once. No heavy imports: the CLI reads them at start-up."""
+
+#: Model types of the zoo (:data:`ptqsam.models.zoo.BUILDERS` builds each).
+MODEL_TYPES: tuple[str, ...] = ("vit_b", "vit_l", "vit_h", "tinysam", "mobilesam", "testbed")
+#: Ground-truth prompt kinds of the mIoU protocol.
+PROMPT_KINDS: tuple[str, ...] = ("box", "tight_box", "center_point", "random_points")
+#: Prompt kinds of an evaluation: ground truth, or detector boxes only (mask AP).
+EVAL_PROMPT_KINDS: tuple[str, ...] = PROMPT_KINDS + ("detections",)
+#: Devices a command runs on.
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+#: Recipe name and bits label of the float baseline run.
+FLOAT = "float"

@@ -1,0 +1,90 @@
+"""The blocks of a model of the zoo, in model order: what block-wise calibration and block
+reconstruction work on.
+
+A block is a module whose forward takes the output of the blocks before it: each transformer block
+of the image encoder (SAM's ViT; TinyViT's attention blocks and, in its convolutional stage, each
+MBConv block, with the patch merging between stages), the encoder's patch embedding and neck, each
+TwoWayTransformer layer of the mask decoder and its final token→image attention. The list comes
+from the architecture (which encoder class, how many layers), never from matching names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from segment_anything.modeling import ImageEncoderViT, Sam
+
+from ptqsam.errors import PtqsamError
+from ptqsam.models.tiny_vit import TinyViT
+
+#: The three parts of every SAM-family model (``Sam``'s attributes), in the order data flows.
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+#: fnmatch pattern of every site of the image encoder (kept float with ``--float-encoder``).
+ENCODER_SITES = "image_encoder.*"
+
+BlockKind = Literal["patch_embed", "vit_block", "mbconv", "patch_merging", "tinyvit_block", "neck",
+                    "two_way_layer", "final_attention"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a model.
+
+    Arguments:
+      name: the module path (``image_encoder.blocks.3``).
+      part: the part of the model it belongs to (one of :data:`PARTS`).
+      kind: what the block is (see :data:`BlockKind`).
+      global_attention: ViT blocks: attention over the whole image (not windowed).
+    """
+
+    name: str
+    part: str
+    kind: BlockKind
+    global_attention: bool = False
+
+    def contains(self, name: str) -> bool:
+        """Whether the module or site ``name`` lies inside this block."""
+        return name == self.name or name.startswith(self.name + ".")
+
+
+def part_of(name: str) -> str:
+    """The part of the model (one of :data:`PARTS`) a module or site path lies in."""
+    part = name.split(".", 1)[0]
+    if part not in PARTS:
+        raise PtqsamError(f"{name!r} is not inside a part of a SAM model {PARTS}")
+    return part
+
+
+def model_blocks(model: Sam) -> list[Block]:
+    """The blocks of ``model`` in the order its forward runs them (encoder, then decoder)."""
+    return _encoder_blocks(model.image_encoder) + _decoder_blocks(model)
+
+
+def block_of(blocks: list[Block], name: str) -> Block | None:
+    """The block that holds the module or site ``name``, or None (e.g. the IoU head)."""
+    return next((block for block in blocks if block.contains(name)), None)
+
+
+def _encoder_blocks(encoder) -> list[Block]:
+    prefix = "image_encoder"
+    blocks = [Block(f"{prefix}.patch_embed", prefix, "patch_embed")]
+    if isinstance(encoder, ImageEncoderViT):
+        blocks += [Block(f"{prefix}.blocks.{i}", prefix, "vit_block", global_attention=block.window_size == 0)
+                   for i, block in enumerate(encoder.blocks)]
+    elif isinstance(encoder, TinyViT):
+        for i, stage in enumerate(encoder.layers):
+            kind = "mbconv" if i == 0 else "tinyvit_block"
+            blocks += [Block(f"{prefix}.layers.{i}.blocks.{j}", prefix, kind) for j in range(len(stage.blocks))]
+            if stage.downsample is not None:
+                blocks.append(Block(f"{prefix}.layers.{i}.downsample", prefix, "patch_merging"))
+    else:
+        raise PtqsamError(f"no block list is known for image encoder {type(encoder).__name__}")
+    return blocks + [Block(f"{prefix}.neck", prefix, "neck")]
+
+
+def _decoder_blocks(model: Sam) -> list[Block]:
+    prefix = "mask_decoder.transformer"
+    layers = [Block(f"{prefix}.layers.{i}", "mask_decoder", "two_way_layer")
+              for i in range(len(model.mask_decoder.transformer.layers))]
+    return layers + [Block(f"{prefix}.final_attn_token_to_image", "mask_decoder", "final_attention")]
