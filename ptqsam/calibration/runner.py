@@ -17,6 +17,7 @@ images per block).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -35,10 +36,13 @@ from ptqsam.instrument.units import Unit
 from ptqsam.models.blocks import block_of, model_blocks, part_of
 from quantizers.modules.base import Mode, Quantizer
 
+log = logging.getLogger("ptqsam")
+
 
 @dataclass
 class CalibrationReport:
-    """What calibration did: images, quantizers, per-pass seconds, BIG and Hessian records, and the
+    """What calibration did: images, quantizers, per-pass seconds, BIG and Hessian records (per unit:
+    metric, objective history, ``fallback`` where the l2 metric replaced the Hessian one), and the
     selected sites no calibration pass reached (left uncalibrated)."""
 
     image_ids: list[int]
@@ -91,6 +95,8 @@ def calibrate(
             quantizers[name].finalize()
         else:
             report.unreached.append(name)
+    report.unreached += [name for unit in units if unit.name not in report.hessian
+                         for name in (unit.a, unit.b) if name in quantizers]
     return report
 
 
@@ -133,7 +139,13 @@ def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: Calibrat
         needs_encoder = part_of(group_name) == "image_encoder"
         data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
         for unit in group:
-            report.hessian[unit.name] = search_unit(unit, data.pop(unit.name), model, search_rows)
+            record = search_unit(unit, data.pop(unit.name), model, search_rows)
+            if record is not None:  # None: no calibration image reaches the unit (left uncalibrated)
+                report.hessian[unit.name] = record
+    fallbacks = {name: record["fallback"] for name, record in report.hessian.items() if "fallback" in record}
+    if fallbacks:
+        log.warning("Hessian search: %d unit(s) searched on the unweighted output error (l2) instead: %s",
+                    len(fallbacks), "; ".join(f"{name} ({reason})" for name, reason in fallbacks.items()))
 
 
 def _by_block(model: Sam, units: list[Unit]) -> dict[str, list[Unit]]:

@@ -16,8 +16,9 @@ def save_calibrated(
     model: Sam, path: str | Path, report: CalibrationReport, recipe: Recipe | str, model_type: str,
     w_bits: int, a_bits: int,
 ) -> None:
-    """Quantizer state, recipe, model type, bits and the transform state (BIG signs) in one file."""
-    extra = {**report.extra_state(), "calibration_image_ids": report.image_ids}
+    """Quantizer state, recipe, model type, bits, the transform state (BIG signs) and the Hessian
+    search's per-unit records (``extra["hessian"]``, with any l2 fallback) in one file."""
+    extra = {**report.extra_state(), "calibration_image_ids": report.image_ids, "hessian": report.hessian}
     save_state(model, path, recipe, model_type, w_bits, a_bits, extra)
 
 
