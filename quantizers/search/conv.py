@@ -120,15 +120,8 @@ def subsample_batch(
 
 
 def search_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    out: torch.Tensor,
-    grad_out: torch.Tensor | None,
-    w_bits: int,
-    a_bits: int,
-    geometry: ConvGeometry = ConvGeometry(),
-    weight_granularity: str = "tensor",
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, grad_out: torch.Tensor | None,
+    w_bits: int, a_bits: int, geometry: ConvGeometry = ConvGeometry(), weight_granularity: str = "tensor",
     config: HessianSearchConfig = HessianSearchConfig(),
 ) -> LinearScales:
     """Search the weight and input scales of ``out = conv(x, weight) + bias``.
