@@ -40,6 +40,14 @@ class ExperimentConfig:
       calib_images_dir, calib_annotations: COCO-format image folder and instances JSON to calibrate
         on (PTQ4SAM: COCO train2017). Absent: generated data is calibrated on a separately
         generated set; a given ``images`` dataset is calibrated on its own images (with a warning).
+      calib_sets: calibrate each quantized cell on this many calibration sets (seeds ``seed``,
+        ``seed + 1``, ...), or on the sets of these seeds (a list); the cell keeps every run and the
+        report gives mean ± std and min/max over them. Generated data: each seed generates its own
+        set; a given calibration dataset: each seed chooses its own ``calib_images`` images.
+      float_sites: a protocol float list imposed on every recipe so that a comparison quantizes the
+        same sites: a recipe name (its ``keep_float``, e.g. ``ptq4sam``) or a list of fnmatch patterns
+        on site names. It REPLACES each recipe's own ``keep_float``; each recipe whose own list
+        differs also runs as the variant ``<recipe>[own-float]``. None: each recipe's own list.
       search_rows: Hessian-guided search: score the candidates of each unit on at most this many
         seeded-random rows of its calibration cache (the ``max_rows`` search option; a recipe that
         sets it keeps its own). None: every row, as the papers do.
@@ -67,6 +75,8 @@ class ExperimentConfig:
     calib_images: int = 32
     calib_images_dir: str | None = None
     calib_annotations: str | None = None
+    calib_sets: int | tuple[int, ...] = 1
+    float_sites: str | tuple[str, ...] | None = None
     search_rows: int | None = None
     eval_images: int = 0
     quantize_encoder: bool = True
@@ -103,14 +113,42 @@ class ExperimentConfig:
             raise ConfigError(f"search_rows must be a positive integer or null, got {self.search_rows!r}")
         if not isinstance(self.eval_images, int) or self.eval_images < 0:
             raise ConfigError(f"eval_images must be >= 0, got {self.eval_images!r}")
+        self._check_calib_sets()
+        self._check_float_sites()
+
+    def _check_calib_sets(self) -> None:
+        value = self.calib_sets
+        if isinstance(value, (list, tuple)):
+            if not value or not all(_is_int(v) for v in value) or len(set(value)) != len(value):
+                raise ConfigError(f"calib_sets must be a positive integer or a list of distinct integer seeds, "
+                                  f"got {value!r}")
+            object.__setattr__(self, "calib_sets", tuple(value))
+        elif not _is_int(value) or value < 1:
+            raise ConfigError(f"calib_sets must be a positive integer or a list of distinct integer seeds, got {value!r}")
+
+    def _check_float_sites(self) -> None:
+        value = self.float_sites
+        if isinstance(value, (list, tuple)):
+            if not all(isinstance(p, str) and p for p in value):
+                raise ConfigError(f"float_sites patterns must be non-empty strings, got {value!r}")
+            object.__setattr__(self, "float_sites", tuple(value))
+        elif value is not None and not (isinstance(value, str) and value):
+            raise ConfigError(f"float_sites must be a recipe name, a list of site patterns or null, got {value!r}")
+
+    def calibration_seeds(self) -> tuple[int, ...]:
+        """The seed of each calibration set (see ``calib_sets``)."""
+        if isinstance(self.calib_sets, tuple):
+            return self.calib_sets
+        return tuple(self.seed + i for i in range(self.calib_sets))
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         return ExperimentConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("models", "recipes", "bits"):
-            data[name] = list(data[name])
+        for name in ("models", "recipes", "bits", "calib_sets", "float_sites"):
+            if isinstance(data[name], tuple):
+                data[name] = list(data[name])
         return data
 
     @classmethod
@@ -131,3 +169,7 @@ class ExperimentConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

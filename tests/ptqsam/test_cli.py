@@ -56,7 +56,7 @@ def test_calibrate_then_evaluate(run, tiny_dataset_dir, tmp_path):
 def test_calibrate_without_images_generates_its_own_set(run, tmp_path):
     result = run("calibrate", "--recipe", "minmax", "--calib-images", "1", "--out", "s.pt")
     assert result.exit_code == 0, result.output
-    generated = json.loads((tmp_path / "results" / "calib_data" / "annotations.json").read_text())
+    generated = json.loads((tmp_path / "results" / "calib_data" / "seed0" / "annotations.json").read_text())
     assert len(generated["images"]) == 1 and not (tmp_path / "results" / "data").exists()
 
 
