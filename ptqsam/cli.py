@@ -21,8 +21,12 @@ from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
 from ptqsam.errors import PtqsamError
 from quantizers.errors import QuantizationError
 
-DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam")
+DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam", "ptq4sam-wide-tau")
 DEMO_BITS = ("W8A8", "W6A6", "W4A4")
+#: calibration sets each demo cell is calibrated on (the report gives their spread)
+DEMO_CALIB_SETS = 3
+#: the protocol float list of the demo: every recipe quantizes the sites PTQ4SAM quantizes
+DEMO_FLOAT_SITES = "ptq4sam"
 #: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
 DEMO_SEARCH_ROWS = 256
 #: the demo's per-site figures: a decoder post-softmax site in the lowest-bit cell of this recipe
@@ -113,29 +117,47 @@ def _config(**kwargs: Any):
 @click.option("--out", type=click.Path(file_okay=False), default="results/demo", show_default=True)
 @click.option("--images", "num_images", type=int, default=48, show_default=True, help="Generated images to evaluate.")
 @click.option("--calib-images", type=int, default=4, show_default=True,
-              help="Generated calibration images (a set apart from the evaluated ones).")
+              help="Generated calibration images per calibration set (sets apart from the evaluated images).")
+@click.option("--calib-sets", type=int, default=DEMO_CALIB_SETS, show_default=True,
+              help="Calibration sets per cell (mean ± std and min/max over them).")
+@click.option("--float-sites", default=DEMO_FLOAT_SITES, show_default=True,
+              help="Protocol float list imposed on every recipe (a recipe name), or 'own': each recipe's own.")
 @click.option("--search-rows", type=int, default=DEMO_SEARCH_ROWS, show_default=True,
               help="Hessian search (ptq4vit): rows of each unit's cache that score the candidates.")
 @click.option("--recipes", default=",".join(DEMO_RECIPES), show_default=True)
 @click.option("--bits", default=",".join(DEMO_BITS), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes: str, bits: str, seed: int,
-         device: str) -> None:
-    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 (a few minutes)."""
+@click.option("--publish", "publish_root", type=click.Path(file_okay=False), default=None,
+              help="Repository root: copy report.json to docs/demo/, the figures to docs/figures/ and "
+                   "regenerate README.md's demo table from the copy.")
+def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_sites: str, search_rows: int,
+         recipes: str, bits: str, seed: int, device: str, publish_root: str | None) -> None:
+    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4, each cell calibrated
+    on several calibration sets, every recipe quantizing the same sites (a few minutes)."""
+    from ptqsam.demo import bimodal_note, cell_records, publish
     from ptqsam.evaluation.report import markdown_table
     from ptqsam.plots import bit_width_order
     from ptqsam.plots.cell import plot_cell_sites
     from ptqsam.sweep import Cell, run_sweep
 
     config = _config(models=["testbed"], recipes=recipes.split(","), bits=bits.split(","), synthetic_images=num_images,
-                     calib_images=calib_images, search_rows=search_rows, seed=seed, device=device, out=out)
+                     calib_images=calib_images, calib_sets=calib_sets, search_rows=search_rows, seed=seed,
+                     device=device, out=out, float_sites=None if float_sites == "own" else float_sites,
+                     own_float_variants=False)
     rows = run_sweep(config)
-    _plots(Path(out))
+    figures = [path.name for path in _plots(Path(out))]
     if DEMO_SITE_RECIPE in config.recipes:
-        plot_cell_sites(config, Cell("testbed", DEMO_SITE_RECIPE, bit_width_order(config.bits)[0]), DEMO_SITE)
+        cell = Cell("testbed", DEMO_SITE_RECIPE, bit_width_order(config.bits)[0])
+        figures += [path.name for path in plot_cell_sites(config, cell, DEMO_SITE) if path.name.startswith("site_")]
     click.echo(markdown_table(rows))
+    note = bimodal_note(cell_records(out))
+    if note:
+        click.echo(note)
     click.echo(f"results: {out}/report.md, report.csv, report.json, plots/")
+    if publish_root is not None:
+        for path in publish(out, publish_root, [name for name in figures if name.endswith(".png")]):
+            click.echo(f"published: {path}")
 
 
 @main.command()

@@ -46,8 +46,9 @@ class ExperimentConfig:
         set; a given calibration dataset: each seed chooses its own ``calib_images`` images.
       float_sites: a protocol float list imposed on every recipe so that a comparison quantizes the
         same sites: a recipe name (its ``keep_float``, e.g. ``ptq4sam``) or a list of fnmatch patterns
-        on site names. It REPLACES each recipe's own ``keep_float``; each recipe whose own list
-        differs also runs as the variant ``<recipe>[own-float]``. None: each recipe's own list.
+        on site names. It REPLACES each recipe's own ``keep_float``. None: each recipe's own list.
+      own_float_variants: with ``float_sites``, each recipe whose own list differs also runs as
+        the variant ``<recipe>[own-float]`` (its own ``keep_float``).
       search_rows: Hessian-guided search: score the candidates of each unit on at most this many
         seeded-random rows of its calibration cache (the ``max_rows`` search option; a recipe that
         sets it keeps its own). None: every row, as the papers do.
@@ -77,6 +78,7 @@ class ExperimentConfig:
     calib_annotations: str | None = None
     calib_sets: int | tuple[int, ...] = 1
     float_sites: str | tuple[str, ...] | None = None
+    own_float_variants: bool = True
     search_rows: int | None = None
     eval_images: int = 0
     quantize_encoder: bool = True

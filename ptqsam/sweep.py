@@ -7,8 +7,8 @@ is the baseline of the degradation report and the reference of the agreement met
 A quantized cell is calibrated on each of the config's calibration sets (``calib_sets``) and
 evaluated after each calibration; its file keeps every run (metrics, per-instance IoUs, what
 calibration did) and ``metrics`` holds their mean. With a protocol float list (``float_sites``)
-every recipe quantizes the same sites, and a recipe whose own ``keep_float`` differs runs again as
-the variant ``<recipe>[own-float]``.
+every recipe quantizes the same sites, and (``own_float_variants``) a recipe whose own
+``keep_float`` differs runs again as the variant ``<recipe>[own-float]``.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def cells(config: ExperimentConfig) -> list[Cell]:
         out.append(Cell(model, FLOAT, FLOAT))
         for recipe in config.recipes:
             out += [Cell(model, recipe, b) for b in bits]
-            if protocol is not None and load_recipe(recipe).keep_float != protocol:
+            if protocol is not None and config.own_float_variants and load_recipe(recipe).keep_float != protocol:
                 out += [Cell(model, recipe, b, own_float=True) for b in bits]
     return out
 

@@ -128,6 +128,7 @@ def test_protocol_float_list_replaces_every_recipe_s_own_and_runs_the_own_list_a
     labels = [c.label for c in cells(config)]
     assert labels == ["float", "minmax", "minmax[own-float]", "ptq4vit", "ptq4vit[own-float]", "ptq4sam"]
     assert cells(config)[2].file_name == "testbed__minmax.own-float__W8A8.json"
+    assert [c.label for c in cells(config.replace(own_float_variants=False))] == ["float", "minmax", "ptq4vit", "ptq4sam"]
     quantized = {}
     for cell in cells(config)[1:]:
         quantized[cell.label] = set(attach(build_model("testbed"), cell_recipe(config, cell), 8, 8))
