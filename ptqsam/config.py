@@ -8,8 +8,10 @@ from typing import Any, Mapping
 
 import yaml
 
-from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS
+from ptqsam.bits import parse_bits
+from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
 from ptqsam.errors import ConfigError, PtqsamError
+from ptqsam.typed import check_fields
 
 
 def reject_unknown_keys(data: Any, cls: type, what: str, error: type[PtqsamError] = ConfigError) -> None:
@@ -62,80 +64,91 @@ class ExperimentConfig:
       seed: every random choice derives from it.
       device: ``cpu`` or ``cuda``.
       out: results folder.
+
+    Every field is checked for its type and range when the config is made (:mod:`ptqsam.typed`);
+    a single string is accepted for ``models``, ``recipes`` and ``bits``, and null for
+    ``checkpoints``.
     """
 
-    models: tuple[str, ...] = ("testbed",)
+    models: tuple[str, ...] = field(default=("testbed",), metadata={"choices": MODEL_TYPES})
     checkpoints: Mapping[str, str] = field(default_factory=dict)
     recipes: tuple[str, ...] = ("minmax",)
     bits: tuple[str, ...] = ("W8A8",)
     images: str | None = None
     annotations: str | None = None
     detections: str | None = None
-    prompt: str = "box"
-    num_points: int = 1
-    calib_images: int = 32
+    prompt: str = field(default="box", metadata={"choices": EVAL_PROMPT_KINDS})
+    num_points: int = field(default=1, metadata={"min": 1})
+    calib_images: int = field(default=32, metadata={"min": 1})
     calib_images_dir: str | None = None
     calib_annotations: str | None = None
     calib_sets: int | tuple[int, ...] = 1
     float_sites: str | tuple[str, ...] | None = None
     own_float_variants: bool = True
-    search_rows: int | None = None
-    eval_images: int = 0
+    search_rows: int | None = field(default=None, metadata={"min": 1})
+    eval_images: int = field(default=0, metadata={"min": 0})
     quantize_encoder: bool = True
     multimask: bool = True
     score_with_iou: bool = True
-    synthetic_images: int = 24
-    seed: int = 0
-    device: str = "cpu"
+    synthetic_images: int = field(default=24, metadata={"min": 1})
+    seed: int = field(default=0, metadata={"min": 0})
+    device: str = field(default="cpu", metadata={"choices": DEVICES})
     out: str = "results"
 
     def __post_init__(self) -> None:
         for name in ("models", "recipes", "bits"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = (value,)
-            if not value or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{name} must be a non-empty list of strings, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "checkpoints", dict(self.checkpoints or {}))
-        if self.prompt not in EVAL_PROMPT_KINDS:
-            raise ConfigError(f"prompt must be one of {EVAL_PROMPT_KINDS}, got {self.prompt!r}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, (getattr(self, name),))
+        if self.checkpoints is None:
+            object.__setattr__(self, "checkpoints", {})
+        check_fields(self, ConfigError, "config")
+        for name in ("models", "recipes", "bits"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty list of strings, got an empty list")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "checkpoints", dict(self.checkpoints))
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """The checks that involve several fields or more than a type and a range."""
+        for label in self.bits:
+            try:
+                parse_bits(label)
+            except PtqsamError as error:
+                raise ConfigError(f"config bits: {error}") from None
+        strangers = sorted(set(self.checkpoints) - set(self.models))
+        if strangers:
+            raise ConfigError(f"checkpoints name model(s) {strangers} that are not in models {list(self.models)}")
+        if not self.out:
+            raise ConfigError("config out must be a folder name, got ''")
         if (self.images is None) != (self.annotations is None):
             raise ConfigError("images and annotations go together: give both or neither")
         if (self.calib_images_dir is None) != (self.calib_annotations is None):
             raise ConfigError("calib_images_dir and calib_annotations go together: give both or neither")
         if self.prompt == "detections" and not self.detections:
             raise ConfigError("prompt 'detections' needs a detections file")
-        for name in ("calib_images", "num_points", "synthetic_images"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.search_rows is not None and (not isinstance(self.search_rows, int) or self.search_rows < 1):
-            raise ConfigError(f"search_rows must be a positive integer or null, got {self.search_rows!r}")
-        if not isinstance(self.eval_images, int) or self.eval_images < 0:
-            raise ConfigError(f"eval_images must be >= 0, got {self.eval_images!r}")
         self._check_calib_sets()
         self._check_float_sites()
 
     def _check_calib_sets(self) -> None:
         value = self.calib_sets
         if isinstance(value, (list, tuple)):
-            if not value or not all(_is_int(v) for v in value) or len(set(value)) != len(value):
-                raise ConfigError(f"calib_sets must be a positive integer or a list of distinct integer seeds, "
-                                  f"got {value!r}")
+            if not value or len(set(value)) != len(value):
+                raise ConfigError(f"config calib_sets must be a positive integer or a list of distinct integer "
+                                  f"seeds, got {value!r}")
             object.__setattr__(self, "calib_sets", tuple(value))
-        elif not _is_int(value) or value < 1:
-            raise ConfigError(f"calib_sets must be a positive integer or a list of distinct integer seeds, got {value!r}")
+        elif value < 1:
+            raise ConfigError(f"config calib_sets must be a positive integer or a list of distinct integer seeds, "
+                              f"got {value!r}")
 
     def _check_float_sites(self) -> None:
         value = self.float_sites
         if isinstance(value, (list, tuple)):
-            if not all(isinstance(p, str) and p for p in value):
-                raise ConfigError(f"float_sites patterns must be non-empty strings, got {value!r}")
+            if not all(value):
+                raise ConfigError(f"config float_sites patterns must be non-empty strings, got {value!r}")
             object.__setattr__(self, "float_sites", tuple(value))
-        elif value is not None and not (isinstance(value, str) and value):
-            raise ConfigError(f"float_sites must be a recipe name, a list of site patterns or null, got {value!r}")
+        elif value == "":
+            raise ConfigError("config float_sites must be a recipe name, a list of site patterns or null, got ''")
 
     def calibration_seeds(self) -> tuple[int, ...]:
         """The seed of each calibration set (see ``calib_sets``)."""
@@ -166,12 +179,13 @@ class ExperimentConfig:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        return cls.from_dict(data or {})
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if data is None:
+            raise ConfigError(f"config file {path} is empty: give at least the models, recipes and bits to run")
+        return cls.from_dict(data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -4,6 +4,13 @@ Re-running the same sweep skips the cells already written and completes the rest
 run leaves no half-written file. The float run of each model is a cell too (recipe ``float``): it
 is the baseline of the degradation report and the reference of the agreement metric.
 
+Each cell records the fingerprint of the settings that made it (:mod:`ptqsam.fingerprint`: model,
+checkpoint content, recipe content, bits, calibration images and their data, evaluated images and
+their data, prompt, mask and scoring options, seed, ptqsam version). A cell file whose fingerprint
+differs from the current settings, or that cannot be read (zero bytes, invalid JSON), is computed
+again with a warning naming what changed, and overwritten: a result is never reported under
+settings that did not make it.
+
 A quantized cell is calibrated on each of the config's calibration sets (``calib_sets``) and
 evaluated after each calibration; its file keeps every run (metrics, per-instance IoUs, what
 calibration did) and ``metrics`` holds their mean. With a protocol float list (``float_sites``)
@@ -14,11 +21,10 @@ every recipe quantizes the same sites, and (``own_float_variants``) a recipe who
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +36,20 @@ from ptqsam.config import ExperimentConfig
 from ptqsam.constants import FLOAT
 from ptqsam.data import CocoDataset
 from ptqsam.data.prompts import Detections
-from ptqsam.data.selection import calibration_set, dataset_for
+from ptqsam.data.selection import calibration_set, data_fingerprint, dataset_for
 from ptqsam.embedding_cache import EmbeddingCache, embedding_key
+from ptqsam.errors import ConfigError
 from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks_from_json, masks_to_json
 from ptqsam.evaluation.report import degradation_rows, write_report
 from ptqsam.evaluation.significance import mean_metrics
+from ptqsam.fingerprint import file_sha256, fingerprint, mismatch
 from ptqsam.instrument.modes import quantizing
 from ptqsam.instrument.recipe import Recipe, load_recipe
-from ptqsam.io import write_json_atomic
+from ptqsam.io import json_text, write_or_rescue
 from ptqsam.models import build_model
 from ptqsam.models.blocks import ENCODER_SITES
 from ptqsam.models.zoo import image_size, weights_id
+from ptqsam.preflight import check_device, check_output_folder, check_recipes
 
 log = logging.getLogger("ptqsam")
 #: suffix of the variant of a recipe that keeps its own float list under a protocol float list
@@ -59,13 +68,18 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """The recipe's name in reports: its name (a YAML path's stem), ``[own-float]`` for the variant."""
-        name = Path(self.recipe).stem if self.recipe.endswith((".yaml", ".yml")) else self.recipe
-        return name + (OWN_FLOAT if self.own_float else "")
+        """The recipe in reports: as given, with ``[own-float]`` for the variant."""
+        return self.recipe + (OWN_FLOAT if self.own_float else "")
+
+    @property
+    def stem(self) -> str:
+        """The recipe in file names: a YAML path's stem, ``.own-float`` for the variant."""
+        recipe = Path(self.recipe).stem if self.recipe.endswith((".yaml", ".yml")) else self.recipe
+        return recipe + (".own-float" if self.own_float else "")
 
     @property
     def file_name(self) -> str:
-        return f"{self.model}__{self.label.replace(OWN_FLOAT, '.own-float')}__{self.bits}.json"
+        return f"{self.model}__{self.stem}__{self.bits}.json"
 
 
 def state_path(config: ExperimentConfig, cell: Cell, calib_seed: int) -> Path:
@@ -95,7 +109,7 @@ def cell_recipe(config: ExperimentConfig, cell: Cell) -> Recipe:
     protocol = protocol_float_list(config)
     if protocol is None or cell.own_float:
         return recipe
-    return dataclasses.replace(recipe, keep_float=protocol)
+    return replace(recipe, keep_float=protocol)
 
 
 def cells(config: ExperimentConfig) -> list[Cell]:
@@ -114,52 +128,109 @@ def cells(config: ExperimentConfig) -> list[Cell]:
 
 
 def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every missing cell, then write ``report.{json,csv,md}``; returns the report rows."""
-    for recipe in config.recipes:
-        load_recipe(recipe)  # fail before any work on an unknown recipe
-    todo = cells(config)
+    """Run every missing cell (and every cell made under other settings), then write
+    ``report.{json,csv,md}``; returns the report rows."""
+    todo = _preflight(config)
     out = Path(config.out)
     dataset = dataset_for(config)
     detections = Detections(config.detections) if config.detections else None
     eval_ids = dataset.image_ids[: config.eval_images] if config.eval_images else list(dataset.image_ids)
     options = EvalOptions(config.prompt, config.num_points, config.multimask, config.score_with_iou, config.seed)
+    evaluation = {"data": data_fingerprint(dataset, eval_ids), **asdict(options),
+                  "detections": file_sha256(config.detections) if config.detections else None}
     runs, checkpoints = [], {}
     for model_type in config.models:
-        context = _ModelContext(config, model_type, dataset, detections, eval_ids, options, progress)
+        context = _ModelContext(config, model_type, dataset, detections, eval_ids, options, progress, evaluation)
         checkpoints[model_type] = context.checkpoint_id
         for cell in [c for c in todo if c.model == model_type]:
             path = out / "cells" / cell.file_name
-            if path.is_file():
-                log.info("cell %s already done: skipped", cell.file_name)
-                runs.append(json.loads(path.read_text()))
-                continue
-            record = context.run(cell)
-            write_json_atomic(path, record)
+            stamp = context.fingerprint(cell)
+            record = _finished(path, stamp, cell)
+            if record is None:
+                record = {**context.run(cell), "fingerprint": stamp}
+                write_or_rescue(path, lambda file, data=record: file.write(json_text(data)))
             runs.append(record)
     rows = degradation_rows(runs, config.seed)
+    protocol = protocol_float_list(config)
     settings = {**config.to_dict(), "checkpoint_ids": checkpoints, "eval_image_ids": eval_ids,
-                "calibration_seeds": list(config.calibration_seeds()), "protocol_float_list":
-                None if protocol_float_list(config) is None else list(protocol_float_list(config)),
-                "skipped": dataset.skips.as_dict()}
+                "calibration_seeds": list(config.calibration_seeds()),
+                "protocol_float_list": None if protocol is None else list(protocol), "skipped": dataset.skips.as_dict(),
+                "cell_fingerprints": {f"{r['model']}/{r['recipe']}/{r['bits']}": r["fingerprint"]["hash"] for r in runs}}
     write_report(rows, out, settings)
     return rows
+
+
+def _preflight(config: ExperimentConfig) -> list[Cell]:
+    """The cells to run, after the checks that need no work: device, results folder, recipes
+    against every model, and one cell file per cell."""
+    check_device(config.device)
+    check_output_folder(config.out, "results folder")
+    check_recipes(config.recipes, config.models)
+    todo = cells(config)
+    names = [cell.file_name for cell in todo]
+    shared = sorted({cell.label for cell in todo if names.count(cell.file_name) > 1})
+    if shared:
+        raise ConfigError(f"recipes {shared} would share cell files (same file name): rename one")
+    return todo
+
+
+def _finished(path: Path, stamp: dict[str, Any], cell: Cell) -> dict[str, Any] | None:
+    """The record in the cell file ``path`` if it was made under the settings of ``stamp``; None
+    (with a warning saying why) when the cell must be computed."""
+    if not path.is_file():
+        return None
+    needed = ("metrics", "num_images", "num_prompts", "skipped") + (("reference_masks",) if cell.recipe == FLOAT else ())
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or any(key not in record for key in needed):
+            raise ValueError(f"not a cell record with {list(needed)}")
+    except (OSError, ValueError) as error:
+        log.warning("cell %s cannot be read (%s): computing it again", path.name, error)
+        return None
+    changed = mismatch(record.get("fingerprint"), stamp)
+    if changed:
+        log.warning("cell %s was computed under other settings (%s differ): computing it again", path.name,
+                    ", ".join(changed[:6]))
+        return None
+    log.info("cell %s already done: skipped", path.name)
+    return record
 
 
 class _ModelContext:
     """Everything the cells of one model share: the float model, its embeddings, its reference."""
 
-    def __init__(self, config, model_type, dataset, detections, eval_ids, options, progress) -> None:
+    def __init__(self, config, model_type, dataset, detections, eval_ids, options, progress, evaluation) -> None:
         self.config, self.model_type, self.dataset = config, model_type, dataset
         self.detections, self.eval_ids, self.options, self.progress = detections, eval_ids, options, progress
+        self.evaluation = evaluation
         checkpoint = config.checkpoints.get(model_type)
         self.float_model: Sam = build_model(model_type, checkpoint, seed=config.seed).to(config.device)
         self.checkpoint_id = weights_id(model_type, checkpoint, config.seed)
         cache_dir = Path(config.out) / "cache" if len(eval_ids) > 64 else None
         self.cache = EmbeddingCache(cache_dir)
         size = image_size(self.float_model)
-        self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size)
+        data_id = evaluation["data"]["annotations"]
+        self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size, data_id)
         self._reference: EvalResult | None = None
         self._calibration: dict[int, tuple] = {}
+
+    def fingerprint(self, cell: Cell) -> dict[str, Any]:
+        """The fingerprint of the settings that make ``cell``'s result."""
+        settings: dict[str, Any] = {"model": cell.model, "weights": self.checkpoint_id, "recipe": FLOAT,
+                                    "bits": cell.bits, "evaluation": self.evaluation}
+        if cell.recipe != FLOAT:
+            settings.update(recipe=cell_recipe(self.config, cell).to_dict(),
+                            quantize_encoder=self.config.quantize_encoder,
+                            calibration={str(seed): self.calibration_settings(seed)
+                                         for seed in self.config.calibration_seeds()})
+        return fingerprint(settings)
+
+    def calibration_settings(self, seed: int) -> dict[str, Any]:
+        """What the calibration on the set of calibration seed ``seed`` depends on."""
+        dataset, samples = self.calibration(seed)
+        return {"data": data_fingerprint(dataset, [s.image_id for s in samples]), "images": self.config.calib_images,
+                "prompt": self.config.prompt, "num_points": self.config.num_points, "seed": seed,
+                "search_rows": self.config.search_rows}
 
     def run(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
@@ -188,7 +259,8 @@ class _ModelContext:
         recipe = cell_recipe(self.config, cell)
         report = calibrate(model, recipe, w, a, samples, exclude, self.progress, search_rows=self.config.search_rows)
         saved = state_path(self.config, cell, seed)
-        save_calibrated(model, saved, report, recipe, self.model_type, w, a)
+        save_calibrated(model, saved, report, recipe, self.model_type, w, a,
+                        {"calibration": self.calibration_settings(seed), "quantize_encoder": self.config.quantize_encoder})
         with quantizing(model):
             result = self._evaluate(model, encoder_float=not self.config.quantize_encoder, reference=self.reference(),
                                     label=f"{cell.label} {cell.bits} (calibration set {seed})")

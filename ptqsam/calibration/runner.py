@@ -32,6 +32,7 @@ from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
 from ptqsam.instrument.modes import observing
 from ptqsam.instrument.recipe import Recipe, load_recipe
+from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
 from ptqsam.models.blocks import block_of, model_blocks, part_of
 from quantizers.modules.base import Mode, Quantizer
@@ -42,8 +43,9 @@ log = logging.getLogger("ptqsam")
 @dataclass
 class CalibrationReport:
     """What calibration did: images, quantizers, per-pass seconds, BIG and Hessian records (per unit:
-    metric, objective history, ``fallback`` where the l2 metric replaced the Hessian one), and the
-    selected sites no calibration pass reached (left uncalibrated)."""
+    metric, objective history, ``fallback`` where the l2 metric replaced the Hessian one), the
+    selected sites no calibration pass reached (left uncalibrated), and the fingerprint of the
+    weights it started from (:func:`~ptqsam.instrument.state.weights_fingerprint`)."""
 
     image_ids: list[int]
     num_prompts: int
@@ -52,6 +54,7 @@ class CalibrationReport:
     bimodal: dict[str, dict] = field(default_factory=dict)
     hessian: dict[str, dict] = field(default_factory=dict)
     unreached: list[str] = field(default_factory=list)
+    weights: str = ""
 
     def extra_state(self) -> dict[str, Any]:
         """The transform state to save beside the quantizers (re-applied when loading)."""
@@ -79,10 +82,12 @@ def calibrate(
       search_rows: default ``max_rows`` of the Hessian-guided search (see :func:`.hessian.search_unit`).
     """
     recipe = load_recipe(recipe)
+    weights = weights_fingerprint(model)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
     encoder_float = not any(part_of(name) == "image_encoder" for name in quantizers)
     passes = SampleLoop(model, samples, encoder_float, progress)
-    report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers)
+    report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
+                               weights=weights)
 
     _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
     units = search_units(model)

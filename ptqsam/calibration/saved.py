@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 from segment_anything.modeling import Sam
 
@@ -14,20 +15,25 @@ from ptqsam.instrument.state import StateInfo, load_state, save_state
 
 def save_calibrated(
     model: Sam, path: str | Path, report: CalibrationReport, recipe: Recipe | str, model_type: str,
-    w_bits: int, a_bits: int,
-) -> None:
+    w_bits: int, a_bits: int, settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Quantizer state, recipe, model type, bits, the transform state (BIG signs) and the Hessian
-    search's per-unit records (``extra["hessian"]``, with any l2 fallback) in one file."""
+    search's per-unit records (``extra["hessian"]``, with any l2 fallback) in one file, with the
+    fingerprint of the weights calibration started from and of ``settings`` (what else made the
+    state: calibration data, prompts, ...); returns the state's fingerprint."""
     extra = {**report.extra_state(), "calibration_image_ids": report.image_ids, "hessian": report.hessian}
-    save_state(model, path, recipe, model_type, w_bits, a_bits, extra)
+    return save_state(model, path, recipe, model_type, w_bits, a_bits, extra, report.weights or None,
+                      {"calibration_image_ids": report.image_ids, **(settings or {})})
 
 
 def load_calibrated(
-    model: Sam, path: str | Path, recipe: Recipe | str | None = None, model_type: str | None = None
+    model: Sam, path: str | Path, recipe: Recipe | str | None = None, model_type: str | None = None,
+    allow_other_weights: bool = False,
 ) -> StateInfo:
     """Load a state saved by :func:`save_calibrated` into ``model`` (built with the same weights):
     attaches the quantizers and re-applies the sign folds. Mismatching recipe or model type is
-    refused (:class:`~ptqsam.errors.RecipeError`)."""
-    info = load_state(model, path, recipe, model_type)
+    refused (:class:`~ptqsam.errors.RecipeError`), other weights too
+    (:class:`~ptqsam.errors.CheckpointError`) unless ``allow_other_weights``."""
+    info = load_state(model, path, recipe, model_type, allow_other_weights)
     reapply_folds(model, info.extra.get(STATE_KEY, {}))
     return info

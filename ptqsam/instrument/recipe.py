@@ -4,6 +4,15 @@ A recipe holds ordered rules (fnmatch include/exclude patterns on site names plu
 :class:`~quantizers.QuantSpec` dict whose ``bits`` may be the placeholder ``"W"`` or ``"A"``),
 ``keep_float`` patterns checked before any rule, and transforms applied to modules before
 calibration (e.g. PTQ4SAM's bimodal fold). The first matching rule wins; unmatched sites stay float.
+
+Patterns that match nothing (:meth:`Recipe.check_sites`, run when a recipe is attached, before any
+calibration work): a rule none of whose include patterns selects a site of the model is an error
+naming the rule, as it would silently leave its sites in float. One pattern of a rule may be meant
+for another model (``ptq4vit`` names both SAM's ``lin2`` and TinyViT's ``fc2``): a rule is valid
+when one of its patterns matches, and sites the user excludes (``--float-encoder``) do not count
+against it. ``keep_float`` and transform patterns that match nothing are only warned
+about (once per process): a recipe may list patterns for each of the models it serves, and keeping
+fewer sites in float or folding fewer attentions than listed leaves no selected site unquantized.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import yaml
 from ptqsam.bits import check_bit_width, parse_bits
 from ptqsam.config import reject_unknown_keys
 from ptqsam.errors import RecipeError
+from ptqsam.typed import check_fields
 from quantizers import QuantizationError, QuantSpec
 from quantizers.transforms.bimodal import BimodalConfig
 
@@ -72,6 +82,7 @@ class Rule:
         if not isinstance(self.spec, Mapping):
             raise RecipeError(f"rule spec must be a mapping, got {self.spec!r}")
         object.__setattr__(self, "spec", dict(self.spec))
+        check_fields(self, RecipeError, "rule")
         self.resolve(8, 8)  # validates the spec and that its search can serve it
 
     def matches(self, name: str) -> bool:
@@ -112,11 +123,12 @@ class Transform:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in TRANSFORM_CONFIGS:
+        if not isinstance(self.kind, str) or self.kind not in TRANSFORM_CONFIGS:
             raise RecipeError(f"unknown transform kind {self.kind!r}; choose one of {sorted(TRANSFORM_CONFIGS)}")
         object.__setattr__(self, "sites", _patterns(self.sites, f"{self.kind} sites"))
         reject_unknown_keys(self.options, TRANSFORM_CONFIGS[self.kind], f"{self.kind} option", RecipeError)
         object.__setattr__(self, "options", dict(self.options))
+        check_fields(self, RecipeError, "transform")
         self.config()  # validates the option values
 
     def config(self) -> Any:
@@ -161,8 +173,6 @@ class Recipe:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise RecipeError(f"a recipe needs a non-empty name, got {self.name!r}")
-        if not isinstance(self.description, str):
-            raise RecipeError(f"recipe description must be a string, got {self.description!r}")
         object.__setattr__(self, "imports", _patterns(self.imports, "imports"))
         for module in self.imports:
             try:
@@ -172,6 +182,7 @@ class Recipe:
         object.__setattr__(self, "rules", tuple(_coerce(r, Rule) for r in self.rules))
         object.__setattr__(self, "keep_float", _patterns(self.keep_float, "keep_float"))
         object.__setattr__(self, "transforms", tuple(_coerce(t, Transform) for t in self.transforms))
+        check_fields(self, RecipeError, "recipe")
 
     def spec_for(self, name: str, w_bits: int, a_bits: int) -> QuantSpec | None:
         """The spec of site ``name``, or ``None`` when it stays float."""
@@ -186,6 +197,21 @@ class Recipe:
         check_bit_width(a_bits, "activation bits")
         specs = {name: self.spec_for(name, w_bits, a_bits) for name in site_names}
         return {name: spec for name, spec in specs.items() if spec is not None}
+
+    def check_sites(self, site_names: Iterable[str], module_names: Iterable[str]) -> list[str]:
+        """Raise RecipeError naming each rule that selects none of ``site_names`` (all the sites of
+        a model, before any exclusion); return one line per ``keep_float`` or transform pattern that
+        matches no site or module (see the module docstring)."""
+        names, modules = list(site_names), list(module_names)
+        dead = [f"rules[{i}] (include {list(rule.include)}" + (f", exclude {list(rule.exclude)})" if rule.exclude else ")")
+                for i, rule in enumerate(self.rules) if not any(rule.matches(name) for name in names)]
+        if dead:
+            raise RecipeError(f"recipe {self.name!r}: {'; '.join(dead)} select(s) no site of the model "
+                              "(check the patterns against `ptqsam inspect`)")
+        unmatched = [f"keep_float pattern {p!r}" for p in self.keep_float if not any(fnmatchcase(n, p) for n in names)]
+        unmatched += [f"{t.kind} pattern {p!r}" for t in self.transforms for p in t.sites
+                      if not any(fnmatchcase(m, p) for m in modules)]
+        return unmatched
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, the inverse of :meth:`from_dict`."""
@@ -238,7 +264,11 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     path = Path(name_or_path)
     if not path.is_file():
         raise RecipeError(f"unknown recipe {str(name_or_path)!r}: not a file and not one of {shipped_recipes()}")
-    return Recipe.from_yaml(path.read_text())
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(f"cannot read recipe file {path}: {error}") from None
+    return Recipe.from_yaml(text)
 
 
 __all__ = ["Recipe", "Rule", "Transform", "load_recipe", "matches_any", "parse_bits", "shipped_recipes"]

@@ -10,7 +10,7 @@ from ptqsam.config import ExperimentConfig
 from ptqsam.data.selection import calibration_set
 from ptqsam.models import build_model
 from ptqsam.plots.charts import plot_sensitivity, plot_site_histogram
-from ptqsam.sweep import OWN_FLOAT, Cell, cell_recipe, state_path
+from ptqsam.sweep import Cell, cell_recipe, state_path
 
 
 def plot_cell_sites(config: ExperimentConfig, cell: Cell, site: str) -> list[Path]:
@@ -22,7 +22,7 @@ def plot_cell_sites(config: ExperimentConfig, cell: Cell, site: str) -> list[Pat
     info = load_calibrated(model, state_path(config, cell, seed), cell_recipe(config, cell), cell.model)
     _, samples = calibration_set(config, seed)
     values = collect_site_values(model, samples, [site], seed=config.seed)[site].values
-    stem = Path(config.out) / "plots" / f"{cell.label.replace(OWN_FLOAT, '.own-float')}_{cell.bits}"
+    stem = Path(config.out) / "plots" / f"{cell.stem}_{cell.bits}"
     histogram = plot_site_histogram(values, info.quantizers[site], f"{site} ({cell.recipe} {cell.bits})",
                                     stem.with_name(f"site_{stem.name}"))
     sensitivity = plot_sensitivity(site_quantization_error(model, samples), stem.with_name(f"sensitivity_{stem.name}"))

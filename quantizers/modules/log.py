@@ -58,6 +58,8 @@ class LogQuantizer(Quantizer):
       spec: ``quantizer="log"`` spec; ``bits`` is the code width (2^b levels plus the zero code).
     """
 
+    GRANULARITIES = ("tensor",)
+
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)
         options = spec.quantizer_config

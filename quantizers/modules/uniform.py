@@ -63,6 +63,7 @@ class UniformQuantizer(Quantizer):
             raise QuantizationError("set_qparams on learnable qparams: call freeze() first")
         self.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).clone()
         self.zero_point = torch.as_tensor(zero_point).reshape(-1).to(torch.int32).clone()
+        self.check_finite()
         self.calibrated.fill_(True)
 
     def learn(self, scale: bool = True, zero_point: bool = False) -> list[nn.Parameter]:
