@@ -31,6 +31,9 @@ DEMO_CALIB_SETS = 3
 DEMO_FLOAT_SITES = "ptq4sam"
 #: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
 DEMO_SEARCH_ROWS = 256
+#: worker processes of the demo's quantized cells (one torch thread each: the numbers do not depend
+#: on the machine's thread count)
+DEMO_WORKERS = 2
 #: the demo's per-site figures: a decoder post-softmax site in the lowest-bit cell of this recipe
 DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs", "ptq4sam"
 
@@ -153,11 +156,13 @@ def _config(**kwargs: Any):
 @click.option("--bits", default=",".join(DEMO_BITS), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--workers", type=int, default=DEMO_WORKERS, show_default=True,
+              help="Worker processes computing the quantized cells (one torch thread each).")
 @click.option("--publish", "publish_root", type=click.Path(file_okay=False), default=None,
               help="Repository root: copy report.json to docs/demo/, the figures to docs/figures/ and "
                    "regenerate README.md's demo table from the copy.")
 def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_sites: str, search_rows: int,
-         recipes: str, bits: str, seed: int, device: str, publish_root: str | None) -> None:
+         recipes: str, bits: str, seed: int, device: str, workers: int, publish_root: str | None) -> None:
     """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4, each cell calibrated
     on several calibration sets, every recipe quantizing the same sites (a few minutes)."""
     from ptqsam.demo import bimodal_note, cell_records, publish
@@ -169,7 +174,7 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
     config = _config(models=["testbed"], recipes=recipes.split(","), bits=bits.split(","), synthetic_images=num_images,
                      calib_images=calib_images, calib_sets=calib_sets, search_rows=search_rows, seed=seed,
                      device=device, out=out, float_sites=None if float_sites == "own" else float_sites,
-                     own_float_variants=False)
+                     own_float_variants=False, workers=workers)
     rows = run_sweep(config)
     click.echo(markdown_table(rows))
     note = bimodal_note(cell_records(out))

@@ -51,6 +51,9 @@ class ExperimentConfig:
         on site names. It REPLACES each recipe's own ``keep_float``. None: each recipe's own list.
       own_float_variants: with ``float_sites``, each recipe whose own list differs also runs as
         the variant ``<recipe>[own-float]`` (its own ``keep_float``).
+      workers: compute the quantized cells of a model in this many worker processes at once (one
+        torch thread each; the float cell runs first, in this process). 1: one after the other, here.
+        Torch's thread count changes summation order, so it can change the last bits of a number.
       search_rows: Hessian-guided search: score the candidates of each unit on at most this many
         seeded-random rows of its calibration cache (the ``max_rows`` search option; a recipe that
         sets it keeps its own). None: every row, as the papers do.
@@ -85,6 +88,7 @@ class ExperimentConfig:
     calib_sets: int | tuple[int, ...] = 1
     float_sites: str | tuple[str, ...] | None = None
     own_float_variants: bool = True
+    workers: int = field(default=1, metadata={"min": 1})
     search_rows: int | None = field(default=None, metadata={"min": 1})
     eval_images: int = field(default=0, metadata={"min": 0})
     quantize_encoder: bool = True

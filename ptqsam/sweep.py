@@ -23,11 +23,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import torch
 from segment_anything.modeling import Sam
 
 from ptqsam.bits import normal_bits, parse_bits
@@ -38,7 +41,7 @@ from ptqsam.data import CocoDataset
 from ptqsam.data.prompts import Detections
 from ptqsam.data.selection import calibration_set, data_fingerprint, dataset_for
 from ptqsam.embedding_cache import EmbeddingCache, embedding_key
-from ptqsam.errors import ConfigError
+from ptqsam.errors import CheckpointError, ConfigError
 from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks_from_json, masks_to_json
 from ptqsam.evaluation.report import degradation_rows, write_report
 from ptqsam.evaluation.significance import mean_metrics
@@ -129,35 +132,94 @@ def cells(config: ExperimentConfig) -> list[Cell]:
 
 def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run every missing cell (and every cell made under other settings), then write
-    ``report.{json,csv,md}``; returns the report rows."""
+    ``report.{json,csv,md}``; returns the report rows. With ``workers > 1`` the quantized cells
+    of a model run in that many worker processes (after its float cell, in this process)."""
     todo = _preflight(config)
     out = Path(config.out)
-    dataset = dataset_for(config)
-    detections = Detections(config.detections) if config.detections else None
-    eval_ids = dataset.image_ids[: config.eval_images] if config.eval_images else list(dataset.image_ids)
-    options = EvalOptions(config.prompt, config.num_points, config.multimask, config.score_with_iou, config.seed)
-    evaluation = {"data": data_fingerprint(dataset, eval_ids), **asdict(options),
-                  "detections": file_sha256(config.detections) if config.detections else None}
-    runs, checkpoints = [], {}
+    shared = _Shared.of(config)
+    records: dict[Cell, dict[str, Any]] = {}
+    checkpoints = {}
     for model_type in config.models:
-        context = _ModelContext(config, model_type, dataset, detections, eval_ids, options, progress, evaluation)
+        context = _ModelContext(config, model_type, shared, progress)
         checkpoints[model_type] = context.checkpoint_id
+        missing = []
         for cell in [c for c in todo if c.model == model_type]:
-            path = out / "cells" / cell.file_name
             stamp = context.fingerprint(cell)
-            record = _finished(path, stamp, cell)
+            record = _finished(out / "cells" / cell.file_name, stamp, cell)
             if record is None:
-                record = {**context.run(cell), "fingerprint": stamp}
-                write_or_rescue(path, lambda file, data=record: file.write(json_text(data)))
-            runs.append(record)
+                missing.append((cell, stamp))
+            else:
+                records[cell] = record
+        for cell, record in _compute(config, context, missing):
+            write_or_rescue(out / "cells" / cell.file_name, lambda file, data=record: file.write(json_text(data)))
+            records[cell] = record
+    runs = [records[cell] for cell in todo]
     rows = degradation_rows(runs, config.seed)
     protocol = protocol_float_list(config)
-    settings = {**config.to_dict(), "checkpoint_ids": checkpoints, "eval_image_ids": eval_ids,
+    settings = {**config.to_dict(), "checkpoint_ids": checkpoints, "eval_image_ids": shared.eval_ids,
                 "calibration_seeds": list(config.calibration_seeds()),
-                "protocol_float_list": None if protocol is None else list(protocol), "skipped": dataset.skips.as_dict(),
+                "protocol_float_list": None if protocol is None else list(protocol),
+                "skipped": shared.dataset.skips.as_dict(),
                 "cell_fingerprints": {f"{r['model']}/{r['recipe']}/{r['bits']}": r["fingerprint"]["hash"] for r in runs}}
     write_report(rows, out, settings)
     return rows
+
+
+def _compute(config: ExperimentConfig, context: "_ModelContext",
+             missing: list[tuple[Cell, dict[str, Any]]]) -> Iterator[tuple[Cell, dict[str, Any]]]:
+    """Each missing cell with its new record: the float cell (the others' reference) first, in this
+    process; the others here too, or in ``config.workers`` worker processes."""
+    parallel = [(cell, stamp) for cell, stamp in missing if cell.recipe != FLOAT] if config.workers > 1 else []
+    for cell, stamp in [item for item in missing if item not in parallel]:
+        yield cell, {**context.run(cell), "fingerprint": stamp}
+    if not parallel:
+        return
+    with ProcessPoolExecutor(min(config.workers, len(parallel)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = [pool.submit(_run_in_worker, config, context.model_type, context.checkpoint_id, cell)
+                   for cell, _ in parallel]
+        for (cell, stamp), future in zip(parallel, futures):
+            yield cell, {**future.result(), "fingerprint": stamp}
+
+
+#: the context of the model a worker process computes cells of (built by its first cell)
+_WORKER_CONTEXT: dict[str, "_ModelContext"] = {}
+
+
+def _run_in_worker(config: ExperimentConfig, model_type: str, weights: str, cell: Cell) -> dict[str, Any]:
+    """One cell's record, computed in a worker process (one torch thread, no progress bars) with
+    the weights ``weights`` (the checkpoint id the sweep's process built)."""
+    key = config.to_yaml() + model_type
+    if key not in _WORKER_CONTEXT:
+        _WORKER_CONTEXT.clear()
+        _WORKER_CONTEXT[key] = _ModelContext(config, model_type, _Shared.of(config), progress=False)
+    context = _WORKER_CONTEXT[key]
+    if context.checkpoint_id != weights:
+        raise CheckpointError(f"a worker process built {model_type} with weights {context.checkpoint_id}, "
+                              f"the sweep with {weights}")
+    return context.run(cell)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every cell of a sweep evaluates on: the dataset, detections, images, options and the
+    evaluation part of the fingerprints."""
+
+    dataset: CocoDataset
+    detections: Detections | None
+    eval_ids: list[int]
+    options: EvalOptions
+    evaluation: dict[str, Any]
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> "_Shared":
+        dataset = dataset_for(config)
+        eval_ids = dataset.image_ids[: config.eval_images] if config.eval_images else list(dataset.image_ids)
+        options = EvalOptions(config.prompt, config.num_points, config.multimask, config.score_with_iou, config.seed)
+        evaluation = {"data": data_fingerprint(dataset, eval_ids), **asdict(options),
+                      "detections": file_sha256(config.detections) if config.detections else None}
+        return cls(dataset, Detections(config.detections) if config.detections else None, eval_ids, options,
+                   evaluation)
 
 
 def _preflight(config: ExperimentConfig) -> list[Cell]:
@@ -199,17 +261,17 @@ def _finished(path: Path, stamp: dict[str, Any], cell: Cell) -> dict[str, Any] |
 class _ModelContext:
     """Everything the cells of one model share: the float model, its embeddings, its reference."""
 
-    def __init__(self, config, model_type, dataset, detections, eval_ids, options, progress, evaluation) -> None:
-        self.config, self.model_type, self.dataset = config, model_type, dataset
-        self.detections, self.eval_ids, self.options, self.progress = detections, eval_ids, options, progress
-        self.evaluation = evaluation
+    def __init__(self, config: ExperimentConfig, model_type: str, shared: _Shared, progress: bool) -> None:
+        self.config, self.model_type, self.dataset = config, model_type, shared.dataset
+        self.detections, self.eval_ids, self.options = shared.detections, shared.eval_ids, shared.options
+        self.progress, self.evaluation = progress, shared.evaluation
         checkpoint = config.checkpoints.get(model_type)
         self.float_model: Sam = build_model(model_type, checkpoint, seed=config.seed).to(config.device)
         self.checkpoint_id = weights_id(model_type, checkpoint, config.seed)
-        cache_dir = Path(config.out) / "cache" if len(eval_ids) > 64 else None
+        cache_dir = Path(config.out) / "cache" if len(self.eval_ids) > 64 else None
         self.cache = EmbeddingCache(cache_dir)
         size = image_size(self.float_model)
-        data_id = evaluation["data"]["annotations"]
+        data_id = self.evaluation["data"]["annotations"]
         self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size, data_id)
         self._reference: EvalResult | None = None
         self._calibration: dict[int, tuple] = {}

@@ -218,3 +218,16 @@ def test_two_recipe_files_with_one_name_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="would share cell files"):
         run_sweep(config, progress=False)
     assert not (tmp_path / "res").exists()
+
+
+def test_worker_processes_give_the_records_of_one_process(tmp_path):
+    # the tests run torch on one thread, as every worker does, so the numbers are the same to the bit
+    # (the packaged testbed weights: a worker process does not see a test's monkeypatching)
+    config = _config(tmp_path / "one", bits=["W8A8", "W4A4"], calib_sets=2)
+    one = run_sweep(config, progress=False)
+    two = run_sweep(config.replace(out=str(tmp_path / "two"), workers=2), progress=False)
+    assert two == one
+    assert one[1]["agreement"] > 0.5
+    for name in ("testbed__minmax__W8A8.json", "testbed__minmax__W4A4.json"):
+        records = [json.loads((tmp_path / run / "cells" / name).read_text()) for run in ("one", "two")]
+        assert [r["metrics"] for r in records[0]["runs"]] == [r["metrics"] for r in records[1]["runs"]]
