@@ -51,9 +51,11 @@ class ExperimentConfig:
         on site names. It REPLACES each recipe's own ``keep_float``. None: each recipe's own list.
       own_float_variants: with ``float_sites``, each recipe whose own list differs also runs as
         the variant ``<recipe>[own-float]`` (its own ``keep_float``).
-      workers: compute the quantized cells of a model in this many worker processes at once (one
-        torch thread each; the float cell runs first, in this process). 1: one after the other, here.
-        Torch's thread count changes summation order, so it can change the last bits of a number.
+      workers: compute the quantized cells of a model in this many worker processes at once (the
+        float cell runs first, in this process); every cell then runs on one torch thread, so its
+        numbers do not depend on the machine's thread count (which changes summation order, hence
+        the last bits). 1: one after the other, here. A script calling a sweep with workers needs
+        the ``if __name__ == "__main__":`` guard (worker processes are spawned and import it).
       search_rows: Hessian-guided search: score the candidates of each unit on at most this many
         seeded-random rows of its calibration cache (the ``max_rows`` search option; a recipe that
         sets it keeps its own). None: every row, as the papers do.

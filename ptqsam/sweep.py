@@ -168,10 +168,17 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
 def _compute(config: ExperimentConfig, context: "_ModelContext",
              missing: list[tuple[Cell, dict[str, Any]]]) -> Iterator[tuple[Cell, dict[str, Any]]]:
     """Each missing cell with its new record: the float cell (the others' reference) first, in this
-    process; the others here too, or in ``config.workers`` worker processes."""
+    process; the others here too, or in ``config.workers`` worker processes. With workers, every
+    cell is computed on one torch thread, here too, so its numbers do not depend on the machine."""
     parallel = [(cell, stamp) for cell, stamp in missing if cell.recipe != FLOAT] if config.workers > 1 else []
+    threads = torch.get_num_threads()
     for cell, stamp in [item for item in missing if item not in parallel]:
-        yield cell, {**context.run(cell), "fingerprint": stamp}
+        torch.set_num_threads(1 if config.workers > 1 else threads)
+        try:
+            record = {**context.run(cell), "fingerprint": stamp}
+        finally:
+            torch.set_num_threads(threads)
+        yield cell, record
     if not parallel:
         return
     with ProcessPoolExecutor(min(config.workers, len(parallel)), mp_context=multiprocessing.get_context("spawn"),
