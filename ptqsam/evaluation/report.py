@@ -83,7 +83,10 @@ def _number(value: Any, signed: bool = False, digits: int = 4) -> str:
 
 
 def _with_std(row: Mapping[str, Any], key: str, signed: bool = False) -> str:
-    """``mean ± std`` (the std of the metric over calibration sets, when there are several)."""
+    """``mean ± std`` (the std of the metric over calibration sets, when there are several); a Δ
+    (``signed``) of the float row itself is ``–``."""
+    if signed and row["recipe"] == FLOAT:
+        return "–"
     value = row.get(f"delta_{key}" if signed else key)
     std = row.get(f"{key}_std")
     return _number(value, signed) + (f" ± {_number(std)}" if isinstance(value, float) and std is not None else "")
@@ -110,7 +113,7 @@ def _markdown_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Call
     if has("float_list"):
         columns.append(("float list", lambda r: str(r.get("float_list", "–"))))
     if has("quantized_sites"):
-        columns.append(("quantized sites", lambda r: str(r.get("quantized_sites", "–"))))
+        columns.append(("sites", lambda r: str(r.get("quantized_sites", "–"))))
     for key in [k for k in METRIC_KEYS if has(k)]:
         title = TITLES.get(key, key)
         if key not in BUCKETS:  # the size buckets show their Δ only
