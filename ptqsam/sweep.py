@@ -25,7 +25,7 @@ from typing import Any
 from segment_anything.modeling import Sam
 
 from ptqsam.bits import normal_bits, parse_bits
-from ptqsam.calibration import CalibrationSample, calibrate, save_calibrated
+from ptqsam.calibration import CalibrationSample, calibrate, calibrated_quantizing, save_calibrated
 from ptqsam.config import ExperimentConfig
 from ptqsam.constants import FLOAT
 from ptqsam.data import CocoDataset
@@ -36,7 +36,6 @@ from ptqsam.errors import ConfigError
 from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks_from_json, masks_to_json
 from ptqsam.evaluation.report import degradation_rows, write_report
 from ptqsam.fingerprint import file_sha256, fingerprint, mismatch
-from ptqsam.instrument.modes import quantizing
 from ptqsam.instrument.recipe import load_recipe
 from ptqsam.io import json_text, write_or_rescue
 from ptqsam.models import build_model
@@ -67,12 +66,13 @@ def state_path(config: ExperimentConfig, cell: Cell) -> Path:
 
 
 def cells(config: ExperimentConfig) -> list[Cell]:
-    """The float cell of each model, then every recipe × bits (bit strings normalised)."""
-    bits = [normal_bits(b) for b in config.bits]
+    """The float cell of each model, then every recipe × its bits (``recipe_bits`` or ``bits``,
+    normalised)."""
     out = []
     for model in config.models:
         out.append(Cell(model, FLOAT, FLOAT))
-        out += [Cell(model, recipe, b) for recipe in config.recipes for b in bits]
+        for recipe in config.recipes:
+            out += [Cell(model, recipe, normal_bits(b)) for b in config.recipe_bits.get(recipe, config.bits)]
     return out
 
 
@@ -175,7 +175,7 @@ class _ModelContext:
         dataset, samples = self.calibration()
         return {"data": data_fingerprint(dataset, [s.image_id for s in samples]), "images": self.config.calib_images,
                 "prompt": self.config.prompt, "num_points": self.config.num_points, "seed": self.config.seed,
-                "search_rows": self.config.search_rows}
+                "search_rows": self.config.search_rows, "reconstruction": self.config.reconstruction}
 
     def run(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
@@ -190,15 +190,19 @@ class _ModelContext:
             exclude = () if self.config.quantize_encoder else (ENCODER_SITES,)
             calibration_set, samples = self.calibration()
             report = calibrate(model, cell.recipe, w, a, samples, exclude, self.progress,
-                               search_rows=self.config.search_rows)
+                               search_rows=self.config.search_rows, reconstruction=self.config.reconstruction)
             saved = state_path(self.config, cell)
             save_calibrated(model, saved, report, cell.recipe, self.model_type, w, a,
                             {"calibration": self.calibration_settings(), "quantize_encoder": self.config.quantize_encoder})
             record["calibration"] = {"images_dir": str(calibration_set.images_dir), "image_ids": report.image_ids,
                                      "num_prompts": report.num_prompts,
                                      "seconds": report.seconds, "unreached_sites": report.unreached,
-                                     "bimodal": report.bimodal, "state": str(saved)}
-            with quantizing(model):
+                                     "bimodal": report.bimodal, "reconstruction": report.reconstruction,
+                                     "state": str(saved)}
+            if report.reference_drop_bug is not None:
+                record["reference_drop_bug"] = True
+                log.warning("%s %s reproduces PTQ4SAM's drop bug: its numbers are marked", cell.recipe, cell.bits)
+            with calibrated_quantizing(model, report.extra_state()):
                 result = self._evaluate(model, encoder_float=not self.config.quantize_encoder,
                                         reference=self.reference(), label=f"{cell.recipe} {cell.bits}")
         record.update(metrics=result.metrics, num_images=result.num_images, num_prompts=result.num_prompts,

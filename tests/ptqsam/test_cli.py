@@ -83,6 +83,7 @@ def test_sweep_and_plot(run, tmp_path):
 
 def test_demo_reduced(run, tmp_path):
     result = run("demo", "--out", str(tmp_path), "--images", "2", "--calib-images", "1", "--recipes", "ptq4sam",
+                 "--recon-iterations", "5",
                  "--bits", "W8A8,W4A4")
     assert result.exit_code == 0, result.output
     assert "| testbed | float | float |" in result.output and (tmp_path / "report.md").is_file()

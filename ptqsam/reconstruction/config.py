@@ -1,0 +1,124 @@
+"""Settings of block reconstruction (AdaRound / BRECQ / QDrop / PTQ4SAM-L), as a recipe declares them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping
+
+from ptqsam.errors import RecipeError
+
+UNITS = ("block", "layer")
+LOSSES = ("mse", "fisher")
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """How the quantized model is reconstructed after calibration, unit by unit in model order.
+
+    Defaults are PTQ4SAM-L's (QDrop's code): 20,000 iterations per unit, one calibration image
+    per iteration, AdaRound weight rounding with Adam at 1e-3, LSQ activation scales with Adam at
+    4e-5 (cosine to 0), λ = 0.01, β from 20 to 2 after a 20 % warm-up.
+
+    Arguments:
+      unit: ``block`` (the model's blocks: BRECQ, QDrop, PTQ4SAM-L) or ``layer`` (each Linear /
+        convolution alone: AdaRound).
+      iterations: optimisation steps per unit.
+      batch_size: calibration images per step (all their prompts), drawn with replacement.
+      weight_lr: Adam learning rate of AdaRound's rounding logits.
+      activation_lr: Adam learning rate of the learned activation scales (cosine schedule to 0).
+      learn_activations: learn the activation quantizers' scales (LSQ; log quantizers: s, τ fixed).
+      round_weights: learn the weight rounding (AdaRound) of uniform weight quantizers.
+      drop_prob: QDrop: probability that an activation element stays float during
+        reconstruction, and that a block input element comes from the float model instead of the
+        quantized prefix (0: no dropping, BRECQ).
+      loss: ``mse`` (block output against the float model's) or ``fisher`` (weighted by the squared
+        gradient of the task loss at the block output, BRECQ's Fisher diagonal).
+      round_loss_weight: λ of the rounding regulariser.
+      beta_start, beta_end: β of the regulariser, annealed linearly after the warm-up.
+      warmup: fraction of the iterations without the regulariser.
+      seed: seed of the image draws and of the drop masks.
+      cache_bytes: cached block inputs/targets kept in memory; the rest spills to disk.
+      reference_drop_bug: reproduce PTQ4SAM's evaluation bug deliberately: after each block its
+        layer-input quantizers keep dropping ``drop_prob`` of their elements, later blocks and the
+        evaluation included (for comparison with published numbers only; results are marked).
+    """
+
+    unit: str = "block"
+    iterations: int = 20000
+    batch_size: int = 1
+    weight_lr: float = 1e-3
+    activation_lr: float = 4e-5
+    learn_activations: bool = True
+    round_weights: bool = True
+    drop_prob: float = 0.5
+    loss: str = "mse"
+    round_loss_weight: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+    seed: int = 0
+    cache_bytes: int = 2 * 2**30
+    reference_drop_bug: bool = False
+
+    def __post_init__(self) -> None:
+        _choice(self.unit, "unit", UNITS)
+        _choice(self.loss, "loss", LOSSES)
+        for name in ("iterations", "batch_size", "cache_bytes"):
+            _number(getattr(self, name), name, lambda v: v >= 1, ">= 1", integer=True)
+        _number(self.seed, "seed", lambda v: v >= 0, ">= 0", integer=True)
+        for name in ("weight_lr", "activation_lr", "beta_start", "beta_end"):
+            _number(getattr(self, name), name, lambda v: v > 0, "> 0")
+        _number(self.round_loss_weight, "round_loss_weight", lambda v: v >= 0, ">= 0")
+        _number(self.drop_prob, "drop_prob", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        _number(self.warmup, "warmup", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+        for name in ("learn_activations", "round_weights", "reference_drop_bug"):
+            if not isinstance(getattr(self, name), bool):
+                raise RecipeError(f"reconstruction {name} must be true or false, got {getattr(self, name)!r}")
+        if self.reference_drop_bug and self.drop_prob == 0.0:
+            raise RecipeError("reconstruction reference_drop_bug needs drop_prob > 0 (the bug leaves it on)")
+
+    def beta(self, step: int) -> float:
+        """β at step ``step`` (0-based): ``beta_start`` during the warm-up, then linear to ``beta_end``."""
+        start = self.warmup * self.iterations
+        if step < start:
+            return self.beta_start
+        progress = (step - start) / max(self.iterations - start, 1)
+        return self.beta_end + (self.beta_start - self.beta_end) * max(0.0, 1.0 - progress)
+
+    def regularised(self, step: int) -> bool:
+        """Whether the rounding regulariser counts at step ``step`` (after the warm-up)."""
+        return step >= self.warmup * self.iterations
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "ReconstructionConfig":
+        """A copy with some fields replaced (validated; unknown keys raise)."""
+        _known(overrides)
+        return replace(self, **dict(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ReconstructionConfig":
+        _known(data)
+        return cls(**dict(data))
+
+
+def _known(data: Any) -> None:
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"reconstruction must be a mapping, got {data!r}")
+    known = {f.name for f in fields(ReconstructionConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecipeError(f"unknown reconstruction key(s) {unknown}; known keys: {sorted(known)}")
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RecipeError(f"reconstruction {name} must be one of {choices}, got {value!r}")
+
+
+def _number(value: Any, name: str, valid, requirement: str, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not valid(value):
+        raise RecipeError(f"reconstruction {name} must be {'an integer' if integer else 'a number'} "
+                          f"{requirement}, got {value!r}")
