@@ -9,7 +9,7 @@
 4. ``finalize`` of every observed quantizer.
 5. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
 
-The image encoder runs once per image per pass (:class:`~ptqsam.calibration.passes.SampleLoop`);
+The image encoder runs once per image per pass (:class:`~ptqsam.passes.SampleLoop`);
 when the recipe leaves it in float, its embeddings are computed once and reused by every pass. What grows with the number of images: the images and
 their prompts (held in memory), those float embeddings, and the Hessian search's cached operands,
 outputs and gradients — of one transformer block at a time (one forward + backward pass over the
@@ -26,7 +26,6 @@ from segment_anything.modeling import Sam
 
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
 from ptqsam.calibration.hessian import capture, search_unit, search_units
-from ptqsam.calibration.passes import SampleLoop
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
@@ -35,6 +34,7 @@ from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
 from ptqsam.models.blocks import block_of, model_blocks, part_of
+from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
 

@@ -15,14 +15,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ptqsam.calibration.hessian import task_loss
-from ptqsam.calibration.passes import SampleLoop
 from ptqsam.errors import CalibrationError
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.io import write_atomic
-
-#: A unit's call: positional and keyword arguments (tensors, or tuples/dicts of them).
-Call = tuple[tuple, dict]
+from ptqsam.passes import SampleLoop, task_loss
 
 
 class _Stop(Exception):

@@ -24,13 +24,13 @@ from segment_anything.modeling import Sam
 from torch import nn
 from tqdm import tqdm
 
-from ptqsam.calibration.passes import SampleLoop
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.errors import CalibrationError
 from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.modes import disabled, dropping, quantizing
 from ptqsam.instrument.units import model_units
 from ptqsam.models.blocks import model_blocks, part_of
+from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.cache import TensorCache, capture_inputs, capture_outputs, tree_map, tree_tensors
 from ptqsam.reconstruction.config import ReconstructionConfig
 from quantizers import Quantizer
