@@ -17,7 +17,7 @@ import contextlib
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from segment_anything.modeling import Sam
@@ -66,13 +66,19 @@ def reconstruction_units(model: Sam, config: ReconstructionConfig) -> list[Recon
 
 
 def reconstruct(model: Sam, samples: list[CalibrationSample], config: ReconstructionConfig,
-                progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Reconstruct every unit of the calibrated ``model`` on ``samples``; returns a record per unit
-    (iterations, seconds, output MSE against float before and after, first and last loss)."""
+                progress: bool = True, only: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Reconstruct every unit of the calibrated ``model`` on ``samples`` (or the units named in
+    ``only``); returns a record per unit: iterations, seconds (all) and seconds per optimisation
+    step, output MSE against float before and after, first and last loss."""
     quantizers = attached_quantizers(model)
     encoder_float = not any(part_of(n) == "image_encoder" for n in quantizers)
     loop = SampleLoop(model, samples, encoder_float=encoder_float, progress=False)
     units = reconstruction_units(model, config)
+    if only is not None:
+        unknown = sorted(set(only) - {unit.name for unit in units})
+        if unknown:
+            raise CalibrationError(f"no reconstruction unit named {unknown}; units: {[u.name for u in units]}")
+        units = [unit for unit in units if unit.name in set(only)]
     records = {}
     with _frozen_parameters(model):
         for index, unit in enumerate(tqdm(units, desc="reconstruction", disable=not progress, leave=False)):
@@ -112,8 +118,10 @@ def _reconstruct_unit(model: Sam, loop: SampleLoop, unit: ReconUnit, config: Rec
         before = _output_mse(module, unit, data)
         round_parts, w_params = _start_adaround(model, weights) if config.round_weights else ([], [])
         a_params = [p for q in activations.values() for p in q.learn()] if config.learn_activations else []
+        loop_start = time.perf_counter()
         losses = _optimise(module, unit, data, config, index, round_parts, w_params, a_params, list(activations),
                            progress)
+        loop_seconds = time.perf_counter() - loop_start
         for quantizer in weights.values():
             quantizer.harden()
         for quantizer in activations.values():
@@ -122,7 +130,7 @@ def _reconstruct_unit(model: Sam, loop: SampleLoop, unit: ReconUnit, config: Rec
     finally:
         data.close()
     return {"iterations": config.iterations, "seconds": round(time.perf_counter() - start, 3),
-            "mse_before": before, "mse_after": after, "loss_first": losses[0] if losses else None,
+            "seconds_per_iteration": round(loop_seconds / config.iterations, 5), "mse_before": before, "mse_after": after, "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None, "weights_rounded": len(round_parts),
             "scales_learned": len(a_params), "spilled_to_disk": data.spilled}
 
