@@ -3,6 +3,8 @@ QDrop's input mixing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,3 +77,17 @@ def test_qdrop_mixes_block_inputs_elementwise_with_its_probability():
     assert set(x.unique().tolist()) == {0.0, 1.0}  # every element comes from one side or the other
     assert abs(float(x.mean()) - 0.3) < 0.02  # the float model's with probability drop_prob
     assert kwargs["pe"].shape == (10,)
+
+
+def test_the_unit_cache_spills_beyond_its_budget_and_reads_back_exactly():
+    items = [((torch.randn(50, 8),), {"k": torch.randn(3)}) for _ in range(4)]
+    cache = TensorCache(budget=2 * (50 * 8 + 3) * 4)  # room for two items in memory
+    for item in items:
+        cache.append(item)
+    assert len(cache) == 4 and cache.spilled == 2
+    for i, ((x,), kwargs) in enumerate(items):
+        (y,), loaded = cache[i]
+        assert torch.equal(x, y) and torch.equal(kwargs["k"], loaded["k"])
+    folder = cache._spill.name
+    cache.close()
+    assert len(cache) == 0 and not Path(folder).exists()
