@@ -29,6 +29,8 @@ DEMO_BITS = ("W8A8", "W6A6", "W4A4")
 DEMO_CALIB_SETS = 3
 #: the protocol float list of the demo: every recipe quantizes the sites PTQ4SAM quantizes
 DEMO_FLOAT_SITES = "ptq4sam"
+#: the demo's reconstruction row: this recipe at the lowest bit-width, with few iterations per block
+DEMO_RECON_RECIPE, DEMO_RECON_ITERATIONS = "ptq4sam-l", 300
 #: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
 DEMO_SEARCH_ROWS = 256
 #: worker processes of the demo's quantized cells (one torch thread each: the numbers do not depend
@@ -102,6 +104,16 @@ def quant_options(func: Callable) -> Callable:
     @click.option("--search-rows", type=int, default=None,
                   help="Hessian search: score each unit on at most this many random cached rows (default: all).")
     @click.option("--float-encoder", is_flag=True, help="Keep the image encoder in float.")
+    @click.option("--recon-iterations", type=int, default=None,
+                  help="Reconstruction recipes: optimisation steps per block (recipe default: 20000).")
+    @click.option("--recon-batch-size", type=int, default=None, help="Reconstruction: images per step (default 1).")
+    @click.option("--recon-weight-lr", type=float, default=None, help="Reconstruction: AdaRound lr (default 1e-3).")
+    @click.option("--recon-act-lr", type=float, default=None,
+                  help="Reconstruction: activation-scale lr (default 4e-5).")
+    @click.option("--recon-drop-prob", type=float, default=None,
+                  help="Reconstruction: QDrop probability that an element stays float (recipe default).")
+    @click.option("--recon-loss", type=click.Choice(("mse", "fisher")), default=None,
+                  help="Reconstruction loss (recipe default: mse).")
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
@@ -114,17 +126,25 @@ def _with_state(model, state: str | None, model_type: str, allow_other_weights: 
     import contextlib
 
     from ptqsam.bits import bits_label
-    from ptqsam.calibration import load_calibrated
+    from ptqsam.calibration import calibrated_quantizing, load_calibrated
     from ptqsam.constants import FLOAT
-    from ptqsam.instrument.modes import quantizing
+    from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY
 
     if state is None:
         return contextlib.nullcontext(), {"state": None, "recipe": FLOAT, "bits": FLOAT, "state_fingerprint": None,
                                           "weights_override": False}
     info = load_calibrated(model, state, model_type=model_type, allow_other_weights=allow_other_weights)
-    return quantizing(model), {"state": str(state), "recipe": info.recipe.name,
-                               "bits": bits_label(info.w_bits, info.a_bits),
-                               "state_fingerprint": info.fingerprint["hash"], "weights_override": info.weights_override}
+    return calibrated_quantizing(model, info.extra), {
+        "state": str(state), "recipe": info.recipe.name, "bits": bits_label(info.w_bits, info.a_bits),
+        "state_fingerprint": info.fingerprint["hash"], "weights_override": info.weights_override,
+        "reference_drop_bug": REFERENCE_BUG_KEY in info.extra}
+
+
+def _reconstruction(**options: Any) -> dict[str, Any]:
+    """The ``--recon-*`` options given, as reconstruction overrides."""
+    names = {"recon_iterations": "iterations", "recon_batch_size": "batch_size", "recon_weight_lr": "weight_lr",
+             "recon_act_lr": "activation_lr", "recon_drop_prob": "drop_prob", "recon_loss": "loss"}
+    return {names[key]: value for key, value in options.items() if value is not None}
 
 
 def _build(model_type: str, checkpoint: str | None, seed: int, device: str):
@@ -154,6 +174,10 @@ def _config(**kwargs: Any):
               help="Hessian search (ptq4vit): rows of each unit's cache that score the candidates.")
 @click.option("--recipes", default=",".join(DEMO_RECIPES), show_default=True)
 @click.option("--bits", default=",".join(DEMO_BITS), show_default=True)
+@click.option("--recon-recipe", default=DEMO_RECON_RECIPE, show_default=True,
+              help="A reconstruction recipe run at the lowest bit-width only ('' for none).")
+@click.option("--recon-iterations", type=int, default=DEMO_RECON_ITERATIONS, show_default=True,
+              help="Its optimisation steps per block (PTQ4SAM-L uses 20000).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 @click.option("--workers", type=int, default=DEMO_WORKERS, show_default=True,
@@ -162,16 +186,22 @@ def _config(**kwargs: Any):
               help="Repository root: copy report.json to docs/demo/, the figures to docs/figures/ and "
                    "regenerate README.md's demo table from the copy.")
 def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_sites: str, search_rows: int,
-         recipes: str, bits: str, seed: int, device: str, workers: int, publish_root: str | None) -> None:
-    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4, each cell calibrated
-    on several calibration sets, every recipe quantizing the same sites (a few minutes)."""
+         recipes: str, bits: str, recon_recipe: str, recon_iterations: int, seed: int, device: str, workers: int,
+         publish_root: str | None) -> None:
+    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 and a block
+    reconstruction recipe at the lowest bit-width, each cell calibrated on several calibration sets,
+    every recipe quantizing the same sites (a few minutes)."""
+    from ptqsam.bits import bits_order
     from ptqsam.demo import bimodal_note, cell_records, publish
     from ptqsam.evaluation.report import markdown_table
     from ptqsam.plots import bit_width_order
     from ptqsam.plots.cell import plot_cell_sites
     from ptqsam.sweep import Cell, run_sweep
 
-    config = _config(models=["testbed"], recipes=recipes.split(","), bits=bits.split(","), synthetic_images=num_images,
+    recipe_list, bit_list = recipes.split(","), bits.split(",")
+    recon = {recon_recipe: [bits_order(bit_list)[0]]} if recon_recipe else {}
+    config = _config(models=["testbed"], recipes=recipe_list + list(recon), bits=bit_list, recipe_bits=recon,
+                     reconstruction={"iterations": recon_iterations}, synthetic_images=num_images,
                      calib_images=calib_images, calib_sets=calib_sets, search_rows=search_rows, seed=seed,
                      device=device, out=out, float_sites=None if float_sites == "own" else float_sites,
                      own_float_variants=False, workers=workers)
@@ -197,7 +227,7 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
 @click.option("--out", "state_path", type=click.Path(dir_okay=False), default="results/calibrated.pt",
               show_default=True, help="Calibrated state file.")
 def calibrate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, recipe, bits,
-              calib_images, search_rows, float_encoder, state_path) -> None:
+              calib_images, search_rows, float_encoder, state_path, **recon_options) -> None:
     """Calibrate a recipe on a few images of --images and save the calibrated state (without
     --images: a generated calibration set, apart from the images `evaluate` generates)."""
     from ptqsam.bits import parse_bits
@@ -217,12 +247,17 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
     recipe = check_recipe_sites(model, recipe)  # fail before any work
     dataset, samples = calibration_set(config)
     exclude = (ENCODER_SITES,) if float_encoder else ()
-    report = run_calibration(model, recipe, w, a, samples, exclude, search_rows=search_rows)
+    reconstruction = _reconstruction(**recon_options)
+    report = run_calibration(model, recipe, w, a, samples, exclude, search_rows=search_rows,
+                             reconstruction=reconstruction)
     click.echo(json.dumps({"state": state_path, "images": report.image_ids, "prompts": report.num_prompts,
                            "seconds": report.seconds, "unreached_sites": len(report.unreached),
-                           "bimodal": {k: v["bimodal"] for k, v in report.bimodal.items()}}, indent=2))
+                           "bimodal": {k: v["bimodal"] for k, v in report.bimodal.items()},
+                           "reconstruction": {k: {"mse_before": v["mse_before"], "mse_after": v["mse_after"]}
+                                              for k, v in report.reconstruction.items()},
+                           "reference_drop_bug": report.reference_drop_bug is not None}, indent=2))
     settings = {"data": data_fingerprint(dataset, report.image_ids), "prompt": prompt, "seed": seed,
-                "search_rows": search_rows, "exclude": list(exclude)}
+                "search_rows": search_rows, "exclude": list(exclude), "reconstruction": reconstruction}
     save_calibrated(model, state_path, report, recipe, model_type, w, a, settings)
 
 

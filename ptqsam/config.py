@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,17 +11,8 @@ import yaml
 from ptqsam.bits import parse_bits
 from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
 from ptqsam.errors import ConfigError, PtqsamError
-from ptqsam.typed import check_fields
-
-
-def reject_unknown_keys(data: Any, cls: type, what: str, error: type[PtqsamError] = ConfigError) -> None:
-    """Raise ``error`` unless ``data`` is a mapping whose keys are all fields of dataclass ``cls``."""
-    if not isinstance(data, Mapping):
-        raise error(f"{what} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise error(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
+from ptqsam.reconstruction.config import ReconstructionConfig
+from ptqsam.typed import check_fields, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -33,6 +24,11 @@ class ExperimentConfig:
       checkpoints: model type -> checkpoint path (absent: packaged testbed weights or random init).
       recipes: shipped recipe names or YAML paths; ``float`` is always run as the baseline.
       bits: bit-widths such as ``W8A8``.
+      recipe_bits: recipe -> its own bit-widths (instead of ``bits``), e.g. a slow reconstruction
+        recipe at W4A4 only.
+      reconstruction: overrides of the recipes' reconstruction settings (fields of
+        :class:`~ptqsam.reconstruction.ReconstructionConfig`, e.g. ``{iterations: 500}``); recipes
+        without reconstruction ignore them.
       images, annotations: COCO-format image folder and instances JSON (absent: a synthetic set).
       detections: COCO results JSON of a detector (needed for mask AP / ``detections`` prompts).
       prompt: prompt kind (``box``, ``tight_box``, ``center_point``, ``random_points``; or
@@ -79,6 +75,8 @@ class ExperimentConfig:
     checkpoints: Mapping[str, str] = field(default_factory=dict)
     recipes: tuple[str, ...] = ("minmax",)
     bits: tuple[str, ...] = ("W8A8",)
+    recipe_bits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    reconstruction: Mapping[str, Any] = field(default_factory=dict)
     images: str | None = None
     annotations: str | None = None
     detections: str | None = None
@@ -113,15 +111,24 @@ class ExperimentConfig:
                 raise ConfigError(f"{name} must be a non-empty list of strings, got an empty list")
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "checkpoints", dict(self.checkpoints))
+        object.__setattr__(self, "recipe_bits", {k: tuple(v) for k, v in self.recipe_bits.items()})
+        object.__setattr__(self, "reconstruction", dict(self.reconstruction))
         self._check_values()
 
     def _check_values(self) -> None:
         """The checks that involve several fields or more than a type and a range."""
-        for label in self.bits:
+        for label in [*self.bits, *(b for labels in self.recipe_bits.values() for b in labels)]:
             try:
                 parse_bits(label)
             except PtqsamError as error:
                 raise ConfigError(f"config bits: {error}") from None
+        extra = sorted(set(self.recipe_bits) - set(self.recipes))
+        if extra:
+            raise ConfigError(f"recipe_bits names recipe(s) {extra} that are not in recipes {list(self.recipes)}")
+        try:
+            ReconstructionConfig().with_overrides(self.reconstruction)
+        except PtqsamError as error:
+            raise ConfigError(f"config {error}") from None
         strangers = sorted(set(self.checkpoints) - set(self.models))
         if strangers:
             raise ConfigError(f"checkpoints name model(s) {strangers} that are not in models {list(self.models)}")
@@ -170,6 +177,7 @@ class ExperimentConfig:
         for name in ("models", "recipes", "bits", "calib_sets", "float_sites"):
             if isinstance(data[name], tuple):
                 data[name] = list(data[name])
+        data["recipe_bits"] = {k: list(v) for k, v in data["recipe_bits"].items()}
         return data
 
     @classmethod

@@ -34,7 +34,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from ptqsam.bits import normal_bits, parse_bits
-from ptqsam.calibration import calibrate, save_calibrated
+from ptqsam.calibration import calibrate, calibrated_quantizing, save_calibrated
 from ptqsam.config import ExperimentConfig
 from ptqsam.constants import FLOAT
 from ptqsam.data import CocoDataset
@@ -46,7 +46,6 @@ from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks
 from ptqsam.evaluation.report import degradation_rows, write_report
 from ptqsam.evaluation.significance import mean_metrics
 from ptqsam.fingerprint import file_sha256, fingerprint, mismatch
-from ptqsam.instrument.modes import quantizing
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.io import json_text, write_or_rescue
 from ptqsam.models import build_model
@@ -116,14 +115,15 @@ def cell_recipe(config: ExperimentConfig, cell: Cell) -> Recipe:
 
 
 def cells(config: ExperimentConfig) -> list[Cell]:
-    """The float cell of each model, then every recipe × bits (bit strings normalised); with a
-    protocol float list, each recipe whose own list differs also as its own-float variant."""
-    bits = [normal_bits(b) for b in config.bits]
+    """The float cell of each model, then every recipe × its bits (``recipe_bits`` or ``bits``,
+    normalised); with a protocol float list, each recipe whose own list differs also as its
+    own-float variant."""
     protocol = protocol_float_list(config)
     out = []
     for model in config.models:
         out.append(Cell(model, FLOAT, FLOAT))
         for recipe in config.recipes:
+            bits = [normal_bits(b) for b in config.recipe_bits.get(recipe, config.bits)]
             out += [Cell(model, recipe, b) for b in bits]
             if protocol is not None and config.own_float_variants and load_recipe(recipe).keep_float != protocol:
                 out += [Cell(model, recipe, b, own_float=True) for b in bits]
@@ -299,7 +299,7 @@ class _ModelContext:
         dataset, samples = self.calibration(seed)
         return {"data": data_fingerprint(dataset, [s.image_id for s in samples]), "images": self.config.calib_images,
                 "prompt": self.config.prompt, "num_points": self.config.num_points, "seed": seed,
-                "search_rows": self.config.search_rows}
+                "search_rows": self.config.search_rows, "reconstruction": self.config.reconstruction}
 
     def run(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
@@ -314,6 +314,9 @@ class _ModelContext:
             runs, result = [run for run, _ in done], done[0][1]
             record.update(float_list=float_list_label(self.config, cell), quantized_sites=runs[0]["quantized_sites"],
                           metrics=mean_metrics([run["metrics"] for run in runs]), runs=runs)
+            if any(run.get("reference_drop_bug") for run in runs):
+                record["reference_drop_bug"] = True
+                log.warning("%s %s reproduces PTQ4SAM's drop bug: its numbers are marked", cell.label, cell.bits)
         record.update(num_images=result.num_images, num_prompts=result.num_prompts, skipped=result.skips,
                       seconds=round(time.perf_counter() - start, 3))
         return record
@@ -326,20 +329,24 @@ class _ModelContext:
         exclude = () if self.config.quantize_encoder else (ENCODER_SITES,)
         calibration_set, samples = self.calibration(seed)
         recipe = cell_recipe(self.config, cell)
-        report = calibrate(model, recipe, w, a, samples, exclude, self.progress, search_rows=self.config.search_rows)
+        report = calibrate(model, recipe, w, a, samples, exclude, self.progress, search_rows=self.config.search_rows,
+                           reconstruction=self.config.reconstruction)
         saved = state_path(self.config, cell, seed)
         save_calibrated(model, saved, report, recipe, self.model_type, w, a,
                         {"calibration": self.calibration_settings(seed), "quantize_encoder": self.config.quantize_encoder})
-        with quantizing(model):
+        with calibrated_quantizing(model, report.extra_state()):
             result = self._evaluate(model, encoder_float=not self.config.quantize_encoder, reference=self.reference(),
                                     label=f"{cell.label} {cell.bits} (calibration set {seed})")
         calibration = {"images_dir": str(calibration_set.images_dir), "image_ids": report.image_ids,
                        "num_prompts": report.num_prompts, "seconds": report.seconds,
                        "unreached_sites": report.unreached, "bimodal": report.bimodal, "hessian": report.hessian,
-                       "state": str(saved)}
+                       "reconstruction": report.reconstruction, "state": str(saved)}
         quantized = len(report.quantizers) - len(report.unreached)
-        return {"calib_seed": seed, "metrics": result.metrics, "quantized_sites": quantized, "calibration": calibration,
-                "instance_ious": result.instance_ious}, result
+        run = {"calib_seed": seed, "metrics": result.metrics, "quantized_sites": quantized, "calibration": calibration,
+               "instance_ious": result.instance_ious}
+        if report.reference_drop_bug is not None:
+            run["reference_drop_bug"] = True
+        return run, result
 
     def calibration(self, seed: int) -> tuple[CocoDataset, list]:
         """The calibration set and samples of calibration seed ``seed``, loaded once."""

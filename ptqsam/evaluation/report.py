@@ -19,12 +19,16 @@ METRIC_KEYS = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
 )
 #: Settings of a run copied beside its numbers when present.
-RUN_FIELDS = ("float_list", "quantized_sites", "checkpoint", "num_images", "num_prompts")
+RUN_FIELDS = ("float_list", "quantized_sites", "checkpoint", "num_images", "num_prompts", "reference_drop_bug")
 #: Size-bucket mIoU keys (the markdown table shows their Δ only).
 BUCKETS = ("miou_small", "miou_medium", "miou_large")
 #: Column titles of the markdown table.
 TITLES = {"miou": "mIoU", "miou_small": "small", "miou_medium": "medium", "miou_large": "large",
           "agreement": "agreement with float masks"}
+#: marks the recipe of a row calibrated with PTQ4SAM's QDrop bug reproduced on purpose
+BUG_MARK = " †"
+BUG_NOTE = ("† reproduces PTQ4SAM's reference-code QDrop bug on purpose: half of each layer input stays float at "
+            "evaluation; not a quantized result.")
 
 
 def degradation_rows(runs: Iterable[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
@@ -109,7 +113,8 @@ def _markdown_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Call
     has = lambda key: any(key in r for r in rows)  # noqa: E731
     level = f"{LEVEL:.0%}"
     columns: list[tuple[str, Callable[[Mapping], str]]] = [
-        ("model", lambda r: str(r["model"])), ("recipe", lambda r: str(r["recipe"])), ("bits", lambda r: str(r["bits"]))]
+        ("model", lambda r: str(r["model"])), ("recipe", lambda r: str(r["recipe"]) + (BUG_MARK if r.get(
+            "reference_drop_bug") else "")), ("bits", lambda r: str(r["bits"]))]
     if has("float_list"):
         columns.append(("float list", lambda r: str(r.get("float_list", "–"))))
     if has("quantized_sites"):
@@ -134,11 +139,19 @@ def _markdown_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Call
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A readable markdown table: metrics as ``mean ± std`` over calibration sets (where there are
     several), Δ mIoU's min … max, bootstrap intervals, and for each quantized row the recipes at the
-    same bit-width whose mIoU it is not told apart from (:mod:`.significance`)."""
+    same bit-width whose mIoU it is not told apart from (:mod:`.significance`); a row reproducing
+    PTQ4SAM's drop bug is marked (:data:`BUG_MARK`, :data:`BUG_NOTE`)."""
     columns = _markdown_columns(rows)
     lines = ["| " + " | ".join(title for title, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
+    if any(row.get("reference_drop_bug") for row in rows):
+        lines += ["", BUG_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _marked(row: Mapping[str, Any], column: str) -> Any:
+    value = row.get(column, "")
+    return f"{value}{BUG_MARK}" if column == "recipe" and row.get("reference_drop_bug") else value
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -27,9 +27,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ptqsam.bits import check_bit_width, parse_bits
-from ptqsam.config import reject_unknown_keys
 from ptqsam.errors import RecipeError
-from ptqsam.typed import check_fields
+from ptqsam.typed import check_fields, reject_unknown_keys
+from ptqsam.reconstruction.config import ReconstructionConfig
 from quantizers import QuantizationError, QuantSpec
 from quantizers.transforms.bimodal import BimodalConfig
 
@@ -161,6 +161,11 @@ class Recipe:
       transforms: :class:`Transform` s the calibration runner applies before observing.
       imports: Python modules imported before the rules are read, so that quantizer kinds,
         observers or searches they register can be named in the specs (a researcher's own parts).
+      reconstruction: fields of a :class:`~ptqsam.reconstruction.ReconstructionConfig`: block
+        reconstruction after calibration (AdaRound, BRECQ, QDrop, PTQ4SAM-L); None: none.
+
+    In YAML, ``extends: <recipe name or path>`` starts from another recipe: the keys given replace
+    its keys, except ``reconstruction``, whose fields are merged into the base recipe's.
     """
 
     name: str
@@ -169,6 +174,7 @@ class Recipe:
     keep_float: tuple[str, ...] = ()
     transforms: tuple[Transform, ...] = ()
     imports: tuple[str, ...] = ()
+    reconstruction: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -183,6 +189,12 @@ class Recipe:
         object.__setattr__(self, "keep_float", _patterns(self.keep_float, "keep_float"))
         object.__setattr__(self, "transforms", tuple(_coerce(t, Transform) for t in self.transforms))
         check_fields(self, RecipeError, "recipe")
+        if self.reconstruction is not None:
+            object.__setattr__(self, "reconstruction", self.reconstruction_config().to_dict())
+
+    def reconstruction_config(self) -> ReconstructionConfig | None:
+        """The validated reconstruction settings, or None when the recipe reconstructs nothing."""
+        return None if self.reconstruction is None else ReconstructionConfig.from_dict(self.reconstruction)
 
     def spec_for(self, name: str, w_bits: int, a_bits: int) -> QuantSpec | None:
         """The spec of site ``name``, or ``None`` when it stays float."""
@@ -222,6 +234,7 @@ class Recipe:
             "transforms": [t.to_dict() for t in self.transforms],
             "rules": [r.to_dict() for r in self.rules],
             **({"imports": list(self.imports)} if self.imports else {}),
+            **({"reconstruction": dict(self.reconstruction)} if self.reconstruction is not None else {}),
         }
 
     @classmethod
@@ -236,12 +249,13 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "Recipe":
+    def from_yaml(cls, text: str, folder: Path | None = None) -> "Recipe":
+        """Build from YAML text; an ``extends`` path is read relative to ``folder``."""
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise RecipeError(f"recipe is not valid YAML: {error}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_extended(data, folder, ()))
 
 
 def _coerce(value: Any, cls: type) -> Any:
@@ -258,17 +272,42 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     """A shipped recipe by name, or a recipe YAML file by path (a :class:`Recipe` passes through)."""
     if isinstance(name_or_path, Recipe):
         return name_or_path
+    text, folder = _recipe_text(name_or_path, None)
+    return Recipe.from_yaml(text, folder)
+
+
+def _recipe_text(name_or_path: str | Path, folder: Path | None) -> tuple[str, Path | None]:
+    """The YAML text of a shipped recipe or a file (relative to ``folder``), and its folder."""
     if str(name_or_path) in shipped_recipes():
-        text = resources.files("ptqsam").joinpath("recipes", f"{name_or_path}.yaml").read_text()
-        return Recipe.from_yaml(text)
+        return resources.files("ptqsam").joinpath("recipes", f"{name_or_path}.yaml").read_text(), None
     path = Path(name_or_path)
+    if folder is not None and not path.is_absolute():
+        path = folder / path
     if not path.is_file():
         raise RecipeError(f"unknown recipe {str(name_or_path)!r}: not a file and not one of {shipped_recipes()}")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"cannot read recipe file {path}: {error}") from None
-    return Recipe.from_yaml(text)
+    return text, path.parent
+
+
+def _extended(data: Any, folder: Path | None, chain: tuple[str, ...]) -> Any:
+    """``data`` with its ``extends`` resolved: the base recipe's keys, replaced by ``data``'s
+    (``reconstruction`` fields merged)."""
+    if not isinstance(data, Mapping) or "extends" not in data:
+        return data
+    base_name = data["extends"]
+    if not isinstance(base_name, str) or not base_name:
+        raise RecipeError(f"recipe extends must name a recipe, got {base_name!r}")
+    if base_name in chain:
+        raise RecipeError(f"recipe extends forms a loop: {' -> '.join(chain + (base_name,))}")
+    text, base_folder = _recipe_text(base_name, folder)
+    base = _extended(yaml.safe_load(text), base_folder, chain + (base_name,))
+    merged = {**base, **{key: value for key, value in data.items() if key != "extends"}}
+    if isinstance(base.get("reconstruction"), Mapping) and isinstance(data.get("reconstruction"), Mapping):
+        merged["reconstruction"] = {**base["reconstruction"], **data["reconstruction"]}
+    return merged
 
 
 __all__ = ["Recipe", "Rule", "Transform", "load_recipe", "matches_any", "parse_bits", "shipped_recipes"]

@@ -22,7 +22,7 @@ from ptqsam.instrument.instrument import attach_quantizer, attached_quantizers, 
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.sites import SITE_SUFFIX
 from ptqsam.io import write_or_rescue
-from quantizers import Mode, Quantizer, QuantSpec, build_quantizer
+from quantizers import Mode, QuantizationError, Quantizer, QuantSpec, build_quantizer
 
 STATE_FORMAT = "ptqsam-calibrated-state"
 STATE_VERSION = 2
@@ -110,6 +110,7 @@ def save_state(
             name: {
                 "spec": q.spec.to_dict(),
                 "mode": q.mode.value,
+                "parts": q.parts(),
                 "state": {k: v.detach().cpu() for k, v in q.state_dict().items()},
             }
             for name, q in quantizers.items()
@@ -159,8 +160,9 @@ def load_state(
     for name, entry in data["sites"].items():
         quantizer = build_quantizer(QuantSpec.from_dict(entry["spec"]))
         try:
+            quantizer.use_parts(entry.get("parts", {}))
             quantizer.load_state_dict(entry["state"])
-        except RuntimeError as error:
+        except (RuntimeError, QuantizationError) as error:
             raise CheckpointError(f"{path}: state of site {name!r} does not load: {error}") from None
         quantizer.mode = Mode(entry["mode"])
         quantizers[name] = attach_quantizer(model_sites[name], quantizer.to(device))

@@ -93,6 +93,23 @@ def round_ste(v: torch.Tensor) -> torch.Tensor:
     return RoundSTE.apply(v)
 
 
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, factor: float) -> torch.Tensor:  # noqa: D102
+        ctx.factor = factor
+        return v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        return grad * ctx.factor, None
+
+
+def grad_scale(v: torch.Tensor, factor: float) -> torch.Tensor:
+    """``v`` unchanged forward; its gradient multiplied by ``factor`` backward (LSQ's step-size
+    gradient scale)."""
+    return _GradScale.apply(v, factor)
+
+
 def fake_quantize(
     x: torch.Tensor,
     scale: torch.Tensor,

@@ -6,6 +6,7 @@ from abc import abstractmethod
 from enum import Enum
 
 import torch
+from torch import nn
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
@@ -109,6 +110,24 @@ class Quantizer(LazyStateModule):
     @abstractmethod
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         ...
+
+    def learn(self) -> list[nn.Parameter]:
+        """Turn the calibrated parameters this kind can learn into ``nn.Parameter`` s (reconstruction)
+        and return them; a kind with nothing to learn returns ``[]``."""
+        return []
+
+    def freeze(self) -> None:
+        """Learned parameters back to buffers, keeping their values (after reconstruction)."""
+
+    def parts(self) -> dict[str, str]:
+        """The registered kinds of the swappable parts that differ from a freshly built quantizer
+        (saved with the state, see :meth:`use_parts`)."""
+        return {}
+
+    def use_parts(self, parts: dict[str, str]) -> None:
+        """Install parts of the given kinds (empty, ready for ``load_state_dict``)."""
+        if parts:
+            raise QuantizationError(f"{type(self).__name__} has no swappable parts, got {sorted(parts)}")
 
     def levels(self) -> GridLevels | None:
         """The calibrated grid, for drawing over a histogram; None when the kind cannot list it."""
