@@ -25,7 +25,7 @@ import json
 import logging
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -183,9 +183,10 @@ def _compute(config: ExperimentConfig, context: "_ModelContext",
         return
     with ProcessPoolExecutor(min(config.workers, len(parallel)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        futures = [pool.submit(_run_in_worker, config, context.model_type, context.checkpoint_id, cell)
-                   for cell, _ in parallel]
-        for (cell, stamp), future in zip(parallel, futures):
+        futures = {pool.submit(_run_in_worker, config, context.model_type, context.checkpoint_id, cell): (cell, stamp)
+                   for cell, stamp in parallel}
+        for future in as_completed(futures):  # each cell is written as soon as it is done
+            cell, stamp = futures[future]
             yield cell, {**future.result(), "fingerprint": stamp}
 
 

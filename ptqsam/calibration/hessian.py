@@ -174,39 +174,51 @@ def _problem(unit: Unit, store: dict, model: nn.Module, grad, cfg: HessianSearch
     a, out = _cat(store["a"], keep), _cat(store["out"], keep)
     if unit.kind == "matmul":
         b = _cat(store["b"], 2)
-        if unit.b_transposed:  # the product is q @ kᵀ; key scales are per tensor, so layout-free
-            b = b.transpose(-2, -1)
-        a, out, grad = subsample_rows(cfg.max_rows, a, out, grad, matmul=True)
-
-        def matmul_search(a, b, a_bits, b_bits, b_channel, config):
-            found = search_matmul(a, b, out, grad, a_bits, b_bits, config=config)
-            return found.a_scale, found.b_scale, found.history
-        return _Problem(a, b, out, grad, torch.matmul, matmul_search)
+        # the product is q @ kᵀ; key scales are per tensor, so layout-free
+        return _matmul_problem(a, b.transpose(-2, -1) if unit.b_transposed else b, out, grad, cfg.max_rows)
     module = model.get_submodule(unit.module)
-    bias = None if module.bias is None else module.bias.detach().cpu()
-    weight = module.weight.detach().cpu()
     if unit.kind == "linear":
-        a, out, grad = subsample_rows(cfg.max_rows, a, out, grad, matmul=False)
+        return _linear_problem(a, module, out, grad, cfg.max_rows)
+    return _conv_problem(a, module, out, grad, cfg.max_rows)
 
-        def linear_search(a, b, a_bits, b_bits, b_channel, config):
-            found = search_linear(a, b, bias, out, grad, b_bits, a_bits, "channel" if b_channel else "tensor",
-                                  config=config)
-            return found.input_scale, found.weight_scale, found.history
-        return _Problem(a, weight, out, grad, lambda x, w: F.linear(x, w, bias), linear_search)
+
+def _matmul_problem(a, b, out, grad, max_rows: int | None) -> _Problem:
+    a, out, grad = subsample_rows(max_rows, a, out, grad, matmul=True)
+
+    def search(a, b, a_bits, b_bits, b_channel, config):
+        found = search_matmul(a, b, out, grad, a_bits, b_bits, config=config)
+        return found.a_scale, found.b_scale, found.history
+    return _Problem(a, b, out, grad, torch.matmul, search)
+
+
+def _linear_problem(x, module: nn.Linear, out, grad, max_rows: int | None) -> _Problem:
+    x, out, grad = subsample_rows(max_rows, x, out, grad, matmul=False)
+    bias = None if module.bias is None else module.bias.detach().cpu()
+
+    def search(x, w, x_bits, w_bits, w_channel, config):
+        found = search_linear(x, w, bias, out, grad, w_bits, x_bits, "channel" if w_channel else "tensor",
+                              config=config)
+        return found.input_scale, found.weight_scale, found.history
+    return _Problem(x, module.weight.detach().cpu(), out, grad, lambda x, w: F.linear(x, w, bias), search)
+
+
+def _conv_problem(x, module: nn.Conv2d | nn.ConvTranspose2d, out, grad, max_rows: int | None) -> _Problem:
+    """A convolution: its weight in the site's layout (a transposed conv's site sees
+    ``(out/groups, in, kH, kW)``), whole batch elements subsampled."""
+    x, out, grad = subsample_batch(max_rows, x, out, grad)
     geometry = ConvGeometry.of(module)
-    if geometry.transposed:  # the weight site sees (out/groups, in, kH, kW): the search takes that layout
-        weight = weight.transpose(0, 1)
-    a, out, grad = subsample_batch(cfg.max_rows, a, out, grad)
+    weight = module.weight.detach().cpu()
+    bias = None if module.bias is None else module.bias.detach().cpu()
 
-    def conv_search(a, b, a_bits, b_bits, b_channel, config):
-        found = search_conv(a, b, bias, out, grad, b_bits, a_bits, geometry, "channel" if b_channel else "tensor",
+    def search(x, w, x_bits, w_bits, w_channel, config):
+        found = search_conv(x, w, bias, out, grad, w_bits, x_bits, geometry, "channel" if w_channel else "tensor",
                             config=config)
         return found.input_scale, found.weight_scale, found.history
 
     def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         y = geometry(x, w)
         return y if bias is None else y + bias.view(-1, 1, 1)
-    return _Problem(a, weight, out, grad, conv, conv_search)
+    return _Problem(x, weight.transpose(0, 1) if geometry.transposed else weight, out, grad, conv, search)
 
 
 def _search_pair(qa, qb, problem: _Problem, cfg: HessianSearchConfig) -> dict:
