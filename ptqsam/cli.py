@@ -69,8 +69,11 @@ class _Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """Post-training quantization experiments on SAM, TinySAM and MobileSAM."""
+    from ptqsam.distributed import process_group
+
     ctx.meta["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    ctx.with_resource(process_group())  # under torchrun: join the group, leave it when the command ends
 
 
 def model_options(func: Callable) -> Callable:

@@ -27,3 +27,7 @@ class CalibrationError(PtqsamError):
 
 class AnalysisError(PtqsamError):
     """Activation-analysis or plot input is missing, empty, non-finite or malformed."""
+
+
+class DistributedError(PtqsamError):
+    """A process of a distributed run failed or was killed, or the run cannot be distributed."""

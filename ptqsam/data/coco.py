@@ -85,6 +85,11 @@ class SkipCounter:
         """The items recorded for ``reason`` (image ids or annotation ids)."""
         return frozenset(self._recorded(reason))
 
+    def update(self, other: "SkipCounter") -> None:
+        """Add the items ``other`` recorded (e.g. another process's share of the same data)."""
+        for reason, keys in other._keys.items():
+            self._recorded(reason).update(keys)
+
     def skipped_total(self) -> int:
         """Items left out, over all reasons (repairs such as clipped boxes not included)."""
         return sum(len(keys) for reason, keys in self._keys.items() if reason not in _REPAIRS)

@@ -8,7 +8,7 @@ detector-box prompts (pycocotools).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -17,10 +17,11 @@ from pycocotools import mask as mask_utils
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
-from ptqsam.data.coco import CocoDataset, Sample
+from ptqsam import distributed
+from ptqsam.data.coco import CocoDataset, Sample, SkipCounter
 from ptqsam.data.prompts import Detections, PromptSet, gt_prompts
 from ptqsam.embedding_cache import EmbeddingCache
-from ptqsam.errors import DataError
+from ptqsam.errors import DataError, PtqsamError
 from ptqsam.evaluation.metrics import MiouAccumulator, mask_ap, mask_iou, mask_result, prompt_score
 from ptqsam.inference import ImageEmbedding, SamRunner
 
@@ -106,6 +107,11 @@ def evaluate(
 ) -> EvalResult:
     """Run ``model`` over ``image_ids`` (default: all) and measure.
 
+    Under ``torchrun`` each process evaluates its contiguous shard of ``image_ids``
+    (:func:`~ptqsam.distributed.shard`: every image exactly once); rank 0 gathers the per-instance
+    results in the one-process order and computes the metrics once (bit-identical to one process),
+    and every rank returns them (the predicted masks only on rank 0; ``reference`` is only read there).
+
     Arguments:
       model: the model, already in the mode to evaluate (float, or inside ``quantizing``).
       dataset: images and ground truth.
@@ -118,38 +124,85 @@ def evaluate(
       DataError: no image gave a single prompt (no usable instance or detection): an empty
         evaluation is not a result. The message gives the skip counts.
     """
-    runner = SamRunner(model)
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
-    keep_empty = detections is not None
-    miou, results, masks, instance_ious = MiouAccumulator(), [], {}, []
-    num_images = num_prompts = 0
-    samples = dataset.samples(image_ids, keep_empty=keep_empty)
+    local = _predict_images(model, dataset, distributed.shard(image_ids), options, detections, cache, cache_key,
+                            progress and distributed.is_main(), description)
+    parts = distributed.gather_parts([local])
+    result: EvalResult | PtqsamError | None = None
+    if parts is not None:
+        try:
+            result = _measure(parts, dataset, image_ids, options, detections, reference)
+        except PtqsamError as error:
+            result = error  # raised on every rank
+    shared = distributed.broadcast(replace(result, masks={}) if isinstance(result, EvalResult) and
+                                   distributed.active() else result)
+    outcome = result if distributed.is_main() else shared
+    if isinstance(outcome, PtqsamError):
+        raise outcome
+    return outcome
+
+
+@dataclass
+class _Predictions:
+    """What one process's images gave: per-instance ``(image_id, annotation_id, iou, area)``,
+    detection results, masks, counts and the skip counter (all in the images' order)."""
+
+    instances: list[tuple[int, int, float, float]]
+    results: list[dict]
+    masks: dict[tuple[int, str, int], dict]
+    num_images: int
+    num_prompts: int
+    skips: SkipCounter
+
+
+def _predict_images(model: Sam, dataset: CocoDataset, image_ids: list[int], options: EvalOptions,
+                    detections: Detections | None, cache: EmbeddingCache | None,
+                    cache_key: Callable[[int], str] | None, progress: bool, description: str) -> _Predictions:
+    """Predict every prompt of ``image_ids`` (this process's images)."""
+    runner = SamRunner(model)
+    out = _Predictions([], [], {}, 0, 0, dataset.skips)
+    samples = dataset.samples(image_ids, keep_empty=detections is not None)
     for sample in tqdm(samples, total=len(image_ids), desc=description, disable=not progress, leave=False):
-        num_images += 1
+        out.num_images += 1
         prompt_batches = prompt_sets(sample, options, detections)
         if not prompt_batches:
             continue
         embedding = encode(runner, sample, cache, cache_key)
         for prompts in prompt_batches:
             pred, pred_iou = predict(runner, embedding, prompts, options.multimask)
-            num_prompts += len(prompts)
+            out.num_prompts += len(prompts)
             for row in range(len(prompts)):
                 key = (sample.image_id, prompts.source, int(prompts.ids[row]))
-                masks[key] = mask_utils.encode(np.asfortranarray(pred[row]))
+                out.masks[key] = mask_utils.encode(np.asfortranarray(pred[row]))
                 if prompts.source == "annotation":
-                    instance_ious += _add_gt_iou(miou, sample, int(prompts.ids[row]), pred[row])
+                    out.instances.append(_gt_iou(sample, int(prompts.ids[row]), pred[row]))
                 else:
                     score = prompt_score(float(prompts.scores[row]), float(pred_iou[row]),
                                          "detector_x_iou" if options.score_with_iou else "detector")
-                    results.append(mask_result(sample.image_id, int(prompts.category_ids[row]), pred[row], score))
+                    out.results.append(mask_result(sample.image_id, int(prompts.category_ids[row]), pred[row], score))
+    return out
+
+
+def _measure(parts: list[_Predictions], dataset: CocoDataset, image_ids: list[int], options: EvalOptions,
+             detections: Detections | None, reference: EvalResult | None) -> EvalResult:
+    """The metrics of every process's predictions, folded in the one-process order."""
+    for part in parts[1:]:
+        dataset.skips.update(part.skips)
+    num_images, num_prompts = sum(p.num_images for p in parts), sum(p.num_prompts for p in parts)
     if not num_prompts:
         skipped = {reason: count for reason, count in dataset.skips.as_dict().items() if count}
         raise DataError(f"nothing to evaluate: {num_images} of {len(image_ids)} image(s) read, none with a usable "
                         f"instance or detection (skipped: {skipped or 'nothing'})")
+    miou, instance_ious = MiouAccumulator(), []
+    for image_id, annotation_id, iou, area in (item for p in parts for item in p.instances):
+        if miou.add(iou, area):
+            instance_ious.append([image_id, annotation_id, iou])
+    masks = {key: rle for p in parts for key, rle in p.masks.items()}
     metrics: dict[str, Any] = {}
     if options.prompt != "detections":
         metrics.update(miou.summary().as_dict())
     if detections is not None:
+        results = [r for p in parts for r in p.results]
         ap = mask_ap(dataset, results, [i for i in image_ids if i in set(dataset.image_ids)])
         metrics.update({k: v for k, v in ap.as_dict().items() if k != "note"})
     if reference is not None:
@@ -157,11 +210,10 @@ def evaluate(
     return EvalResult(metrics, masks, dataset.skips.as_dict(), num_images, num_prompts, instance_ious)
 
 
-def _add_gt_iou(miou: MiouAccumulator, sample: Sample, annotation_id: int, pred: np.ndarray) -> list[list]:
-    """Add one instance's IoU; returns ``[[image_id, annotation_id, iou]]``, or [] when it is skipped."""
+def _gt_iou(sample: Sample, annotation_id: int, pred: np.ndarray) -> tuple[int, int, float, float]:
+    """``(image_id, annotation_id, iou, area)`` of one instance."""
     instance = next(inst for inst in sample.instances if inst.annotation_id == annotation_id)
-    iou = float(mask_iou(pred, instance.mask))
-    return [[sample.image_id, annotation_id, iou]] if miou.add(iou, instance.area) else []
+    return sample.image_id, annotation_id, float(mask_iou(pred, instance.mask)), instance.area
 
 
 def agreement(masks: dict, reference: dict) -> float | None:

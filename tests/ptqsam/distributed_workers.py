@@ -1,0 +1,107 @@
+"""Launch a function on N gloo processes (spawned, one torch thread each) and collect what each returns.
+
+Kept out of the test modules: spawned processes import the function by module name, and this
+module is importable from its folder (``sys.path``, which spawned children inherit).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _entry(fn: Callable, rank: int, world: int, port: int, out: str, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), PTQSAM_DIST_TIMEOUT="60")
+    torch.set_num_threads(1)
+    from ptqsam.distributed import process_group
+
+    try:
+        with process_group():
+            result = fn(*args)
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+    except BaseException as error:
+        (Path(out) / f"rank{rank}.err").write_text(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        sys.exit(1)
+
+
+def launch(fn: Callable, world: int, out: Path, *args: Any, timeout: float = 240.0) -> list[dict[str, Any]]:
+    """Run ``fn(*args)`` on ``world`` processes; per rank: ``exitcode``, ``result`` (what it returned,
+    or None), ``error`` (its error text, or None). A process still running after ``timeout`` seconds
+    is killed and fails the test (a hang)."""
+    out.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("spawn")
+    port = free_port()
+    processes = [context.Process(target=_entry, args=(fn, r, world, port, str(out), args)) for r in range(world)]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r, p in enumerate(processes) if p.is_alive()]
+    for r in hung:
+        processes[r].kill()
+        processes[r].join()
+    assert not hung, f"ranks {hung} still running after {timeout} s (a hang)"
+    runs = []
+    for r, process in enumerate(processes):
+        result, error = out / f"rank{r}.pt", out / f"rank{r}.err"
+        runs.append({"exitcode": process.exitcode,
+                     "result": torch.load(result, weights_only=False) if result.is_file() else None,
+                     "error": error.read_text() if error.is_file() else None})
+    return runs
+
+
+def results(runs: list[dict[str, Any]]) -> list[Any]:
+    """Every rank's result, after checking that every rank succeeded."""
+    for r, run in enumerate(runs):
+        assert run["exitcode"] == 0, f"rank {r} failed: {run['error']}"
+    return [run["result"] for run in runs]
+
+
+def evaluate_job(data_dir: str, image_ids: list[int] | None, detections: str | None) -> dict[str, Any]:
+    """Evaluate the testbed (box prompts; with ``detections``, mask AP too) and describe the result."""
+    from ptqsam.data import CocoDataset
+    from ptqsam.data.prompts import Detections
+    from ptqsam.evaluation.evaluator import EvalOptions, evaluate, masks_to_json
+    from ptqsam.models import build_model
+
+    dataset = CocoDataset(Path(data_dir) / "images", Path(data_dir) / "annotations.json")
+    model = build_model("testbed", seed=0)
+    out = {}
+    box = evaluate(model, dataset, image_ids, progress=False)
+    out["box"] = {"metrics": box.metrics, "instance_ious": box.instance_ious, "num_images": box.num_images,
+                  "num_prompts": box.num_prompts, "skips": box.skips, "masks": masks_to_json(box.masks)}
+    if detections:
+        ap = evaluate(model, dataset, image_ids, EvalOptions(prompt="detections"), Detections(detections),
+                      reference=box, progress=False)
+        out["detections"] = {"metrics": ap.metrics, "num_prompts": ap.num_prompts}
+    return out
+
+
+def killed_rank_job(data_dir: str, out_file: str, victim: int) -> None:
+    """Rank ``victim`` dies at once (SIGKILL); the others evaluate and write ``out_file`` (rank 0)."""
+    import signal
+
+    from ptqsam import distributed
+    from ptqsam.io import write_json_atomic
+
+    if distributed.rank() == victim:
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = evaluate_job(data_dir, None, None)
+    if distributed.is_main():
+        write_json_atomic(out_file, result["box"]["metrics"])
