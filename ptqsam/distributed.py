@@ -128,13 +128,25 @@ def gather_parts(part: list[T]) -> list[T] | None:
     return None if parts is None else [item for p in parts for item in p]
 
 
-def broadcast(value: T | None) -> T:
-    """Rank 0's ``value`` on every rank (the others pass anything, e.g. None)."""
+def broadcast(value: T | None, source: int = 0) -> T:
+    """Rank ``source``'s ``value`` on every rank (the others pass anything, e.g. None)."""
     if not active():
         return value  # type: ignore[return-value]
     box = [value]
-    _collective(lambda: dist.broadcast_object_list(box, src=0))
+    _collective(lambda: dist.broadcast_object_list(box, src=source))
     return box[0]  # type: ignore[return-value]
+
+
+def in_rank_order(state: T, work: Callable[[T], T]) -> T:
+    """``work(state)`` on rank 0, its result continued by ``work`` on rank 1, and so on; the last
+    rank's result on every rank. For an order-dependent fold (a random generator drawn from call
+    after call) this is exactly one process's fold, at the price of running the ranks one after
+    the other."""
+    for source in range(world_size()):
+        if rank() == source:
+            state = work(state)
+        state = broadcast(state, source)
+    return state
 
 
 def barrier() -> None:

@@ -29,11 +29,15 @@ class SampleLoop:
       encoder_float: the image encoder stays float for the whole loop's life, so each image's
         embedding is computed once and reused by every pass.
       progress: show a progress bar per pass.
+      first_index: the index of ``samples[0]`` in the whole calibration set (a process's shard
+        under ``torchrun`` starts further on); ``before_each`` is given whole-set indices.
     """
 
-    def __init__(self, model: Sam, samples: Sequence[CalibrationSample], encoder_float: bool, progress: bool) -> None:
+    def __init__(self, model: Sam, samples: Sequence[CalibrationSample], encoder_float: bool, progress: bool,
+                 first_index: int = 0) -> None:
         self.runner = SamRunner(model)
         self.samples = samples
+        self.first_index = first_index
         self.encoder_float = encoder_float
         self.progress = progress
         self.embeddings: dict[int, ImageEmbedding] = {}
@@ -47,15 +51,22 @@ class SampleLoop:
             self.embeddings[sample.image_id] = embedding
         return embedding
 
+    def embed_all(self) -> None:
+        """Compute (and keep) every sample's embedding now (only while the encoder stays float)."""
+        if self.encoder_float:
+            with torch.inference_mode():
+                for sample in self._iterate("embed"):
+                    self.embed(sample)
+
     def decode(self, embedding: ImageEmbedding, sample: CalibrationSample) -> Prediction:
         """Every prompt of the sample in one decoder call (multimask output)."""
         p = sample.prompts
         return self.runner.decode(embedding, p.boxes, p.points, p.point_labels, multimask=True)
 
     def run(self, description: str, before_each: Callable[[int], None] | None = None) -> None:
-        """One pass without gradients; ``before_each(i)`` is called before sample ``i``."""
+        """One pass without gradients; ``before_each(i)`` is called before sample ``i`` (whole-set index)."""
         with torch.inference_mode():
-            for i, sample in enumerate(self._iterate(description)):
+            for i, sample in enumerate(self._iterate(description), start=self.first_index):
                 if before_each is not None:
                     before_each(i)
                 self.decode(self.embed(sample), sample)

@@ -33,6 +33,12 @@ class _KeyStatistics:
         keep = torch.randperm(flat.numel(), generator=self.generator)[: self.max_values]
         self.values.append(flat[keep])
 
+    def __getstate__(self) -> dict:  # a generator does not pickle; its state does (handed between processes)
+        return {**self.__dict__, "generator": self.generator.get_state()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, generator=torch.Generator().set_state(state["generator"]))
+
 
 def attention_modules(model: nn.Module, matches: Callable[[str], bool]) -> dict[str, nn.Module]:
     """Modules whose path matches and that have a ``q_proj``/``k_proj`` pair."""
@@ -44,14 +50,23 @@ def attention_modules(model: nn.Module, matches: Callable[[str], bool]) -> dict[
 
 
 def bimodal_fold_pass(
-    targets: dict[str, nn.Module], run_float: Callable[[], None], config: BimodalConfig
+    targets: dict[str, nn.Module], run_float: Callable[[], None], config: BimodalConfig,
+    relay: Callable[[dict, Callable[[dict], dict]], dict] | None = None,
 ) -> dict[str, dict]:
     """Run the float model (``run_float`` goes over the calibration set), then fold the signs of
     each target whose keys are bimodal. Returns, per target, whether it was bimodal, the peaks and
-    the signs folded (None when not bimodal)."""
+    the signs folded (None when not bimodal).
+
+    ``relay(statistics, observe)``: how the key statistics travel when several processes hold
+    parts of the calibration set (:func:`ptqsam.distributed.in_rank_order`: they are gathered in the
+    one-process order, the sampling generator included)."""
+    def observe(stats: dict[str, _KeyStatistics]) -> dict[str, _KeyStatistics]:
+        with forward_hooks((targets[name].k_proj, stats[name]) for name in targets):
+            run_float()
+        return stats
+
     stats = {name: _KeyStatistics(config.max_values, config.seed) for name in targets}
-    with forward_hooks((targets[name].k_proj, stats[name]) for name in targets):
-        run_float()
+    stats = observe(stats) if relay is None else relay(stats, observe)
     report = {}
     for name, module in targets.items():
         detection = detect_bimodal(torch.cat(stats[name].values), config)

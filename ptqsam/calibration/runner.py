@@ -25,9 +25,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from segment_anything.modeling import Sam
 
+from ptqsam import distributed
+from ptqsam.calibration import gathered
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
 from ptqsam.calibration.hessian import capture, search_unit, search_units
 from ptqsam.data.samples import CalibrationSample
+from ptqsam.errors import DistributedError
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
 from ptqsam.instrument.modes import observing
@@ -93,10 +96,15 @@ def calibrate(
         ignored for a recipe without reconstruction.
     """
     recipe = load_recipe(recipe)
+    config = recipe.reconstruction_config()
+    if config is not None and distributed.active():
+        raise DistributedError(f"recipe {recipe.name!r}: block reconstruction does not run across processes; "
+                               "calibrate it in one process (without torchrun)")
     weights = weights_fingerprint(model)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
     encoder_float = not any(part_of(name) == "image_encoder" for name in quantizers)
-    passes = SampleLoop(model, samples, encoder_float, progress)
+    start, stop = distributed.shard_bounds(len(samples))
+    passes = SampleLoop(model, samples[start:stop], encoder_float, progress and distributed.is_main(), start)
     report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
                                weights=weights)
 
@@ -113,7 +121,6 @@ def calibrate(
             report.unreached.append(name)
     report.unreached += [name for unit in units if unit.name not in report.hessian
                          for name in (unit.a, unit.b) if name in quantizers]
-    config = recipe.reconstruction_config()
     if config is not None:
         config = config.with_overrides(reconstruction or {})
         report.reconstruction = _timed(report, "reconstruction", lambda: reconstruct(model, samples, config, progress))
@@ -131,28 +138,39 @@ def _timed(report: CalibrationReport, name: str, work: Callable[[], Any]) -> Any
 
 
 def _bimodal(model: Sam, recipe: Recipe, passes: SampleLoop, report: CalibrationReport) -> None:
+    """Under ``torchrun`` the processes embed their images at once, then observe the keys one
+    after the other (:func:`~ptqsam.distributed.in_rank_order`: the one-process statistics)."""
+    relay = distributed.in_rank_order if distributed.active() else None
     for transform in recipe.transforms:
         targets = attention_modules(model, transform.matches)
         if targets:
+            if relay is not None:
+                passes.embed_all()
             report.bimodal.update(bimodal_fold_pass(targets, lambda: passes.run("bimodal fold (float)"),
-                                                    transform.config()))
+                                                    transform.config(), relay))
 
 
 def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]:
     """Observe activations on every image and weights on the first; returns the sites reached
-    (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated)."""
+    (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated).
+    Under ``torchrun`` each process observes its shard and the statistics are folded in the
+    one-process order (:mod:`.gathered`); the weights are observed by the process holding image 0."""
     model_sites = sites(model)
     weights = {name for name in observed if model_sites[name].kind == "weight"}
     activations = [name for name in observed if name not in weights]
     reached: set[str] = set()
     hooks = [(model_sites[name], lambda m, a, o, n=name: reached.add(n)) for name in observed]
-    with forward_hooks(hooks), observing(model, activations), observing(model, weights) as weight_quantizers:
+    quantizers = {name: model_sites[name].quantizer for name in observed}
+    with forward_hooks(hooks), observing(model, activations), observing(model, weights) as weight_quantizers, \
+            gathered.deferred(quantizers):
         def weights_once(index: int) -> None:
-            if index == 1:
+            if index >= 1:
                 for quantizer in weight_quantizers.values():
                     quantizer.mode = Mode.OFF
         passes.run("statistics", before_each=weights_once)
-    return reached
+        summaries = gathered.take_summaries(quantizers)
+    gathered.fold(quantizers, summaries, passes.runner.device)
+    return {name for part in distributed.all_gather_parts([reached]) for name in part}
 
 
 def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: CalibrationReport,
@@ -161,6 +179,7 @@ def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: Calibrat
     for group_name, group in _by_block(model, units).items():
         needs_encoder = part_of(group_name) == "image_encoder"
         data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
+        data = _gathered_capture(data)
         for unit in group:
             record = search_unit(unit, data.pop(unit.name), model, search_rows)
             if record is not None:  # None: no calibration image reaches the unit (left uncalibrated)
@@ -169,6 +188,15 @@ def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: Calibrat
     if fallbacks:
         log.warning("Hessian search: %d unit(s) searched on the unweighted output error (l2) instead: %s",
                     len(fallbacks), "; ".join(f"{name} ({reason})" for name, reason in fallbacks.items()))
+
+
+def _gathered_capture(data: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
+    """Under ``torchrun``: every process's cached tensors, concatenated in the one-process order on
+    every rank (each rank then searches the same data: the one-process result)."""
+    if not distributed.active():
+        return data
+    parts = distributed.all_gather_parts([data])
+    return {unit: {key: [t for part in parts for t in part[unit][key]] for key in store} for unit, store in data.items()}
 
 
 def _by_block(model: Sam, units: list[Unit]) -> dict[str, list[Unit]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,6 +57,8 @@ class Quantizer(LazyStateModule):
         self.drop_prob = 0.0
         self.drop_generator: torch.Generator | None = None
         self.dropped_elements = 0
+        #: while a list: observed batches are summarized into it instead of folded (:meth:`summarize`)
+        self.deferred: list | None = None
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
 
     @property
@@ -68,7 +71,11 @@ class Quantizer(LazyStateModule):
         if self.mode is Mode.OBSERVE:
             check_tensor(x, "observed tensor")
             with torch.no_grad():
-                self.observe(x.detach(), *(c.detach() for c in context))
+                args = (x.detach(), *(c.detach() for c in context))
+                if self.deferred is None:
+                    self.observe(*args)
+                else:
+                    self.deferred.append(self.summarize(*args))
             return x
         if not self.is_calibrated:
             raise QuantizationError(
@@ -99,9 +106,30 @@ class Quantizer(LazyStateModule):
         if bad:
             raise QuantizationError(f"{type(self).__name__}: calibration produced non-finite {bad}")
 
-    @abstractmethod
     def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
-        ...
+        """Fold one observed batch into the statistics: ``absorb(summarize(x, *context))``. A kind
+        may implement this alone (it then cannot defer, see :meth:`splits`)."""
+        self.absorb(self.summarize(x, *context))
+
+    def summarize(self, x: torch.Tensor, *context: torch.Tensor) -> Any:
+        """What one batch contributes to the statistics, computed without changing them (small:
+        ranges, sums, errors). Folding the summaries of batches in their order with :meth:`absorb`
+        gives exactly the state :meth:`observe` would, so summaries made elsewhere (e.g. in other
+        processes) can be folded later in the one-process order."""
+        raise QuantizationError(f"{type(self).__name__} observes batches only whole (it has no summarize())")
+
+    def absorb(self, summary: Any) -> None:
+        """Fold one batch's :meth:`summarize` result into the statistics."""
+        raise QuantizationError(f"{type(self).__name__} observes batches only whole (it has no absorb())")
+
+    def splits(self) -> bool:
+        """Whether observation splits into small, state-independent summaries (:meth:`summarize`)."""
+        return type(self).summarize is not Quantizer.summarize
+
+    def merge(self, others: "list[Quantizer]") -> None:
+        """Fold the statistics that copies of this quantizer observed on other data into this one
+        (for kinds that do not :meth:`splits`); a kind that cannot raises QuantizationError."""
+        raise QuantizationError(f"{type(self).__name__} cannot merge statistics observed elsewhere")
 
     @abstractmethod
     def _finalize(self) -> None:

@@ -80,16 +80,24 @@ class LogQuantizer(Quantizer):
             self._grid = (key, LogGrid.build(*key))
         return self._grid[1]
 
-    def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
+    def summarize(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per τ, the batch's best scale and its error (float64, one entry per τ)."""
         v = context[0] if context else None
-        for i, tau in enumerate(self.taus):
+        scales, errors = [], []
+        for tau in self.taus:
             if self.fixed_scale is None:
                 scale, error = agq_search(x, v, self.spec.bits, tau, self.p)
             else:
                 scale = self.fixed_scale
                 error = attention_output_error(x, v, LogGrid.build(scale, tau, self.spec.bits), self.p)
-            self.scale_sums[i] += scale
-            self.error_sums[i] += error
+            scales.append(torch.as_tensor(scale, dtype=torch.float64).reshape(()))
+            errors.append(torch.as_tensor(error, dtype=torch.float64).reshape(()))
+        return torch.stack(scales), torch.stack(errors)
+
+    def absorb(self, summary: tuple[torch.Tensor, torch.Tensor]) -> None:
+        scales, errors = summary
+        self.scale_sums += scales.to(self.scale_sums.device)
+        self.error_sums += errors.to(self.error_sums.device)
         self.num_batches += 1
 
     def _finalize(self) -> None:

@@ -75,8 +75,12 @@ class _TwinSearchQuantizer(Quantizer):
         """The grids scored on batch ``x``."""
         ...
 
-    def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
-        self.error_sums += twin_errors(x, self.candidates(x), self.objective)
+    def summarize(self, x: torch.Tensor, *context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The candidates' errors on the batch (float64)."""
+        return {"errors": twin_errors(x, self.candidates(x), self.objective)}
+
+    def absorb(self, summary: dict[str, torch.Tensor]) -> None:
+        self.error_sums += summary["errors"].to(self.error_sums.device)
         self.num_batches += 1
 
     def _finalize(self) -> None:
@@ -176,9 +180,12 @@ class TwinGeluQuantizer(_TwinSearchQuantizer):
     def candidates(self, x: torch.Tensor) -> list[TwinGrid]:
         return [TwinGrid.gelu(self.spec.bits, s, self.gelu_min) for s in self._positive_scales(_positive_max(x))]
 
-    def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
-        super().observe(x, *context)
-        self.max_sum += _positive_max(x)
+    def summarize(self, x: torch.Tensor, *context: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**super().summarize(x, *context), "max": torch.tensor(_positive_max(x), dtype=torch.float64)}
+
+    def absorb(self, summary: dict[str, torch.Tensor]) -> None:
+        super().absorb(summary)
+        self.max_sum += summary["max"].to(self.max_sum.device)
 
     def _choose(self, best: int) -> None:
         mean_max = float(self.max_sum) / int(self.num_batches)

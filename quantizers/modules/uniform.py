@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +59,18 @@ class UniformQuantizer(Quantizer):
 
     def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
         self.observer(x)
+
+    def summarize(self, x: torch.Tensor, *context: torch.Tensor) -> Any:
+        return self.observer.summarize(x)
+
+    def absorb(self, summary: Any) -> None:
+        self.observer.absorb(summary)
+
+    def splits(self) -> bool:
+        return self.observer.splits
+
+    def merge(self, others: "list[Quantizer]") -> None:
+        self.observer.merge([other.observer for other in others])  # type: ignore[attr-defined]
 
     def _finalize(self) -> None:
         self.scale, self.zero_point = self.observer.calculate_qparams()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch
 
@@ -16,8 +17,11 @@ from quantizers.state import LazyStateModule
 class Observer(LazyStateModule):
     """Sees tensors one batch at a time (``forward(x) -> x``) and never keeps them.
 
-    Subclasses implement :meth:`_observe` (update buffers from one detached float tensor) and
-    :meth:`_calculate_qparams`. State lives in buffers, so ``state_dict`` round-trips.
+    Subclasses implement :meth:`_summarize` (what one detached float tensor contributes, without
+    touching the state), :meth:`_absorb` (fold that into the buffers) and :meth:`_calculate_qparams`.
+    State lives in buffers, so ``state_dict`` round-trips. A kind whose batches cannot be summarized
+    apart from its state sets :attr:`splits` to False (its summary is then the batch itself) and may
+    implement :meth:`merge` instead.
 
     Arguments:
       spec: the quantization spec whose grid and granularity the qparams are for.
@@ -33,12 +37,29 @@ class Observer(LazyStateModule):
     def qrange(self) -> tuple[int, int]:
         return grid_range(self.spec.bits, self.spec.symmetric, self.spec.signed)
 
+    #: summaries are small and independent of the state (see :meth:`summarize`)
+    splits: bool = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.absorb(self.summarize(x))
+        return x
+
+    def summarize(self, x: torch.Tensor) -> Any:
+        """What batch ``x`` contributes; folding summaries with :meth:`absorb` in the batches' order
+        gives exactly the state ``forward`` would."""
         check_tensor(x, "observed tensor")
         with torch.no_grad():
-            self._observe(x.detach() if x.dtype == torch.float32 else x.detach().float())
+            return self._summarize(x.detach() if x.dtype == torch.float32 else x.detach().float())
+
+    def absorb(self, summary: Any) -> None:
+        """Fold one batch's summary into the state."""
+        with torch.no_grad():
+            self._absorb(summary)
         self.num_batches += 1
-        return x
+
+    def merge(self, others: "list[Observer]") -> None:
+        """Fold the state of copies that observed other data into this one (kinds that do not split)."""
+        raise QuantizationError(f"{type(self).__name__} cannot merge statistics observed elsewhere")
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale float32, zero_point int32)``, one entry per quantization group."""
@@ -47,7 +68,11 @@ class Observer(LazyStateModule):
         return self._calculate_qparams()
 
     @abstractmethod
-    def _observe(self, x: torch.Tensor) -> None:
+    def _summarize(self, x: torch.Tensor) -> Any:
+        ...
+
+    @abstractmethod
+    def _absorb(self, summary: Any) -> None:
         ...
 
     @abstractmethod

@@ -104,7 +104,12 @@ class HistogramObserver(Observer):
         self.register_buffer("min_val", torch.empty(0))
         self.register_buffer("max_val", torch.empty(0))
 
-    def _observe(self, x: torch.Tensor) -> None:
+    splits = False  # a batch's histogram depends on the range seen so far
+
+    def _summarize(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _absorb(self, x: torch.Tensor) -> None:
         lo, hi = batch_minmax(x, self.spec.granularity)
         amax = torch.maximum(-lo, hi)
         if self.hist.numel() == 0:
@@ -121,6 +126,22 @@ class HistogramObserver(Observer):
                 self.hist = rebin(self.hist, self.hist_range, wider)
                 self.hist_range = wider
         self.hist += abs_histogram(group_rows(x, self.spec.granularity), self.hist_range, self.bins)
+
+    def merge(self, others: list[Observer]) -> None:
+        """Add the histograms of copies that observed other data: the ranges agree on the widest
+        (each histogram moved to it by :func:`rebin`), then the counts are summed in order. Equal to
+        observing all the data in one stream up to the rebinning, i.e. about one bin width."""
+        parts = [o for o in [self, *others] if o.hist.numel()]  # type: ignore[attr-defined]
+        if not parts:
+            return
+        widest = torch.stack([p.hist_range for p in parts]).amax(0)
+        hist = torch.zeros_like(parts[0].hist)
+        for part in parts:
+            hist += part.hist if torch.equal(part.hist_range, widest) else rebin(part.hist, part.hist_range, widest)
+        self.min_val = torch.stack([p.min_val for p in parts]).amin(0)
+        self.max_val = torch.stack([p.max_val for p in parts]).amax(0)
+        self.hist, self.hist_range = hist, widest
+        self.num_batches.fill_(sum(int(o.num_batches) for o in [self, *others]))
 
     @property
     def bin_width(self) -> torch.Tensor:

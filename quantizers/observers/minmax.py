@@ -38,8 +38,11 @@ class _MinMaxState(Observer):
         self.register_buffer("min_val", torch.empty(0))
         self.register_buffer("max_val", torch.empty(0))
 
-    def _observe(self, x: torch.Tensor) -> None:
-        lo, hi = self._batch_range(x)
+    def _summarize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._batch_range(x)
+
+    def _absorb(self, summary: tuple[torch.Tensor, torch.Tensor]) -> None:
+        lo, hi = summary
         if self.min_val.numel() == 0:
             self.min_val, self.max_val = lo, hi
             return

@@ -105,3 +105,60 @@ def killed_rank_job(data_dir: str, out_file: str, victim: int) -> None:
     result = evaluate_job(data_dir, None, None)
     if distributed.is_main():
         write_json_atomic(out_file, result["box"]["metrics"])
+
+
+SEARCH_ROWS = 64
+MIXED_OBSERVERS = """
+name: mixed-observers
+keep_float: []
+transforms: []
+rules:
+  - include: ["*.weight"]
+    spec: {bits: W, symmetric: true, granularity: {kind: channel, axis: 0}, observer: percentile}
+  - include: ["*.probs"]
+    spec: {bits: A, symmetric: false, observer: percentile, observer_options: {bins: 256}}
+  - include: ["*.input", "*.query", "*.key", "*.value", "*.matmul_a", "*.matmul_b"]
+    spec: {bits: A, symmetric: false, observer: ema_minmax, observer_options: {momentum: 0.1}}
+"""
+
+
+HESSIAN_DECODER = """
+name: hessian-decoder
+keep_float: []
+transforms: []
+rules:
+  - include: ["mask_decoder.transformer.layers.0.cross_attn_token_to_image.*.input",
+              "mask_decoder.transformer.layers.0.cross_attn_token_to_image.*.weight"]
+    spec: {bits: A, symmetric: true, observer: minmax, search: hessian,
+           search_options: {alpha: 0.01, beta: 1.2, n: 20, rounds: 2}}
+  - include: ["mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs"]
+    spec: {bits: A, quantizer: twin_softmax, search: hessian, search_options: {alpha: 0.01, beta: 1.2, n: 20, rounds: 2}}
+"""
+#: recipes given as YAML text here
+TEST_RECIPES = {"mixed-observers": MIXED_OBSERVERS, "hessian-decoder": HESSIAN_DECODER}
+
+
+def calibrate_job(data_dir: str, recipes: list[str], encoder: bool) -> dict[str, Any]:
+    """Calibrate the testbed with each recipe (W4A4, 5 images) and return, per recipe, every
+    quantizer's state and what calibration recorded."""
+    from ptqsam.calibration import calibrate
+    from ptqsam.data import CocoDataset
+    from ptqsam.data.samples import calibration_samples
+    from ptqsam.instrument.recipe import Recipe
+    from ptqsam.models import build_model
+    from ptqsam.models.blocks import ENCODER_SITES
+
+    dataset = CocoDataset(Path(data_dir) / "images", Path(data_dir) / "annotations.json")
+    samples = calibration_samples(dataset, 5, seed=0)
+    out = {}
+    for name in recipes:
+        recipe = Recipe.from_yaml(TEST_RECIPES[name], None) if name in TEST_RECIPES else name
+        model = build_model("testbed", seed=0)
+        start = time.perf_counter()
+        report = calibrate(model, recipe, 4, 4, samples, () if encoder else (ENCODER_SITES,), progress=False,
+                           search_rows=SEARCH_ROWS)
+        out[name] = {"state": {f"{site}.{k}": v.clone() for site, q in report.quantizers.items()
+                               for k, v in q.state_dict().items()},
+                     "bimodal": report.bimodal, "hessian": report.hessian, "unreached": report.unreached,
+                     "image_ids": report.image_ids, "seconds": time.perf_counter() - start}
+    return out
