@@ -76,6 +76,13 @@ def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
     ctx.with_resource(process_group())  # under torchrun: join the group, leave it when the command ends
 
 
+def _is_main() -> bool:
+    """Rank 0 of a torchrun launch (or the only process): the one that prints results and writes files."""
+    from ptqsam.distributed import is_main
+
+    return is_main()
+
+
 def model_options(func: Callable) -> Callable:
     @click.option("--model", "model_type", type=click.Choice(MODEL_TYPES), default="testbed", show_default=True,
                   help="Model type.")
@@ -214,6 +221,8 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
                      device=device, out=out, float_sites=None if float_sites == "own" else float_sites,
                      own_float_variants=False, workers=workers)
     rows = run_sweep(config)
+    if not _is_main():
+        return
     click.echo(markdown_table(rows))
     note = bimodal_note(cell_records(out))
     if note:
@@ -259,6 +268,8 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
     reconstruction = _reconstruction(**recon_options)
     report = run_calibration(model, recipe, w, a, samples, exclude, search_rows=search_rows,
                              reconstruction=reconstruction)
+    if not _is_main():
+        return
     click.echo(json.dumps({"state": state_path, "images": report.image_ids, "prompts": report.num_prompts,
                            "seconds": report.seconds, "unreached_sites": len(report.unreached),
                            "bimodal": {k: v["bimodal"] for k, v in report.bimodal.items()},
@@ -312,6 +323,8 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
     summary = {"model": model_type, **used, "metrics": result.metrics, "images": result.num_images,
                "prompts": result.num_prompts, "skipped": {k: v for k, v in result.skips.items() if v},
                "fingerprint": stamp}
+    if not _is_main():
+        return
     click.echo(json_text(summary), nl=False)
     if out:
         write_or_rescue(out, lambda file: file.write(json_text(summary)))
@@ -333,8 +346,9 @@ def sweep(config_path: str, out: str | None, device: str | None) -> None:
     if device:
         config = config.replace(device=device)
     rows = run_sweep(config)
-    click.echo(markdown_table(rows))
-    _plots(Path(config.out))
+    if _is_main():
+        click.echo(markdown_table(rows))
+        _plots(Path(config.out))
 
 
 @main.command()

@@ -16,6 +16,12 @@ evaluated after each calibration; its file keeps every run (metrics, per-instanc
 calibration did) and ``metrics`` holds their mean. With a protocol float list (``float_sites``)
 every recipe quantizes the same sites, and (``own_float_variants``) a recipe whose own
 ``keep_float`` differs runs again as the variant ``<recipe>[own-float]``.
+
+Under ``torchrun`` every process runs every cell and each cell's images are sharded over the
+processes (calibration and evaluation, see :mod:`ptqsam.distributed`): a cell's numbers are the
+one-process numbers, a sweep of few cells on many images scales as well as one of many cells, and
+nothing but rank 0 reads or writes the results folder (no shared filesystem is needed between
+nodes): rank 0 decides which cells are done and writes cell files, states and the report.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, Iterator
 import torch
 from segment_anything.modeling import Sam
 
+from ptqsam import distributed
 from ptqsam.bits import normal_bits, parse_bits
 from ptqsam.calibration import calibrate, calibrated_quantizing, save_calibrated
 from ptqsam.config import ExperimentConfig
@@ -145,13 +152,14 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
         missing = []
         for cell in [c for c in todo if c.model == model_type]:
             stamp = context.fingerprint(cell)
-            record = _finished(out / "cells" / cell.file_name, stamp, cell)
+            record = distributed.main_first(lambda: _finished(out / "cells" / cell.file_name, stamp, cell))
             if record is None:
                 missing.append((cell, stamp))
             else:
                 records[cell] = record
         for cell, record in _compute(config, context, missing):
-            write_or_rescue(out / "cells" / cell.file_name, lambda file, data=record: file.write(json_text(data)))
+            if distributed.is_main():
+                write_or_rescue(out / "cells" / cell.file_name, lambda file, data=record: file.write(json_text(data)))
             records[cell] = record
     runs = [records[cell] for cell in todo]
     rows = degradation_rows(runs, config.seed)
@@ -161,7 +169,8 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
                 "protocol_float_list": None if protocol is None else list(protocol),
                 "skipped": shared.dataset.skips.as_dict(),
                 "cell_fingerprints": {f"{r['model']}/{r['recipe']}/{r['bits']}": r["fingerprint"]["hash"] for r in runs}}
-    write_report(rows, out, settings)
+    if distributed.is_main():
+        write_report(rows, out, settings)
     return rows
 
 
@@ -234,6 +243,9 @@ def _preflight(config: ExperimentConfig) -> list[Cell]:
     """The cells to run, after the checks that need no work: device, results folder, recipes
     against every model, and one cell file per cell."""
     check_device(config.device)
+    if config.workers > 1 and distributed.active():
+        raise ConfigError("workers > 1 and torchrun do not combine (each cell's images are already spread over the "
+                          "torchrun processes): set workers: 1")
     check_output_folder(config.out, "results folder")
     check_recipes(config.recipes, config.models)
     todo = cells(config)
@@ -333,10 +345,13 @@ class _ModelContext:
         report = calibrate(model, recipe, w, a, samples, exclude, self.progress, search_rows=self.config.search_rows,
                            reconstruction=self.config.reconstruction)
         saved = state_path(self.config, cell, seed)
-        save_calibrated(model, saved, report, recipe, self.model_type, w, a,
-                        {"calibration": self.calibration_settings(seed), "quantize_encoder": self.config.quantize_encoder})
+        if distributed.is_main():
+            save_calibrated(model, saved, report, recipe, self.model_type, w, a,
+                            {"calibration": self.calibration_settings(seed),
+                             "quantize_encoder": self.config.quantize_encoder})
+        reference = self.reference() if distributed.is_main() else None  # only rank 0 measures agreement
         with calibrated_quantizing(model, report.extra_state()):
-            result = self._evaluate(model, encoder_float=not self.config.quantize_encoder, reference=self.reference(),
+            result = self._evaluate(model, encoder_float=not self.config.quantize_encoder, reference=reference,
                                     label=f"{cell.label} {cell.bits} (calibration set {seed})")
         calibration = {"images_dir": str(calibration_set.images_dir), "image_ids": report.image_ids,
                        "num_prompts": report.num_prompts, "seconds": report.seconds,
