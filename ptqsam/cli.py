@@ -83,6 +83,12 @@ def _is_main() -> bool:
     return is_main()
 
 
+def _launched() -> bool:
+    from ptqsam.distributed import launched
+
+    return launched()
+
+
 def model_options(func: Callable) -> Callable:
     @click.option("--model", "model_type", type=click.Choice(MODEL_TYPES), default="testbed", show_default=True,
                   help="Model type.")
@@ -194,14 +200,16 @@ def _config(**kwargs: Any):
               help="Its optimisation steps per block (PTQ4SAM-L uses 20000).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-@click.option("--workers", type=int, default=DEMO_WORKERS, show_default=True,
-              help="Worker processes computing the quantized cells (one torch thread each).")
+@click.option("--workers", type=int, default=None,
+              help=f"Worker processes computing the quantized cells (one torch thread each) [default: {DEMO_WORKERS}; "
+                   "1 under torchrun, whose processes share each cell's images].")
 @click.option("--publish", "publish_root", type=click.Path(file_okay=False), default=None,
               help="Repository root: copy report.json to docs/demo/NAME.json (and, for the demo's own report, "
                    "the figures to docs/figures/) and regenerate README.md's table of that file.")
 @click.option("--publish-name", default="report", show_default=True, help="NAME of the published report.")
 def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_sites: str, search_rows: int,
-         recipes: str, bits: str, recon_recipe: str, recon_iterations: int, seed: int, device: str, workers: int,
+         recipes: str, bits: str, recon_recipe: str, recon_iterations: int, seed: int, device: str,
+         workers: int | None,
          publish_root: str | None, publish_name: str) -> None:
     """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 and a block
     reconstruction recipe at the lowest bit-width, each cell calibrated on several calibration sets,
@@ -215,6 +223,8 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
 
     recipe_list, bit_list = recipes.split(","), bits.split(",")
     recon = {recon_recipe: [bits_order(bit_list)[0]]} if recon_recipe else {}
+    if workers is None:
+        workers = 1 if _launched() else DEMO_WORKERS
     config = _config(models=["testbed"], recipes=recipe_list + list(recon), bits=bit_list, recipe_bits=recon,
                      reconstruction={"iterations": recon_iterations}, synthetic_images=num_images,
                      calib_images=calib_images, calib_sets=calib_sets, search_rows=search_rows, seed=seed,

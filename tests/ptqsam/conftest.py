@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,9 @@ import torch
 
 from ptqsam.data import CocoDataset, generate_dataset
 from ptqsam.models import build_model
+
+# the distributed tests' helper module (distributed_workers): spawned processes import it by name
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -36,3 +41,15 @@ def random_testbed(monkeypatch):
 
     monkeypatch.setitem(zoo.PACKAGED_WEIGHTS, "testbed", Path("/nonexistent/testbed.pt"))
     return lambda seed=0: build_model("testbed", seed=seed)
+
+
+@pytest.fixture(scope="session")
+def five_images(tmp_path_factory) -> Path:
+    """A generated dataset of 5 images with a detections file (one box per annotation)."""
+    root = tmp_path_factory.mktemp("five")
+    generate_dataset(root, count=5, seed=4)
+    data = json.loads((root / "annotations.json").read_text())
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5 + 0.01 * i}
+                  for i, a in enumerate(data["annotations"])]
+    (root / "detections.json").write_text(json.dumps(detections))
+    return root

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from distributed_workers import free_port  # noqa: E402
+from distributed_workers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
