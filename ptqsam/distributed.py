@@ -75,9 +75,15 @@ def process_group(timeout_s: float | None = None) -> Iterator[None]:
     timeout = timeout_s if timeout_s is not None else float(os.environ.get("PTQSAM_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     backend = "gloo"
     if torch.cuda.is_available():
+        if local_rank() >= torch.cuda.device_count():
+            raise DistributedError(f"LOCAL_RANK {local_rank()} but this node has {torch.cuda.device_count()} GPU(s): "
+                                   "start at most one process per GPU (--nproc_per_node)")
         torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+    except (RuntimeError, ValueError) as error:
+        raise DistributedError(f"cannot join the torchrun process group ({backend}): {error}") from error
     try:
         yield
     finally:

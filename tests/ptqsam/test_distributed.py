@@ -6,6 +6,7 @@ import distributed_workers as workers
 import pytest
 
 from ptqsam import distributed
+from ptqsam.errors import DistributedError
 
 
 @pytest.mark.parametrize("count, size", [(5, 3), (2, 3), (7, 2), (0, 2), (6, 1)])
@@ -47,3 +48,14 @@ def test_a_killed_rank_ends_every_rank_with_an_error_and_no_file(five_images, tm
         assert "DistributedError" in runs[rank]["error"] and "another process failed" in runs[rank]["error"]
     assert not out.exists() and not list(tmp_path.glob(".metrics.json.*"))
 
+
+
+def test_a_group_that_cannot_start_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(DistributedError, match="cannot join the torchrun process group"):
+        with distributed.process_group(timeout_s=5):
+            pass
+    assert not distributed.active()
