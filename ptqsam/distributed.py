@@ -106,7 +106,7 @@ def shard(items: Sequence[T]) -> list[T]:
     return list(items[start:stop])
 
 
-def _collective(work: Callable[[], T]) -> T:
+def collective(work: Callable[[], T]) -> T:
     """Run one collective; a peer that failed or died becomes one clear DistributedError."""
     try:
         return work()
@@ -121,7 +121,7 @@ def all_gather_parts(part: list[T]) -> list[T]:
     if not active():
         return list(part)
     parts: list[Any] = [None] * world_size()
-    _collective(lambda: dist.all_gather_object(parts, list(part)))
+    collective(lambda: dist.all_gather_object(parts, list(part)))
     return [item for p in parts for item in p]
 
 
@@ -130,7 +130,7 @@ def gather_parts(part: list[T]) -> list[T] | None:
     if not active():
         return list(part)
     parts: list[Any] | None = [None] * world_size() if is_main() else None
-    _collective(lambda: dist.gather_object(list(part), parts, dst=0))
+    collective(lambda: dist.gather_object(list(part), parts, dst=0))
     return None if parts is None else [item for p in parts for item in p]
 
 
@@ -139,7 +139,7 @@ def broadcast(value: T | None, source: int = 0) -> T:
     if not active():
         return value  # type: ignore[return-value]
     box = [value]
-    _collective(lambda: dist.broadcast_object_list(box, src=source))
+    collective(lambda: dist.broadcast_object_list(box, src=source))
     return box[0]  # type: ignore[return-value]
 
 
@@ -158,7 +158,7 @@ def in_rank_order(state: T, work: Callable[[T], T]) -> T:
 def barrier() -> None:
     """Wait for every rank."""
     if active():
-        _collective(dist.barrier)
+        collective(dist.barrier)
 
 
 def main_first(work: Callable[[], T]) -> T:

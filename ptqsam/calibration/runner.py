@@ -7,7 +7,8 @@
    observed once (on the first image), not once per image.
 3. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
 4. ``finalize`` of every observed quantizer.
-5. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
+5. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`; under ``torchrun``
+   each process captures its shard, one process computes each step and the others follow it).
 
 The image encoder runs once per image per pass (:class:`~ptqsam.passes.SampleLoop`);
 when the recipe leaves it in float, its embeddings are computed once and reused by every pass. What grows with the number of images: the images and
@@ -30,7 +31,6 @@ from ptqsam.calibration import gathered
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
 from ptqsam.calibration.hessian import capture, search_unit, search_units
 from ptqsam.data.samples import CalibrationSample
-from ptqsam.errors import DistributedError
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
 from ptqsam.instrument.modes import observing
@@ -97,9 +97,6 @@ def calibrate(
     """
     recipe = load_recipe(recipe)
     config = recipe.reconstruction_config()
-    if config is not None and distributed.active():
-        raise DistributedError(f"recipe {recipe.name!r}: block reconstruction does not run across processes; "
-                               "calibrate it in one process (without torchrun)")
     weights = weights_fingerprint(model)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
     encoder_float = not any(part_of(name) == "image_encoder" for name in quantizers)

@@ -9,6 +9,9 @@ warm-up. With QDrop each activation element stays float with probability ``drop_
 input element comes from the float model with that probability. At the end of the unit the
 rounding is hardened, the scales frozen and the dropping switched off (unless the PTQ4SAM
 reference bug is reproduced on purpose), so evaluation quantizes every element.
+
+Under ``torchrun`` each process captures its shard of the samples and one process computes each
+step, the others following it exactly (:mod:`.sharded`): the one-process result bit for bit.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import contextlib
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
 from tqdm import tqdm
 
+from ptqsam import distributed
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.errors import CalibrationError
 from ptqsam.instrument.instrument import attached_quantizers, sites
@@ -33,6 +37,7 @@ from ptqsam.models.blocks import model_blocks, part_of
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.cache import TensorCache, capture_inputs, capture_outputs, tree_map, tree_tensors
 from ptqsam.reconstruction.config import ReconstructionConfig
+from ptqsam.reconstruction.sharded import SampleShard, fetch, share_step
 from quantizers import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
 from quantizers.parts.adaround import rounding_regulariser
@@ -69,10 +74,13 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
                 progress: bool = True, only: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Reconstruct every unit of the calibrated ``model`` on ``samples`` (or the units named in
     ``only``); returns a record per unit: iterations, seconds (all) and seconds per optimisation
-    step, output MSE against float before and after, first and last loss."""
+    step, output MSE against float before and after, first and last loss. Under ``torchrun`` each
+    process holds its shard of ``samples`` (all of them given on every process)."""
     quantizers = attached_quantizers(model)
     encoder_float = not any(part_of(n) == "image_encoder" for n in quantizers)
-    loop = SampleLoop(model, samples, encoder_float=encoder_float, progress=False)
+    shard = SampleShard(len(samples))
+    loop = SampleLoop(model, samples[shard.start:shard.stop], encoder_float=encoder_float, progress=False,
+                      first_index=shard.start)
     units = reconstruction_units(model, config)
     if only is not None:
         unknown = sorted(set(only) - {unit.name for unit in units})
@@ -81,8 +89,9 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
         units = [unit for unit in units if unit.name in set(only)]
     records = {}
     with _frozen_parameters(model):
+        progress = progress and distributed.is_main()
         for index, unit in enumerate(tqdm(units, desc="reconstruction", disable=not progress, leave=False)):
-            records[unit.name] = _reconstruct_unit(model, loop, unit, config, index, progress)
+            records[unit.name] = _reconstruct_unit(model, loop, shard, unit, config, index, progress)
     if config.reference_drop_bug:
         apply_reference_drop_bug(model, reference_bug_sites(model, units), config.drop_prob, config.seed)
     return records
@@ -105,15 +114,15 @@ def apply_reference_drop_bug(model: Sam, site_names: list[str], probability: flo
         quantizer.drop_prob = probability
 
 
-def _reconstruct_unit(model: Sam, loop: SampleLoop, unit: ReconUnit, config: ReconstructionConfig,
-                      index: int, progress: bool) -> dict[str, Any]:
+def _reconstruct_unit(model: Sam, loop: SampleLoop, shard: SampleShard, unit: ReconUnit,
+                      config: ReconstructionConfig, index: int, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     module = model.get_submodule(unit.name)
     quantizers = attached_quantizers(model)
     kinds = {name: site.kind for name, site in sites(model).items()}
     weights = {n: quantizers[n] for n in unit.quantizers if kinds[n] == "weight"}
     activations = {n: quantizers[n] for n in unit.quantizers if kinds[n] != "weight"}
-    data = _UnitData(loop, module, config)
+    data = _UnitData(loop, shard, module, config)
     try:
         before = _output_mse(module, unit, data)
         round_parts, w_params = _start_adaround(model, weights) if config.round_weights else ([], [])
@@ -127,20 +136,31 @@ def _reconstruct_unit(model: Sam, loop: SampleLoop, unit: ReconUnit, config: Rec
         for quantizer in activations.values():
             quantizer.freeze()
         after = _output_mse(module, unit, data)
+        spilled = sum(distributed.all_gather_parts([data.spilled]))
     finally:
         data.close()
     return {"iterations": config.iterations, "seconds": round(time.perf_counter() - start, 3),
             "seconds_per_iteration": round(loop_seconds / config.iterations, 5), "mse_before": before, "mse_after": after, "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None, "weights_rounded": len(round_parts),
-            "scales_learned": len(a_params), "spilled_to_disk": data.spilled}
+            "scales_learned": len(a_params), "spilled_to_disk": spilled}
+
+
+class _Batch(NamedTuple):
+    """Drawn samples' cached items, joined along dim 0 (None for what is not cached)."""
+
+    inputs: Any
+    float_inputs: Any
+    targets: Any
+    grads: Any
 
 
 class _UnitData:
     """The unit's cached inputs (quantized prefix; float prefix for QDrop), float targets and,
-    for the Fisher loss, the targets' gradients."""
+    for the Fisher loss, the targets' gradients, of this process's shard of the samples."""
 
-    def __init__(self, loop: SampleLoop, module: nn.Module, config: ReconstructionConfig) -> None:
+    def __init__(self, loop: SampleLoop, shard: SampleShard, module: nn.Module, config: ReconstructionConfig) -> None:
         budget = config.cache_bytes
+        self.shard = shard
         self.root = loop.runner.model
         with disabled(self.root):
             self.float_inputs = capture_inputs(loop, module, budget) if config.drop_prob > 0 else None
@@ -149,18 +169,36 @@ class _UnitData:
             self.inputs = capture_inputs(loop, module, budget)
         self.device = next(module.parameters(), torch.empty(0)).device
 
+    def _caches(self) -> tuple[TensorCache | None, ...]:
+        return self.inputs, self.float_inputs, self.targets, self.grads
+
     @property
     def spilled(self) -> int:
-        return sum(c.spilled for c in (self.float_inputs, self.targets, self.grads, self.inputs) if c is not None)
+        return sum(c.spilled for c in self._caches() if c is not None)
 
-    def batch(self, cache: TensorCache, indices: list[int]) -> Any:
-        items = [cache[i] for i in indices]
+    def item(self, index: int) -> tuple:
+        """The cached items of sample ``index`` (held by this process), in :class:`_Batch` order."""
+        local = self.shard.local(index)
+        return tuple(None if cache is None else cache[local] for cache in self._caches())
+
+    def batch(self, indices: list[int], worker: int | None = None) -> _Batch | None:
+        """Samples ``indices`` (whole-set indices) joined, on the process ``worker`` (default: this
+        one, holding them all); under ``torchrun`` every process calls it and the samples the worker
+        does not hold are sent to it; None on the other processes."""
+        worker = distributed.rank() if worker is None else worker
+        fetched = fetch(self.shard, indices, worker, self.item)
+        if distributed.rank() != worker:
+            return None
+        items = [fetched[i] if i in fetched else self.item(i) for i in indices]
+        return _Batch(*(None if column[0] is None else self._join(list(column)) for column in zip(*items)))
+
+    def _join(self, items: list[Any]) -> Any:
         if len(items) == 1:
             return tree_map(lambda t: t.to(self.device), items[0])
         return _concatenate(items, self.device)
 
     def close(self) -> None:
-        for cache in (self.float_inputs, self.targets, self.grads, self.inputs):
+        for cache in self._caches():
             if cache is not None:
                 cache.close()
 
@@ -168,41 +206,50 @@ class _UnitData:
 def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: ReconstructionConfig, index: int,
               round_parts: list, w_params: list, a_params: list, activation_names: list[str],
               progress: bool) -> list[float]:
-    """The optimisation loop of one unit; returns the loss at every step."""
+    """The optimisation loop of one unit; returns the loss at every step. Each step is computed by
+    the process holding its first drawn sample, the others following (:mod:`.sharded`)."""
     if not (w_params or a_params):
         return []
-    w_opt = torch.optim.Adam(w_params, lr=config.weight_lr) if w_params else None
-    a_opt = torch.optim.Adam(a_params, lr=config.activation_lr) if a_params else None
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(a_opt, T_max=config.iterations, eta_min=0.0) if a_opt else None
+    optimisers = [torch.optim.Adam(params, lr=lr) for params, lr in
+                  ((w_params, config.weight_lr), (a_params, config.activation_lr)) if params]
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimisers[-1], T_max=config.iterations, eta_min=0.0) \
+        if a_params else None
     generator = torch.Generator().manual_seed(_name_seed(config.seed, unit.name))
     drop = dropping(data.root, config.drop_prob, activation_names, seed=config.seed + index) \
-        if config.drop_prob > 0 and activation_names else contextlib.nullcontext()
+        if config.drop_prob > 0 and activation_names else contextlib.nullcontext({})
     losses = []
     steps = tqdm(range(config.iterations), desc=unit.name, disable=not progress, leave=False, mininterval=1.0)
-    with drop, quantizing(data.root, list(unit.quantizers), allow_drop=True), torch.enable_grad():
+    with drop as dropped, quantizing(data.root, list(unit.quantizers), allow_drop=True), torch.enable_grad():
+        generators = [generator] + [q.drop_generator for q in dropped.values()]
         for step in steps:
-            indices = torch.randint(len(data.inputs), (config.batch_size,), generator=generator).tolist()
-            args, kwargs = _unit_inputs(data, indices, config, generator)
-            loss = reconstruction_loss(module(*args, **kwargs), data.batch(data.targets, indices),
-                                       None if data.grads is None else data.batch(data.grads, indices),
-                                       unit.channel_axis)
-            if round_parts and config.regularised(step):
-                beta = config.beta(step)
-                loss = loss + config.round_loss_weight * sum(rounding_regulariser(p.soft_values(), beta)
-                                                              for p in round_parts)
-            for optimiser in (w_opt, a_opt):
-                if optimiser is not None:
-                    optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimiser in (w_opt, a_opt):
-                if optimiser is not None:
-                    optimiser.step()
+            indices = torch.randint(data.shard.count, (config.batch_size,), generator=generator).tolist()
+            worker = data.shard.owner(indices[0])
+            batch = data.batch(indices, worker)
+            for optimiser in optimisers:
+                optimiser.zero_grad(set_to_none=True)
+            loss = None
+            if batch is not None:
+                loss = _step_loss(module, unit, batch, config, step, round_parts, generator)
+                loss.backward()
+            losses.append(share_step(w_params + a_params, loss, worker, generators))
+            for optimiser in optimisers:
+                optimiser.step()
             if schedule is not None:
                 schedule.step()
-            losses.append(float(loss.detach()))
             if progress and step % 50 == 0:
                 steps.set_postfix(loss=f"{losses[-1]:.4g}")
     return losses
+
+
+def _step_loss(module: nn.Module, unit: ReconUnit, batch: _Batch, config: ReconstructionConfig, step: int,
+               round_parts: list, generator: torch.Generator) -> torch.Tensor:
+    """The reconstruction loss of one step's batch, plus the rounding regulariser after the warm-up."""
+    args, kwargs = _unit_inputs(batch, config, generator)
+    loss = reconstruction_loss(module(*args, **kwargs), batch.targets, batch.grads, unit.channel_axis)
+    if round_parts and config.regularised(step):
+        beta = config.beta(step)
+        loss = loss + config.round_loss_weight * sum(rounding_regulariser(p.soft_values(), beta) for p in round_parts)
+    return loss
 
 
 def reconstruction_loss(output: Any, target: Any, grads: Any | None, channel_axis: int) -> torch.Tensor:
@@ -224,31 +271,33 @@ def reconstruction_loss(output: Any, target: Any, grads: Any | None, channel_axi
     return total
 
 
-def _unit_inputs(data: _UnitData, indices: list[int], config: ReconstructionConfig,
-                 generator: torch.Generator) -> tuple[tuple, dict]:
+def _unit_inputs(batch: _Batch, config: ReconstructionConfig, generator: torch.Generator) -> tuple[tuple, dict]:
     """The quantized-prefix inputs of the drawn samples; with QDrop each element is the float
     model's input instead with probability ``drop_prob``."""
-    quantized = data.batch(data.inputs, indices)
-    if data.float_inputs is None:
-        return quantized
-    float_side = data.batch(data.float_inputs, indices)
+    if batch.float_inputs is None:
+        return batch.inputs
     mixed = [torch.where(torch.rand(q.shape, generator=generator).to(q.device) < config.drop_prob, f, q)
-             for q, f in zip(tree_tensors(quantized), tree_tensors(float_side))]
+             for q, f in zip(tree_tensors(batch.inputs), tree_tensors(batch.float_inputs))]
     position = iter(mixed)
-    return tree_map(lambda t: next(position), quantized)
+    return tree_map(lambda t: next(position), batch.inputs)
 
 
 @torch.no_grad()
 def _output_mse(module: nn.Module, unit: ReconUnit, data: _UnitData) -> float:
     """Mean squared error of the unit's quantized output against the float targets, on the
-    quantized-prefix inputs of every sample (no dropping)."""
-    total, count = 0.0, 0
+    quantized-prefix inputs of every sample (no dropping); under ``torchrun`` the per-sample sums
+    of every process are added in the one-process order."""
+    sums = []
     with quantizing(data.root, list(unit.quantizers), allow_drop=True), _no_dropping(data.root, unit.quantizers):
-        for i in range(len(data.inputs)):
-            args, kwargs = data.batch(data.inputs, [i])
-            for out, ref in zip(tree_tensors(module(*args, **kwargs)), tree_tensors(data.batch(data.targets, [i]))):
-                total += float((out - ref).double().square().sum())
-                count += out.numel()
+        for i in range(data.shard.start, data.shard.stop):
+            batch = data.batch([i])
+            args, kwargs = batch.inputs
+            for out, ref in zip(tree_tensors(module(*args, **kwargs)), tree_tensors(batch.targets)):
+                sums.append((float((out - ref).double().square().sum()), out.numel()))
+    total, count = 0.0, 0
+    for value, numel in distributed.all_gather_parts(sums):
+        total += value
+        count += numel
     return total / count
 
 

@@ -14,6 +14,7 @@ from ptqsam.models import build_model
 
 # the distributed tests' helper module (distributed_workers): spawned processes import it by name
 sys.path.insert(0, str(Path(__file__).parent))
+import distributed_workers as workers  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -53,3 +54,25 @@ def five_images(tmp_path_factory) -> Path:
                   for i, a in enumerate(data["annotations"])]
     (root / "detections.json").write_text(json.dumps(detections))
     return root
+
+
+@pytest.fixture(scope="session")
+def one_process_checks(five_images) -> dict:
+    """:func:`distributed_workers.every_check_job` in this one process: the reference of the
+    distributed tests."""
+    return workers.every_check_job(str(five_images))
+
+
+@pytest.fixture(scope="session")
+def spawned_checks(five_images, tmp_path_factory):
+    """``get(world)``: every rank's result of :func:`distributed_workers.every_check_job` on
+    ``world`` gloo processes, spawned once per world size for every test that compares them."""
+    runs: dict[int, list] = {}
+
+    def get(world: int) -> list:
+        if world not in runs:
+            runs[world] = workers.results(workers.launch(workers.every_check_job, world,
+                                                         tmp_path_factory.mktemp(f"world{world}"), str(five_images),
+                                                         timeout=600))
+        return runs[world]
+    return get

@@ -6,6 +6,7 @@ module is importable from its folder (``sys.path``, which spawned children inher
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -13,7 +14,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -110,6 +111,8 @@ def killed_rank_job(data_dir: str, out_file: str, victim: int) -> None:
 
 
 SEARCH_ROWS = 64
+#: recipes of the calibration check: MinMax, PTQ4SAM (BIG, AGQ), percentile and EMA observers, Hessian search
+CALIBRATION_RECIPES = ["minmax", "ptq4sam", "mixed-observers", "hessian-decoder"]
 MIXED_OBSERVERS = """
 name: mixed-observers
 keep_float: []
@@ -164,3 +167,82 @@ def calibrate_job(data_dir: str, recipes: list[str], encoder: bool) -> dict[str,
                      "bimodal": report.bimodal, "hessian": report.hessian, "unreached": report.unreached,
                      "image_ids": report.image_ids, "seconds": time.perf_counter() - start}
     return out
+
+
+#: reconstruction cases: (name, recipe calibrated first, reconstruction settings or None for the
+#: recipe's own with ``overrides``, overrides, encoder quantized, units reconstructed or None for all)
+RECONSTRUCTION_CASES = [
+    # through calibrate(): QDrop (input mixing and activation dropping), one image per step, the
+    # regulariser from step 1 on; the decoder's three blocks
+    ("qdrop-batch1", "qdrop", {"iterations": 4, "warmup": 0.25, "weight_lr": 1e-2}, False, None),
+    # reconstruct() itself: three images per step (drawn across processes), Fisher loss, QDrop,
+    # the encoder quantized; an encoder block and a decoder block
+    ("fisher-batch3", "minmax", {"iterations": 3, "batch_size": 3, "loss": "fisher", "drop_prob": 0.5,
+                                 "warmup": 0.0, "weight_lr": 1e-2},
+     True, ["image_encoder.blocks.1", "mask_decoder.transformer.layers.1"]),
+]
+RECONSTRUCTION_IMAGES = 3
+
+
+def reconstruct_job(data_dir: str) -> dict[str, Any]:
+    """Calibrate and reconstruct the testbed (W4A4) for every case of :data:`RECONSTRUCTION_CASES`;
+    per case every quantizer's state and the reconstruction records (without timings)."""
+    from ptqsam.calibration import calibrate
+    from ptqsam.data import CocoDataset
+    from ptqsam.data.samples import calibration_samples
+    from ptqsam.models import build_model
+    from ptqsam.models.blocks import ENCODER_SITES
+    from ptqsam.reconstruction import ReconstructionConfig
+    from ptqsam.reconstruction.reconstruct import reconstruct
+
+    dataset = CocoDataset(Path(data_dir) / "images", Path(data_dir) / "annotations.json")
+    samples = calibration_samples(dataset, RECONSTRUCTION_IMAGES, seed=0)
+    out = {}
+    for name, recipe, settings, encoder, only in RECONSTRUCTION_CASES:
+        model = build_model("testbed", seed=0)
+        exclude = () if encoder else (ENCODER_SITES,)
+        with _watching_steps() as steps:
+            report = calibrate(model, recipe, 4, 4, samples, exclude, progress=False,
+                               reconstruction=None if only else settings)
+            records = report.reconstruction if not only else \
+                reconstruct(model, samples, ReconstructionConfig(**settings), progress=False, only=only)
+        out[name] = {"state": {f"{site}.{k}": v.clone() for site, q in report.quantizers.items()
+                               for k, v in q.state_dict().items()},
+                     "records": {unit: {k: v for k, v in record.items() if not k.startswith("seconds")}
+                                 for unit, record in records.items()},
+                     "steps": steps}
+    return out
+
+
+@contextlib.contextmanager
+def _watching_steps() -> Iterator[dict[str, Any]]:
+    """While inside, records which ranks compute the reconstruction steps and how many drawn
+    samples are sent to them from another process."""
+    from ptqsam.reconstruction import reconstruct, sharded
+
+    seen: dict[str, Any] = {"workers": set(), "sent": 0}
+    share_step, fetch = sharded.share_step, sharded.fetch
+
+    def watched_share(params, loss, worker, generators):
+        seen["workers"].add(worker)
+        return share_step(params, loss, worker, generators)
+
+    def watched_fetch(shard, indices, worker, item):
+        seen["sent"] += sum(shard.owner(i) != worker for i in set(indices))
+        return fetch(shard, indices, worker, item)
+
+    reconstruct.share_step, reconstruct.fetch = watched_share, watched_fetch
+    try:
+        yield seen
+    finally:
+        reconstruct.share_step, reconstruct.fetch = share_step, fetch
+
+
+def every_check_job(data_dir: str) -> dict[str, Any]:
+    """The evaluation, calibration and reconstruction jobs in one process group (one spawn per
+    world size for the tests that compare them with one process)."""
+    from ptqsam import distributed
+
+    return {"evaluate": evaluate_job(data_dir, None, str(Path(data_dir) / "detections.json")),
+            "calibrate": calibrate_job(data_dir, CALIBRATION_RECIPES, False),
+            "reconstruct": reconstruct_job(data_dir), "world": distributed.world_size()}

@@ -26,10 +26,9 @@ def test_one_process_helpers_are_identities():
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_evaluation_equals_one_process_bit_for_bit(five_images, tmp_path, world):
-    single = workers.evaluate_job(str(five_images), None, str(five_images / "detections.json"))
-    ranks = workers.results(workers.launch(workers.evaluate_job, world, tmp_path, str(five_images), None,
-                                           str(five_images / "detections.json")))
+def test_evaluation_equals_one_process_bit_for_bit(one_process_checks, spawned_checks, world):
+    single = one_process_checks["evaluate"]
+    ranks = [run["evaluate"] for run in spawned_checks(world)]
     assert ranks[0] == single  # metrics (mIoU, AP via COCOeval), per-instance IoUs, masks, counts
     for other in ranks[1:]:
         assert other["box"]["metrics"] == single["box"]["metrics"]

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from distributed_workers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,12 +53,3 @@ def test_torchrun_sweep_writes_the_one_process_cells(tmp_path):
     again = _run(["sweep", str(config(two))], tmp_path, processes=2)  # a re-run resumes: nothing recomputed
     assert again.returncode == 0, again.stderr
     assert {name: (two / "cells" / name).stat().st_mtime_ns for name in cells} == written
-
-
-@pytest.mark.parametrize("processes", [2])
-def test_torchrun_reconstruction_is_refused_in_one_line(tmp_path, processes):
-    done = _run(["calibrate", "--recipe", "qdrop", "--calib-images", "2", "--out", str(tmp_path / "s.pt")], tmp_path,
-                processes=processes)
-    assert done.returncode != 0
-    assert "error: recipe 'qdrop': block reconstruction does not run across processes" in done.stderr
-    assert not (tmp_path / "s.pt").exists()

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import distributed_workers as workers
 import pytest
 import torch
 
-
-CALIBRATION_RECIPES = ["minmax", "ptq4sam", "mixed-observers", "hessian-decoder"]
 #: sites whose histogram observers merge (rebinned to the widest range): equal to one process up to about a bin
 HISTOGRAM_SITES = "probs."
 
 
-@pytest.fixture(scope="module")
-def one_process_calibration(five_images):
-    return workers.calibrate_job(str(five_images), CALIBRATION_RECIPES, False)
-
-
 @pytest.mark.parametrize("world", [2, 3])
-def test_calibrated_state_equals_one_process(five_images, one_process_calibration, tmp_path, world):
-    ranks = workers.results(workers.launch(workers.calibrate_job, world, tmp_path, str(five_images),
-                                           CALIBRATION_RECIPES, False))
-    for name, single in one_process_calibration.items():
+def test_calibrated_state_equals_one_process(one_process_checks, spawned_checks, world):
+    ranks = [run["calibrate"] for run in spawned_checks(world)]
+    for name, single in one_process_checks["calibrate"].items():
         for run in ranks:
             got = run[name]
             assert got["state"].keys() == single["state"].keys()
@@ -33,4 +24,4 @@ def test_calibrated_state_equals_one_process(five_images, one_process_calibratio
                     torch.testing.assert_close(got["state"][key], single["state"][key], rtol=2 / 256, atol=0)
             assert (got["bimodal"], got["hessian"], got["unreached"], got["image_ids"]) == \
                 (single["bimodal"], single["hessian"], single["unreached"], single["image_ids"])
-    assert any(HISTOGRAM_SITES in k for k in one_process_calibration["mixed-observers"]["state"])
+    assert any(HISTOGRAM_SITES in k for k in one_process_checks["calibrate"]["mixed-observers"]["state"])

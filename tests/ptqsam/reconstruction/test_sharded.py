@@ -1,0 +1,26 @@
+"""Block reconstruction under torch.distributed: 2 and 3 gloo processes reconstruct the
+one-process state bit for bit (AdaRound hardened weights, learned scales, the records), with one
+image per step and with three images per step drawn across processes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_reconstruction_equals_one_process_bit_for_bit(one_process_checks, spawned_checks, world):
+    single = one_process_checks["reconstruct"]
+    ranks = [run["reconstruct"] for run in spawned_checks(world)]
+    for case, expected in single.items():
+        assert expected["steps"] == {"workers": {0}, "sent": 0}
+        assert all(r["weights_rounded"] > 0 and r["loss_first"] is not None for r in expected["records"].values())
+        for rank, run in enumerate(ranks):
+            got = run[case]
+            assert got["state"].keys() == expected["state"].keys()
+            different = [k for k in expected["state"] if not torch.equal(got["state"][k], expected["state"][k])]
+            assert not different, f"{case} rank {rank}: {different[:5]}"
+            assert got["records"] == expected["records"], f"{case} rank {rank}"  # MSE before/after, losses
+        assert ranks[0][case]["steps"]["workers"] == set(range(world)), case  # every process computed steps
+    assert ranks[0]["fisher-batch3"]["steps"]["sent"] > 0  # batches drawn across processes
+    assert any(key.endswith(".rounding.up") for key in single["qdrop-batch1"]["state"])  # hardened AdaRound
