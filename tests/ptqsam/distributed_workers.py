@@ -169,19 +169,20 @@ def calibrate_job(data_dir: str, recipes: list[str], encoder: bool) -> dict[str,
     return out
 
 
-#: reconstruction cases: (name, recipe calibrated first, reconstruction settings or None for the
-#: recipe's own with ``overrides``, overrides, encoder quantized, units reconstructed or None for all)
+#: reconstruction cases: (name, calibration images, recipe calibrated first, reconstruction settings
+#: (the recipe's own with these overrides when every unit is reconstructed), encoder quantized,
+#: units reconstructed (None: every unit, through calibrate()))
 RECONSTRUCTION_CASES = [
-    # through calibrate(): QDrop (input mixing and activation dropping), one image per step, the
-    # regulariser from step 1 on; the decoder's three blocks
-    ("qdrop-batch1", "qdrop", {"iterations": 4, "warmup": 0.25, "weight_lr": 1e-2}, False, None),
+    # QDrop (input mixing and activation dropping), one image per step, the regulariser from
+    # step 1 on; the decoder's three blocks
+    ("qdrop-batch1", 3, "qdrop", {"iterations": 4, "warmup": 0.25, "weight_lr": 1e-2}, False, None),
     # reconstruct() itself: three images per step (drawn across processes), Fisher loss, QDrop,
-    # the encoder quantized; an encoder block and a decoder block
-    ("fisher-batch3", "minmax", {"iterations": 3, "batch_size": 3, "loss": "fisher", "drop_prob": 0.5,
-                                 "warmup": 0.0, "weight_lr": 1e-2},
+    # the encoder quantized; an encoder block and a decoder block; 2 images (on 3 processes, one
+    # holds none)
+    ("fisher-batch3", 2, "minmax", {"iterations": 3, "batch_size": 3, "loss": "fisher", "drop_prob": 0.5,
+                                    "warmup": 0.0, "weight_lr": 1e-2},
      True, ["image_encoder.blocks.1", "mask_decoder.transformer.layers.1"]),
 ]
-RECONSTRUCTION_IMAGES = 3
 
 
 def reconstruct_job(data_dir: str) -> dict[str, Any]:
@@ -196,9 +197,9 @@ def reconstruct_job(data_dir: str) -> dict[str, Any]:
     from ptqsam.reconstruction.reconstruct import reconstruct
 
     dataset = CocoDataset(Path(data_dir) / "images", Path(data_dir) / "annotations.json")
-    samples = calibration_samples(dataset, RECONSTRUCTION_IMAGES, seed=0)
     out = {}
-    for name, recipe, settings, encoder, only in RECONSTRUCTION_CASES:
+    for name, images, recipe, settings, encoder, only in RECONSTRUCTION_CASES:
+        samples = calibration_samples(dataset, images, seed=0)
         model = build_model("testbed", seed=0)
         exclude = () if encoder else (ENCODER_SITES,)
         with _watching_steps() as steps:
