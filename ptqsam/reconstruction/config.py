@@ -38,7 +38,8 @@ class ReconstructionConfig:
       beta_start, beta_end: β of the regulariser, annealed linearly after the warm-up.
       warmup: fraction of the iterations without the regulariser.
       seed: seed of the image draws and of the drop masks.
-      cache_bytes: cached block inputs/targets kept in memory; the rest spills to disk.
+      cache_bytes: cached block inputs/targets kept in memory (per process under ``torchrun``); the
+        rest spills to disk.
       reference_drop_bug: reproduce PTQ4SAM's evaluation bug deliberately: after each block its
         layer-input quantizers keep dropping ``drop_prob`` of their elements, later blocks and the
         evaluation included (for comparison with published numbers only; results are marked).

@@ -178,9 +178,9 @@ RECONSTRUCTION_CASES = [
     ("qdrop-batch1", 3, "qdrop", {"iterations": 4, "warmup": 0.25, "weight_lr": 1e-2}, False, None),
     # reconstruct() itself: three images per step (drawn across processes), Fisher loss, QDrop,
     # the encoder quantized; an encoder block and a decoder block; 2 images (on 3 processes, one
-    # holds none)
+    # holds none); every cached item on disk
     ("fisher-batch3", 2, "minmax", {"iterations": 3, "batch_size": 3, "loss": "fisher", "drop_prob": 0.5,
-                                    "warmup": 0.0, "weight_lr": 1e-2},
+                                    "warmup": 0.0, "weight_lr": 1e-2, "cache_bytes": 1},
      True, ["image_encoder.blocks.1", "mask_decoder.transformer.layers.1"]),
 ]
 

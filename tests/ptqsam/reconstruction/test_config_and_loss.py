@@ -12,7 +12,7 @@ from ptqsam.errors import RecipeError
 from ptqsam.instrument import Recipe, load_recipe
 from ptqsam.reconstruction import ReconstructionConfig
 from ptqsam.reconstruction.cache import TensorCache
-from ptqsam.reconstruction.reconstruct import _unit_inputs, reconstruction_loss
+from ptqsam.reconstruction.reconstruct import _Batch, _unit_inputs, reconstruction_loss
 
 
 def test_beta_is_constant_during_the_warm_up_then_linear_to_its_end():
@@ -57,23 +57,11 @@ def test_the_loss_sums_channels_averages_the_rest_and_weights_by_squared_gradien
     assert float(reconstruction_loss(target, target, None, -1)) == 0.0
 
 
-class _Data:
-    """Two cached inputs per sample: the quantized prefix's (zeros) and the float model's (ones)."""
-
-    def __init__(self) -> None:
-        self.inputs, self.float_inputs = TensorCache(2**30), TensorCache(2**30)
-        for _ in range(3):
-            self.inputs.append(((torch.zeros(100, 100),), {"pe": torch.zeros(10)}))
-            self.float_inputs.append(((torch.ones(100, 100),), {"pe": torch.ones(10)}))
-        self.device = torch.device("cpu")
-
-    def batch(self, cache, indices):
-        return cache[indices[0]]
-
-
 def test_qdrop_mixes_block_inputs_elementwise_with_its_probability():
     config = ReconstructionConfig(drop_prob=0.3)
-    (x,), kwargs = _unit_inputs(_Data(), [1], config, torch.Generator().manual_seed(0))
+    batch = _Batch(inputs=((torch.zeros(100, 100),), {"pe": torch.zeros(10)}),  # the quantized prefix's
+                   float_inputs=((torch.ones(100, 100),), {"pe": torch.ones(10)}), targets=None, grads=None)
+    (x,), kwargs = _unit_inputs(batch, config, torch.Generator().manual_seed(0))
     assert set(x.unique().tolist()) == {0.0, 1.0}  # every element comes from one side or the other
     assert abs(float(x.mean()) - 0.3) < 0.02  # the float model's with probability drop_prob
     assert kwargs["pe"].shape == (10,)

@@ -24,9 +24,17 @@ def test_reconstruction_equals_one_process_bit_for_bit(one_process_checks, spawn
             assert got["state"].keys() == expected["state"].keys()
             different = [k for k in expected["state"] if not torch.equal(got["state"][k], expected["state"][k])]
             assert not different, f"{case} rank {rank}: {different[:5]}"
-            assert got["records"] == expected["records"], f"{case} rank {rank}"  # MSE before/after, losses
+            assert _same_process(got["records"]) == _same_process(expected["records"]), f"{case} rank {rank}"
         assert ranks[0][case]["steps"]["workers"] <= set(range(min(world, IMAGES[case]))), case
     assert set.union(*(case["steps"]["workers"] for case in ranks[0].values())) == set(range(world))  # all computed
     assert ranks[0]["fisher-batch3"]["steps"]["sent"] > 0  # batches drawn across processes
     assert any(key.endswith(".rounding.up") for key in single["qdrop-batch1"]["state"])  # hardened AdaRound
+    for records in (single["fisher-batch3"]["records"], ranks[0]["fisher-batch3"]["records"]):
+        assert all(record["spilled_to_disk"] > 0 for record in records.values())  # read back from disk
+
+
+def _same_process(records: dict) -> dict:
+    """The records that do not depend on the number of processes: MSE before / after, first and
+    last loss, counts (not the items spilled to disk: each process has its own memory budget)."""
+    return {unit: {k: v for k, v in record.items() if k != "spilled_to_disk"} for unit, record in records.items()}
 
