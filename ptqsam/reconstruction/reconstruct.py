@@ -83,7 +83,9 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
     with _frozen_parameters(model):
         for index, unit in enumerate(tqdm(units, desc="reconstruction", disable=not progress, leave=False)):
             records[unit.name] = _reconstruct_unit(model, loop, unit, config, index, progress)
-    if config.reference_drop_bug:
+            if config.reference_drop_bug:  # as the reference: the later units' inputs are cached with it on
+                apply_reference_drop_bug(model, reference_bug_sites(model, [unit]), config.drop_prob, config.seed)
+    if config.reference_drop_bug:  # fresh generators: the masks a loaded state draws
         apply_reference_drop_bug(model, reference_bug_sites(model, units), config.drop_prob, config.seed)
     return records
 
@@ -130,7 +132,8 @@ def _reconstruct_unit(model: Sam, loop: SampleLoop, unit: ReconUnit, config: Rec
     finally:
         data.close()
     return {"iterations": config.iterations, "seconds": round(time.perf_counter() - start, 3),
-            "seconds_per_iteration": round(loop_seconds / config.iterations, 5), "mse_before": before, "mse_after": after, "loss_first": losses[0] if losses else None,
+            "seconds_per_iteration": round(loop_seconds / config.iterations, 5), "mse_before": before,
+            "mse_after": after, "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None, "weights_rounded": len(round_parts),
             "scales_learned": len(a_params), "spilled_to_disk": data.spilled}
 
@@ -183,9 +186,10 @@ def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: Recon
         for step in steps:
             indices = torch.randint(len(data.inputs), (config.batch_size,), generator=generator).tolist()
             args, kwargs = _unit_inputs(data, indices, config, generator)
-            loss = reconstruction_loss(module(*args, **kwargs), data.batch(data.targets, indices),
-                                       None if data.grads is None else data.batch(data.grads, indices),
-                                       unit.channel_axis)
+            output_loss = reconstruction_loss(module(*args, **kwargs), data.batch(data.targets, indices),
+                                              None if data.grads is None else data.batch(data.grads, indices),
+                                              unit.channel_axis)
+            loss = output_loss
             if round_parts and config.regularised(step):
                 beta = config.beta(step)
                 loss = loss + config.round_loss_weight * sum(rounding_regulariser(p.soft_values(), beta)
@@ -201,7 +205,7 @@ def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: Recon
                 schedule.step()
             losses.append(float(loss.detach()))
             if progress and step % 50 == 0:
-                steps.set_postfix(loss=f"{losses[-1]:.4g}")
+                steps.set_postfix(loss=f"{losses[-1]:.4g}", output=f"{float(output_loss.detach()):.4g}")
     return losses
 
 

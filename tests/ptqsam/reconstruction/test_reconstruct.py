@@ -123,6 +123,13 @@ def test_the_reference_drop_bug_only_when_asked_marked_and_reloaded(build, sampl
     with calibrated_quantizing(fresh, info.extra):
         assert torch.equal(_logits(fresh, samples[0]), in_process)  # same seeded masks after loading
     assert sum(q.dropped_elements for q in attached_quantizers(fresh).values()) > 0
+    fixed = build()
+    fixed_report = calibrate(fixed, "ptq4sam-l", 4, 4, samples, progress=False, reconstruction=config)
+    first, *later = list(report.reconstruction)
+    assert report.reconstruction[first]["mse_before"] == fixed_report.reconstruction[first]["mse_before"]
+    # as in the reference code, the later units' inputs come from a prefix that still drops
+    assert all(report.reconstruction[n]["mse_before"] != fixed_report.reconstruction[n]["mse_before"] for n in later
+               if n.startswith("image_encoder.blocks"))
 
 
 def test_fixed_ptq4sam_l_drops_nothing_after_reconstruction(build, samples):
