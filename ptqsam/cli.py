@@ -25,10 +25,20 @@ from quantizers.errors import QuantizationError
 
 DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam")
 DEMO_BITS = ("W8A8", "W6A6", "W4A4")
-#: the demo's reconstruction row: this recipe at the lowest bit-width, with few iterations per block
-DEMO_RECON_RECIPE, DEMO_RECON_ITERATIONS = "ptq4sam-l", 300
+#: calibration sets each demo cell is calibrated on (the report gives their spread)
+DEMO_CALIB_SETS = 3
+#: the protocol float list of the demo: every recipe quantizes the sites PTQ4SAM quantizes
+DEMO_FLOAT_SITES = "ptq4sam"
+#: the demo's optional reconstruction row (--recon-recipe ptq4sam-l): at the lowest bit-width, with few
+#: iterations per block; off by default, as its 3 calibration sets alone would take the demo past 5 minutes
+DEMO_RECON_RECIPE, DEMO_RECON_ITERATIONS = "", 300
 #: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
-DEMO_SEARCH_ROWS = 256
+DEMO_SEARCH_ROWS = 64
+#: generated images the demo evaluates
+DEMO_IMAGES = 24
+#: worker processes of the demo's quantized cells (one torch thread each: the numbers do not depend
+#: on the machine's thread count)
+DEMO_WORKERS = 2
 #: the demo's per-site figures: a decoder post-softmax site in the lowest-bit cell of this recipe
 DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs", "ptq4sam"
 
@@ -156,24 +166,38 @@ def _config(**kwargs: Any):
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="results/demo", show_default=True)
-@click.option("--images", "num_images", type=int, default=48, show_default=True, help="Generated images to evaluate.")
+@click.option("--images", "num_images", type=int, default=DEMO_IMAGES, show_default=True,
+              help="Generated images to evaluate.")
 @click.option("--calib-images", type=int, default=4, show_default=True,
-              help="Generated calibration images (a set apart from the evaluated ones).")
+              help="Generated calibration images per calibration set (sets apart from the evaluated images).")
+@click.option("--calib-sets", type=int, default=DEMO_CALIB_SETS, show_default=True,
+              help="Calibration sets per cell (mean ± std and min/max over them).")
+@click.option("--float-sites", default=DEMO_FLOAT_SITES, show_default=True,
+              help="Protocol float list imposed on every recipe (a recipe name), or 'own': each recipe's own.")
 @click.option("--search-rows", type=int, default=DEMO_SEARCH_ROWS, show_default=True,
               help="Hessian search (ptq4vit): rows of each unit's cache that score the candidates.")
 @click.option("--recipes", default=",".join(DEMO_RECIPES), show_default=True)
 @click.option("--bits", default=",".join(DEMO_BITS), show_default=True)
 @click.option("--recon-recipe", default=DEMO_RECON_RECIPE, show_default=True,
-              help="A reconstruction recipe run at the lowest bit-width only ('' for none).")
+              help="A reconstruction recipe run at the lowest bit-width only, e.g. ptq4sam-l ('' for none).")
 @click.option("--recon-iterations", type=int, default=DEMO_RECON_ITERATIONS, show_default=True,
               help="Its optimisation steps per block (PTQ4SAM-L uses 20000).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes: str, bits: str, recon_recipe: str,
-         recon_iterations: int, seed: int, device: str) -> None:
-    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4, and a block
-    reconstruction recipe at the lowest bit-width (a few minutes)."""
+@click.option("--workers", type=int, default=DEMO_WORKERS, show_default=True,
+              help="Worker processes computing the quantized cells (one torch thread each).")
+@click.option("--publish", "publish_root", type=click.Path(file_okay=False), default=None,
+              help="Repository root: copy report.json to docs/demo/NAME.json (and, for the demo's own report, "
+                   "the figures to docs/figures/) and regenerate README.md's table of that file.")
+@click.option("--publish-name", default="report", show_default=True, help="NAME of the published report.")
+def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_sites: str, search_rows: int,
+         recipes: str, bits: str, recon_recipe: str, recon_iterations: int, seed: int, device: str, workers: int,
+         publish_root: str | None, publish_name: str) -> None:
+    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 and a block
+    reconstruction recipe at the lowest bit-width, each cell calibrated on several calibration sets,
+    every recipe quantizing the same sites (a few minutes)."""
     from ptqsam.bits import bits_order
+    from ptqsam.demo import DEMO_REPORT, bimodal_note, cell_records, publish
     from ptqsam.evaluation.report import markdown_table
     from ptqsam.plots import bit_width_order
     from ptqsam.plots.cell import plot_cell_sites
@@ -183,13 +207,23 @@ def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes
     recon = {recon_recipe: [bits_order(bit_list)[0]]} if recon_recipe else {}
     config = _config(models=["testbed"], recipes=recipe_list + list(recon), bits=bit_list, recipe_bits=recon,
                      reconstruction={"iterations": recon_iterations}, synthetic_images=num_images,
-                     calib_images=calib_images, search_rows=search_rows, seed=seed, device=device, out=out)
+                     calib_images=calib_images, calib_sets=calib_sets, search_rows=search_rows, seed=seed,
+                     device=device, out=out, float_sites=None if float_sites == "own" else float_sites,
+                     own_float_variants=False, workers=workers)
     rows = run_sweep(config)
     click.echo(markdown_table(rows))
-    _plots(Path(out))
+    note = bimodal_note(cell_records(out))
+    if note:
+        click.echo(note)
+    figures = [path.name for path in _plots(Path(out))]
     if DEMO_SITE_RECIPE in config.recipes:
-        plot_cell_sites(config, Cell("testbed", DEMO_SITE_RECIPE, bit_width_order(config.bits)[0]), DEMO_SITE)
+        cell = Cell("testbed", DEMO_SITE_RECIPE, bit_width_order(config.bits)[0])
+        figures += [path.name for path in plot_cell_sites(config, cell, DEMO_SITE) if path.name.startswith("site_")]
     click.echo(f"results: {out}/report.md, report.csv, report.json, plots/")
+    if publish_root is not None:
+        pictures = [name for name in figures if name.endswith(".png")] if publish_name == DEMO_REPORT else []
+        for path in publish(out, publish_root, pictures, publish_name):
+            click.echo(f"published: {path}")
 
 
 @main.command()

@@ -38,6 +38,20 @@ class ExperimentConfig:
       calib_images_dir, calib_annotations: COCO-format image folder and instances JSON to calibrate
         on (PTQ4SAM: COCO train2017). Absent: generated data is calibrated on a separately
         generated set; a given ``images`` dataset is calibrated on its own images (with a warning).
+      calib_sets: calibrate each quantized cell on this many calibration sets (seeds ``seed``,
+        ``seed + 1``, ...), or on the sets of these seeds (a list); the cell keeps every run and the
+        report gives mean ± std and min/max over them. Generated data: each seed generates its own
+        set; a given calibration dataset: each seed chooses its own ``calib_images`` images.
+      float_sites: a protocol float list imposed on every recipe so that a comparison quantizes the
+        same sites: a recipe name (its ``keep_float``, e.g. ``ptq4sam``) or a list of fnmatch patterns
+        on site names. It REPLACES each recipe's own ``keep_float``. None: each recipe's own list.
+      own_float_variants: with ``float_sites``, each recipe whose own list differs also runs as
+        the variant ``<recipe>[own-float]`` (its own ``keep_float``).
+      workers: compute the quantized cells of a model in this many worker processes at once (the
+        float cell runs first, in this process); every cell then runs on one torch thread, so its
+        numbers do not depend on the machine's thread count (which changes summation order, hence
+        the last bits). 1: one after the other, here. A script calling a sweep with workers needs
+        the ``if __name__ == "__main__":`` guard (worker processes are spawned and import it).
       search_rows: Hessian-guided search: score the candidates of each unit on at most this many
         seeded-random rows of its calibration cache (the ``max_rows`` search option; a recipe that
         sets it keeps its own). None: every row, as the papers do.
@@ -71,6 +85,10 @@ class ExperimentConfig:
     calib_images: int = field(default=32, metadata={"min": 1})
     calib_images_dir: str | None = None
     calib_annotations: str | None = None
+    calib_sets: int | tuple[int, ...] = 1
+    float_sites: str | tuple[str, ...] | None = None
+    own_float_variants: bool = True
+    workers: int = field(default=1, metadata={"min": 1})
     search_rows: int | None = field(default=None, metadata={"min": 1})
     eval_images: int = field(default=0, metadata={"min": 0})
     quantize_encoder: bool = True
@@ -122,14 +140,43 @@ class ExperimentConfig:
             raise ConfigError("calib_images_dir and calib_annotations go together: give both or neither")
         if self.prompt == "detections" and not self.detections:
             raise ConfigError("prompt 'detections' needs a detections file")
+        self._check_calib_sets()
+        self._check_float_sites()
+
+    def _check_calib_sets(self) -> None:
+        value = self.calib_sets
+        if isinstance(value, (list, tuple)):
+            if not value or len(set(value)) != len(value):
+                raise ConfigError(f"config calib_sets must be a positive integer or a list of distinct integer "
+                                  f"seeds, got {value!r}")
+            object.__setattr__(self, "calib_sets", tuple(value))
+        elif value < 1:
+            raise ConfigError(f"config calib_sets must be a positive integer or a list of distinct integer seeds, "
+                              f"got {value!r}")
+
+    def _check_float_sites(self) -> None:
+        value = self.float_sites
+        if isinstance(value, (list, tuple)):
+            if not all(value):
+                raise ConfigError(f"config float_sites patterns must be non-empty strings, got {value!r}")
+            object.__setattr__(self, "float_sites", tuple(value))
+        elif value == "":
+            raise ConfigError("config float_sites must be a recipe name, a list of site patterns or null, got ''")
+
+    def calibration_seeds(self) -> tuple[int, ...]:
+        """The seed of each calibration set (see ``calib_sets``)."""
+        if isinstance(self.calib_sets, tuple):
+            return self.calib_sets
+        return tuple(self.seed + i for i in range(self.calib_sets))
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         return ExperimentConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("models", "recipes", "bits"):
-            data[name] = list(data[name])
+        for name in ("models", "recipes", "bits", "calib_sets", "float_sites"):
+            if isinstance(data[name], tuple):
+                data[name] = list(data[name])
         data["recipe_bits"] = {k: list(v) for k, v in data["recipe_bits"].items()}
         return data
 
@@ -155,3 +202,4 @@ class ExperimentConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+

@@ -10,6 +10,12 @@ their data, prompt, mask and scoring options, seed, ptqsam version). A cell file
 differs from the current settings, or that cannot be read (zero bytes, invalid JSON), is computed
 again with a warning naming what changed, and overwritten: a result is never reported under
 settings that did not make it.
+
+A quantized cell is calibrated on each of the config's calibration sets (``calib_sets``) and
+evaluated after each calibration; its file keeps every run (metrics, per-instance IoUs, what
+calibration did) and ``metrics`` holds their mean. With a protocol float list (``float_sites``)
+every recipe quantizes the same sites, and (``own_float_variants``) a recipe whose own
+``keep_float`` differs runs again as the variant ``<recipe>[own-float]``.
 """
 
 from __future__ import annotations
@@ -17,26 +23,30 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import multiprocessing
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import torch
 from segment_anything.modeling import Sam
 
 from ptqsam.bits import normal_bits, parse_bits
-from ptqsam.calibration import CalibrationSample, calibrate, calibrated_quantizing, save_calibrated
+from ptqsam.calibration import calibrate, calibrated_quantizing, save_calibrated
 from ptqsam.config import ExperimentConfig
 from ptqsam.constants import FLOAT
 from ptqsam.data import CocoDataset
 from ptqsam.data.prompts import Detections
 from ptqsam.data.selection import calibration_set, data_fingerprint, dataset_for
 from ptqsam.embedding_cache import EmbeddingCache, embedding_key
-from ptqsam.errors import ConfigError
+from ptqsam.errors import CheckpointError, ConfigError
 from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks_from_json, masks_to_json
 from ptqsam.evaluation.report import degradation_rows, write_report
+from ptqsam.evaluation.significance import mean_metrics
 from ptqsam.fingerprint import file_sha256, fingerprint, mismatch
-from ptqsam.instrument.recipe import load_recipe
+from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.io import json_text, write_or_rescue
 from ptqsam.models import build_model
 from ptqsam.models.blocks import ENCODER_SITES
@@ -44,67 +54,180 @@ from ptqsam.models.zoo import image_size, weights_id
 from ptqsam.preflight import check_device, check_output_folder, check_recipes
 
 log = logging.getLogger("ptqsam")
+#: suffix of the variant of a recipe that keeps its own float list under a protocol float list
+OWN_FLOAT = "[own-float]"
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One (model, recipe, bits) run; ``recipe == "float"`` is the baseline."""
+    """One (model, recipe, bits) run; ``recipe == "float"`` is the baseline. ``own_float``: the
+    recipe's own float list although the sweep imposes a protocol float list (a variant)."""
 
     model: str
     recipe: str
     bits: str
+    own_float: bool = False
+
+    @property
+    def label(self) -> str:
+        """The recipe in reports: as given, with ``[own-float]`` for the variant."""
+        return self.recipe + (OWN_FLOAT if self.own_float else "")
+
+    @property
+    def stem(self) -> str:
+        """The recipe in file names: a YAML path's stem, ``.own-float`` for the variant."""
+        recipe = Path(self.recipe).stem if self.recipe.endswith((".yaml", ".yml")) else self.recipe
+        return recipe + (".own-float" if self.own_float else "")
 
     @property
     def file_name(self) -> str:
-        recipe = Path(self.recipe).stem if self.recipe.endswith((".yaml", ".yml")) else self.recipe
-        return f"{self.model}__{recipe}__{self.bits}.json"
+        return f"{self.model}__{self.stem}__{self.bits}.json"
 
 
-def state_path(config: ExperimentConfig, cell: Cell) -> Path:
-    """Where a sweep saves the calibrated state of ``cell``."""
-    return Path(config.out) / "states" / cell.file_name.replace(".json", ".pt")
+def state_path(config: ExperimentConfig, cell: Cell, calib_seed: int) -> Path:
+    """Where a sweep saves the calibrated state of ``cell`` calibrated on the set of ``calib_seed``."""
+    return Path(config.out) / "states" / cell.file_name.replace(".json", f"__calib{calib_seed}.pt")
+
+
+def protocol_float_list(config: ExperimentConfig) -> tuple[str, ...] | None:
+    """The site patterns every recipe keeps in float (``float_sites``: a recipe's ``keep_float`` or
+    the patterns themselves), or None: each recipe's own."""
+    if isinstance(config.float_sites, str):
+        return load_recipe(config.float_sites).keep_float
+    return config.float_sites
+
+
+def float_list_label(config: ExperimentConfig, cell: Cell) -> str:
+    """Which float list a cell uses: the protocol list's recipe name, ``custom`` patterns, or ``own``."""
+    if config.float_sites is None or cell.own_float:
+        return "own"
+    return config.float_sites if isinstance(config.float_sites, str) else "custom"
+
+
+def cell_recipe(config: ExperimentConfig, cell: Cell) -> Recipe:
+    """The recipe a quantized cell calibrates: the named one, its ``keep_float`` replaced by the
+    protocol float list unless the cell is the own-float variant."""
+    recipe = load_recipe(cell.recipe)
+    protocol = protocol_float_list(config)
+    if protocol is None or cell.own_float:
+        return recipe
+    return replace(recipe, keep_float=protocol)
 
 
 def cells(config: ExperimentConfig) -> list[Cell]:
     """The float cell of each model, then every recipe × its bits (``recipe_bits`` or ``bits``,
-    normalised)."""
+    normalised); with a protocol float list, each recipe whose own list differs also as its
+    own-float variant."""
+    protocol = protocol_float_list(config)
     out = []
     for model in config.models:
         out.append(Cell(model, FLOAT, FLOAT))
         for recipe in config.recipes:
-            out += [Cell(model, recipe, normal_bits(b)) for b in config.recipe_bits.get(recipe, config.bits)]
+            bits = [normal_bits(b) for b in config.recipe_bits.get(recipe, config.bits)]
+            out += [Cell(model, recipe, b) for b in bits]
+            if protocol is not None and config.own_float_variants and load_recipe(recipe).keep_float != protocol:
+                out += [Cell(model, recipe, b, own_float=True) for b in bits]
     return out
 
 
 def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Run every missing cell (and every cell made under other settings), then write
-    ``report.{json,csv,md}``; returns the report rows."""
+    ``report.{json,csv,md}``; returns the report rows. With ``workers > 1`` the quantized cells
+    of a model run in that many worker processes (after its float cell, in this process)."""
     todo = _preflight(config)
     out = Path(config.out)
-    dataset = dataset_for(config)
-    detections = Detections(config.detections) if config.detections else None
-    eval_ids = dataset.image_ids[: config.eval_images] if config.eval_images else list(dataset.image_ids)
-    options = EvalOptions(config.prompt, config.num_points, config.multimask, config.score_with_iou, config.seed)
-    evaluation = {"data": data_fingerprint(dataset, eval_ids), **asdict(options),
-                  "detections": file_sha256(config.detections) if config.detections else None}
-    runs, checkpoints = [], {}
+    shared = _Shared.of(config)
+    records: dict[Cell, dict[str, Any]] = {}
+    checkpoints = {}
     for model_type in config.models:
-        context = _ModelContext(config, model_type, dataset, detections, eval_ids, options, progress, evaluation)
+        context = _ModelContext(config, model_type, shared, progress)
         checkpoints[model_type] = context.checkpoint_id
+        missing = []
         for cell in [c for c in todo if c.model == model_type]:
-            path = out / "cells" / cell.file_name
             stamp = context.fingerprint(cell)
-            record = _finished(path, stamp, cell)
+            record = _finished(out / "cells" / cell.file_name, stamp, cell)
             if record is None:
-                record = {**context.run(cell), "fingerprint": stamp}
-                write_or_rescue(path, lambda file, data=record: file.write(json_text(data)))
-            runs.append(record)
-    rows = degradation_rows(runs)
-    settings = {**config.to_dict(), "checkpoint_ids": checkpoints, "eval_image_ids": eval_ids,
-                "skipped": dataset.skips.as_dict(),
+                missing.append((cell, stamp))
+            else:
+                records[cell] = record
+        for cell, record in _compute(config, context, missing):
+            write_or_rescue(out / "cells" / cell.file_name, lambda file, data=record: file.write(json_text(data)))
+            records[cell] = record
+    runs = [records[cell] for cell in todo]
+    rows = degradation_rows(runs, config.seed)
+    protocol = protocol_float_list(config)
+    settings = {**config.to_dict(), "checkpoint_ids": checkpoints, "eval_image_ids": shared.eval_ids,
+                "calibration_seeds": list(config.calibration_seeds()),
+                "protocol_float_list": None if protocol is None else list(protocol),
+                "skipped": shared.dataset.skips.as_dict(),
                 "cell_fingerprints": {f"{r['model']}/{r['recipe']}/{r['bits']}": r["fingerprint"]["hash"] for r in runs}}
     write_report(rows, out, settings)
     return rows
+
+
+def _compute(config: ExperimentConfig, context: "_ModelContext",
+             missing: list[tuple[Cell, dict[str, Any]]]) -> Iterator[tuple[Cell, dict[str, Any]]]:
+    """Each missing cell with its new record: the float cell (the others' reference) first, in this
+    process; the others here too, or in ``config.workers`` worker processes. With workers, every
+    cell is computed on one torch thread, here too, so its numbers do not depend on the machine."""
+    parallel = [(cell, stamp) for cell, stamp in missing if cell.recipe != FLOAT] if config.workers > 1 else []
+    threads = torch.get_num_threads()
+    for cell, stamp in [item for item in missing if item not in parallel]:
+        torch.set_num_threads(1 if config.workers > 1 else threads)
+        try:
+            record = {**context.run(cell), "fingerprint": stamp}
+        finally:
+            torch.set_num_threads(threads)
+        yield cell, record
+    if not parallel:
+        return
+    with ProcessPoolExecutor(min(config.workers, len(parallel)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = {pool.submit(_run_in_worker, config, context.model_type, context.checkpoint_id, cell): (cell, stamp)
+                   for cell, stamp in parallel}
+        for future in as_completed(futures):  # each cell is written as soon as it is done
+            cell, stamp = futures[future]
+            yield cell, {**future.result(), "fingerprint": stamp}
+
+
+#: the context of the model a worker process computes cells of (built by its first cell)
+_WORKER_CONTEXT: dict[str, "_ModelContext"] = {}
+
+
+def _run_in_worker(config: ExperimentConfig, model_type: str, weights: str, cell: Cell) -> dict[str, Any]:
+    """One cell's record, computed in a worker process (one torch thread, no progress bars) with
+    the weights ``weights`` (the checkpoint id the sweep's process built)."""
+    key = config.to_yaml() + model_type
+    if key not in _WORKER_CONTEXT:
+        _WORKER_CONTEXT.clear()
+        _WORKER_CONTEXT[key] = _ModelContext(config, model_type, _Shared.of(config), progress=False)
+    context = _WORKER_CONTEXT[key]
+    if context.checkpoint_id != weights:
+        raise CheckpointError(f"a worker process built {model_type} with weights {context.checkpoint_id}, "
+                              f"the sweep with {weights}")
+    return context.run(cell)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every cell of a sweep evaluates on: the dataset, detections, images, options and the
+    evaluation part of the fingerprints."""
+
+    dataset: CocoDataset
+    detections: Detections | None
+    eval_ids: list[int]
+    options: EvalOptions
+    evaluation: dict[str, Any]
+
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> "_Shared":
+        dataset = dataset_for(config)
+        eval_ids = dataset.image_ids[: config.eval_images] if config.eval_images else list(dataset.image_ids)
+        options = EvalOptions(config.prompt, config.num_points, config.multimask, config.score_with_iou, config.seed)
+        evaluation = {"data": data_fingerprint(dataset, eval_ids), **asdict(options),
+                      "detections": file_sha256(config.detections) if config.detections else None}
+        return cls(dataset, Detections(config.detections) if config.detections else None, eval_ids, options,
+                   evaluation)
 
 
 def _preflight(config: ExperimentConfig) -> list[Cell]:
@@ -115,7 +238,7 @@ def _preflight(config: ExperimentConfig) -> list[Cell]:
     check_recipes(config.recipes, config.models)
     todo = cells(config)
     names = [cell.file_name for cell in todo]
-    shared = sorted({cell.recipe for cell in todo if names.count(cell.file_name) > 1})
+    shared = sorted({cell.label for cell in todo if names.count(cell.file_name) > 1})
     if shared:
         raise ConfigError(f"recipes {shared} would share cell files (same file name): rename one")
     return todo
@@ -146,74 +269,91 @@ def _finished(path: Path, stamp: dict[str, Any], cell: Cell) -> dict[str, Any] |
 class _ModelContext:
     """Everything the cells of one model share: the float model, its embeddings, its reference."""
 
-    def __init__(self, config, model_type, dataset, detections, eval_ids, options, progress, evaluation) -> None:
-        self.config, self.model_type, self.dataset = config, model_type, dataset
-        self.detections, self.eval_ids, self.options, self.progress = detections, eval_ids, options, progress
-        self.evaluation = evaluation
+    def __init__(self, config: ExperimentConfig, model_type: str, shared: _Shared, progress: bool) -> None:
+        self.config, self.model_type, self.dataset = config, model_type, shared.dataset
+        self.detections, self.eval_ids, self.options = shared.detections, shared.eval_ids, shared.options
+        self.progress, self.evaluation = progress, shared.evaluation
         checkpoint = config.checkpoints.get(model_type)
         self.float_model: Sam = build_model(model_type, checkpoint, seed=config.seed).to(config.device)
         self.checkpoint_id = weights_id(model_type, checkpoint, config.seed)
-        cache_dir = Path(config.out) / "cache" if len(eval_ids) > 64 else None
+        cache_dir = Path(config.out) / "cache" if len(self.eval_ids) > 64 else None
         self.cache = EmbeddingCache(cache_dir)
         size = image_size(self.float_model)
-        data_id = evaluation["data"]["annotations"]
+        data_id = self.evaluation["data"]["annotations"]
         self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size, data_id)
         self._reference: EvalResult | None = None
-        self._calibration: tuple[CocoDataset, list[CalibrationSample]] | None = None
+        self._calibration: dict[int, tuple] = {}
 
     def fingerprint(self, cell: Cell) -> dict[str, Any]:
         """The fingerprint of the settings that make ``cell``'s result."""
         settings: dict[str, Any] = {"model": cell.model, "weights": self.checkpoint_id, "recipe": FLOAT,
                                     "bits": cell.bits, "evaluation": self.evaluation}
         if cell.recipe != FLOAT:
-            settings.update(recipe=load_recipe(cell.recipe).to_dict(), quantize_encoder=self.config.quantize_encoder,
-                            calibration=self.calibration_settings())
+            settings.update(recipe=cell_recipe(self.config, cell).to_dict(),
+                            quantize_encoder=self.config.quantize_encoder,
+                            calibration={str(seed): self.calibration_settings(seed)
+                                         for seed in self.config.calibration_seeds()})
         return fingerprint(settings)
 
-    def calibration_settings(self) -> dict[str, Any]:
-        """What the calibration of every quantized cell of this model depends on."""
-        dataset, samples = self.calibration()
+    def calibration_settings(self, seed: int) -> dict[str, Any]:
+        """What the calibration on the set of calibration seed ``seed`` depends on."""
+        dataset, samples = self.calibration(seed)
         return {"data": data_fingerprint(dataset, [s.image_id for s in samples]), "images": self.config.calib_images,
-                "prompt": self.config.prompt, "num_points": self.config.num_points, "seed": self.config.seed,
+                "prompt": self.config.prompt, "num_points": self.config.num_points, "seed": seed,
                 "search_rows": self.config.search_rows, "reconstruction": self.config.reconstruction}
 
     def run(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
-        record: dict[str, Any] = {"model": cell.model, "recipe": cell.recipe, "bits": cell.bits,
+        record: dict[str, Any] = {"model": cell.model, "recipe": cell.label, "bits": cell.bits,
                                   "checkpoint": self.checkpoint_id}
         if cell.recipe == FLOAT:
             result = self._evaluate(self.float_model, encoder_float=True, reference=None, label=FLOAT)
-            record["reference_masks"] = masks_to_json(result.masks)
+            record.update(reference_masks=masks_to_json(result.masks), instance_ious=result.instance_ious,
+                          metrics=result.metrics, quantized_sites=0)
         else:
-            model = copy.deepcopy(self.float_model)
-            w, a = parse_bits(cell.bits)
-            exclude = () if self.config.quantize_encoder else (ENCODER_SITES,)
-            calibration_set, samples = self.calibration()
-            report = calibrate(model, cell.recipe, w, a, samples, exclude, self.progress,
-                               search_rows=self.config.search_rows, reconstruction=self.config.reconstruction)
-            saved = state_path(self.config, cell)
-            save_calibrated(model, saved, report, cell.recipe, self.model_type, w, a,
-                            {"calibration": self.calibration_settings(), "quantize_encoder": self.config.quantize_encoder})
-            record["calibration"] = {"images_dir": str(calibration_set.images_dir), "image_ids": report.image_ids,
-                                     "num_prompts": report.num_prompts,
-                                     "seconds": report.seconds, "unreached_sites": report.unreached,
-                                     "bimodal": report.bimodal, "reconstruction": report.reconstruction,
-                                     "state": str(saved)}
-            if report.reference_drop_bug is not None:
+            done = [self._calibrated_run(cell, seed) for seed in self.config.calibration_seeds()]
+            runs, result = [run for run, _ in done], done[0][1]
+            record.update(float_list=float_list_label(self.config, cell), quantized_sites=runs[0]["quantized_sites"],
+                          metrics=mean_metrics([run["metrics"] for run in runs]), runs=runs)
+            if any(run.get("reference_drop_bug") for run in runs):
                 record["reference_drop_bug"] = True
-                log.warning("%s %s reproduces PTQ4SAM's drop bug: its numbers are marked", cell.recipe, cell.bits)
-            with calibrated_quantizing(model, report.extra_state()):
-                result = self._evaluate(model, encoder_float=not self.config.quantize_encoder,
-                                        reference=self.reference(), label=f"{cell.recipe} {cell.bits}")
-        record.update(metrics=result.metrics, num_images=result.num_images, num_prompts=result.num_prompts,
-                      skipped=result.skips, seconds=round(time.perf_counter() - start, 3))
+                log.warning("%s %s reproduces PTQ4SAM's drop bug: its numbers are marked", cell.label, cell.bits)
+        record.update(num_images=result.num_images, num_prompts=result.num_prompts, skipped=result.skips,
+                      seconds=round(time.perf_counter() - start, 3))
         return record
 
-    def calibration(self) -> tuple[CocoDataset, list[CalibrationSample]]:
-        """The calibration set and samples, loaded by the first quantized cell."""
-        if self._calibration is None:
-            self._calibration = calibration_set(self.config)
-        return self._calibration
+    def _calibrated_run(self, cell: Cell, seed: int) -> tuple[dict[str, Any], EvalResult]:
+        """Calibrate a copy of the float model on the set of calibration seed ``seed``, save its
+        state and evaluate it: the run's record and its evaluation."""
+        model = copy.deepcopy(self.float_model)
+        w, a = parse_bits(cell.bits)
+        exclude = () if self.config.quantize_encoder else (ENCODER_SITES,)
+        calibration_set, samples = self.calibration(seed)
+        recipe = cell_recipe(self.config, cell)
+        report = calibrate(model, recipe, w, a, samples, exclude, self.progress, search_rows=self.config.search_rows,
+                           reconstruction=self.config.reconstruction)
+        saved = state_path(self.config, cell, seed)
+        save_calibrated(model, saved, report, recipe, self.model_type, w, a,
+                        {"calibration": self.calibration_settings(seed), "quantize_encoder": self.config.quantize_encoder})
+        with calibrated_quantizing(model, report.extra_state()):
+            result = self._evaluate(model, encoder_float=not self.config.quantize_encoder, reference=self.reference(),
+                                    label=f"{cell.label} {cell.bits} (calibration set {seed})")
+        calibration = {"images_dir": str(calibration_set.images_dir), "image_ids": report.image_ids,
+                       "num_prompts": report.num_prompts, "seconds": report.seconds,
+                       "unreached_sites": report.unreached, "bimodal": report.bimodal, "hessian": report.hessian,
+                       "reconstruction": report.reconstruction, "state": str(saved)}
+        quantized = len(report.quantizers) - len(report.unreached)
+        run = {"calib_seed": seed, "metrics": result.metrics, "quantized_sites": quantized, "calibration": calibration,
+               "instance_ious": result.instance_ious}
+        if report.reference_drop_bug is not None:
+            run["reference_drop_bug"] = True
+        return run, result
+
+    def calibration(self, seed: int) -> tuple[CocoDataset, list]:
+        """The calibration set and samples of calibration seed ``seed``, loaded once."""
+        if seed not in self._calibration:
+            self._calibration[seed] = calibration_set(self.config, seed)
+        return self._calibration[seed]
 
     def reference(self) -> EvalResult:
         """The float run's masks (from its cell file when an earlier run wrote it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -23,3 +24,17 @@ def test_example_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = BLOCKS[index].replace("/tmp/synthetic", str(tmp_path / "synthetic"))
     exec(compile(code, f"README block {index}", "exec"), {})
+
+
+def test_demo_tables_are_generated_from_the_committed_results():
+    """A change that alters the demo's numbers must regenerate both the file and the table
+    (`ptqsam demo --publish .`, see "What the demo shows")."""
+    from ptqsam.demo import REPORTS, readme_block, readme_table
+
+    root = README.parent
+    published = sorted((root / REPORTS).glob("*.json"))
+    assert [p.stem for p in published] == ["report", "wide-tau"]
+    for path in published:
+        assert readme_block(README.read_text(), path.stem) == readme_table(path), path.name
+        settings = json.loads(path.read_text())["settings"]
+        assert settings["calib_sets"] == 3 and settings["float_sites"] == "ptq4sam"

@@ -1,20 +1,26 @@
 """Hessian-guided scale search as a calibration pass (PTQ4ViT, Q-TinySAM).
 
-A *unit* is one product whose two operands may be quantized: a Linear (input, weight) or an
-attention / decoder matmul (query·keyᵀ, probs·value, hyper_in·upscaled). For the units whose
-operand quantizers ask for ``search: hessian``, the pass caches on the float model, for every
-calibration image, the operands, the product O and ∂L/∂O, then searches the scales on them.
+A *unit* is one product whose two operands may be quantized: a Linear or a convolution (input,
+weight) or an attention / decoder matmul (query·keyᵀ, probs·value, hyper_in·upscaled). For the
+units whose operand quantizers ask for ``search: hessian``, the pass caches on the float model, for
+every calibration image, the operands, the product O and ∂L/∂O, then searches the scales on them.
 
 The task loss is BCE + Dice of the mask logits against the float model's own binary masks: its
-gradient is not zero (unlike PTQ4ViT's KL(FP‖FP), whose gradient vanishes, a known bug). Every unit
-is calibrated on float inputs ("parallel" calibration, not layer after layer). What grows with
-the number of images: the cached operands, outputs and gradients of the units searched together;
-units are searched in groups whose cache fits ``memory_budget``.
+gradient is not zero (unlike PTQ4ViT's KL(FP‖FP), whose gradient vanishes, a known bug); a loss
+that gives the mask logits an identically zero gradient is refused (:class:`CalibrationError`).
+A unit whose output gets no gradient from the loss although the loss is sound — its output never
+reaches the loss (the IoU head), or is discarded before it (the hypernetwork MLP of the mask that
+multimask output drops) — is searched on the unweighted output error (metric ``l2``); this is
+logged as a warning and recorded in the unit's record (``fallback``).
+
+Every unit is calibrated on float inputs ("parallel" calibration, not layer after layer). What
+grows with the number of images: the cached operands, outputs and gradients of the units searched
+together (one model block at a time).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -28,19 +34,18 @@ from ptqsam.instrument.units import Unit, model_units
 from ptqsam.passes import task_loss
 from quantizers.modules.base import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
-from quantizers.search.hessian import (
-    HessianSearchConfig,
-    objective,
-    search_linear,
-    search_matmul,
-    subsample_rows,
-)
+from quantizers.search.conv import ConvGeometry, search_conv, subsample_batch
+from quantizers.search.hessian import HessianSearchConfig, objective, search_linear, search_matmul, subsample_rows
 
 #: bits at which a twin-quantized operand is re-quantized while its uniform partner is searched:
 #: the search functions quantize both operands; 16 bits adds at most max|x|/65535 of error.
 FIXED_OPERAND_BITS = 16
-#: unit kinds the search handles
-SEARCHED_KINDS = ("linear", "matmul")
+#: unit kinds the search handles (every kind :mod:`ptqsam.instrument.units` declares)
+SEARCHED_KINDS = ("linear", "conv2d", "conv_transpose2d", "matmul")
+#: trailing dims of a unit's cached tensors kept when the images' tensors are concatenated
+_KEPT_DIMS = {"linear": 1, "matmul": 2, "conv2d": 3, "conv_transpose2d": 3}
+NO_GRADIENT = "no gradient: the output does not reach the task loss"
+ZERO_GRADIENT = "zero gradient: the output is discarded before the task loss"
 
 
 def search_units(model: nn.Module) -> list[Unit]:
@@ -91,79 +96,153 @@ class _Capture:
 
 
 def capture(model: nn.Module, units: Sequence[Unit], run_with_grad: Callable[[Callable], None]) -> dict:
-    """Cache the units' tensors while ``run_with_grad(task_loss)`` runs one forward + backward per
-    image (each unit is called once per image, so outputs and gradients stay aligned)."""
+    """Cache the units' tensors while ``run_with_grad(loss)`` runs one forward + backward per image
+    (each unit is called once per image, so outputs and gradients stay aligned). Raises
+    :class:`CalibrationError` when :func:`task_loss` gives the mask logits an identically zero
+    gradient on some image (a broken task loss would silently degrade every unit's objective)."""
     cap = _Capture(model, units)
+    sound: list[bool] = []
+
+    def checked_loss(logits: torch.Tensor) -> torch.Tensor:
+        logits.register_hook(lambda g: sound.append(bool(g.any())))
+        return task_loss(logits)
+
     with forward_hooks(cap.hooks):
-        run_with_grad(task_loss)
+        run_with_grad(checked_loss)
+    if not all(sound):
+        raise CalibrationError(
+            f"the task loss gives the mask logits an identically zero gradient on {sound.count(False)} of "
+            f"{len(sound)} calibration images: the Hessian objective would be degenerate (a loss such as "
+            "KL(FP || FP) has no gradient)")
     for name, store in cap.data.items():
         if store["grad"] and len(store["grad"]) != len(store["out"]):
             raise CalibrationError(f"unit {name}: {len(store['out'])} outputs but {len(store['grad'])} gradients")
     return cap.data
 
 
-def search_unit(unit: Unit, store: dict, model: nn.Module, max_rows: int | None = None) -> dict:
-    """Search the unit's operand scales on its cached tensors and install them; returns a record.
+@dataclass(frozen=True)
+class _Problem:
+    """A unit's cached operands with its product and the search that fits both scales."""
 
-    ``max_rows`` is the search's ``max_rows`` where the recipe leaves it unset.
+    a: torch.Tensor
+    b: torch.Tensor
+    out: torch.Tensor
+    grad: torch.Tensor | None
+    product: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    search: Callable[..., tuple[torch.Tensor, torch.Tensor, tuple[float, ...]]]
 
-    A unit whose output does not reach the mask logits (the IoU head) has no gradient: it is
-    searched on the unweighted output error (metric ``l2``) instead.
+
+def search_unit(unit: Unit, store: dict, model: nn.Module, max_rows: int | None = None) -> dict | None:
+    """Search the unit's operand scales on its cached tensors and install them; returns a record
+    (``metric``, ``history``, ``fallback`` where the l2 metric replaced the Hessian one, ``a``/``b``
+    ``"twin"`` for twin operands), or None when no calibration image reached the unit.
+
+    ``max_rows`` is the search's ``max_rows`` where the recipe leaves it unset: Linear units keep
+    that many seeded-random tokens, matmul units rows of ``A``, convolutions whole batch elements
+    (:func:`quantizers.search.conv.subsample_batch`).
     """
+    if not store["out"]:
+        return None
     quantizers = attached_quantizers(model)
     qa, qb = quantizers.get(unit.a), quantizers.get(unit.b)
     cfg = (qa or qb).spec.search_config
     if cfg.max_rows is None:
         cfg = replace(cfg, max_rows=max_rows)
-    keep = 1 if unit.kind == "linear" else 2
-    out = _cat(store["out"], keep)
-    grad = _cat(store["grad"], keep) if store["grad"] else None
-    if grad is None or not bool(grad.any()):
-        cfg, grad = replace(cfg, metric="l2"), None
-    # the rows that score the candidates, chosen once here so a twin operand is fitted on them too
-    a, out, grad = subsample_rows(cfg.max_rows, _cat(store["a"], keep), out, grad, matmul=unit.kind == "matmul")
-    cfg = replace(cfg, max_rows=None)
+    grad, fallback = _gradient(store["grad"], _KEPT_DIMS[unit.kind])
+    if fallback:
+        cfg = replace(cfg, metric="l2")
+    problem = _problem(unit, store, model, grad, cfg)
+    record = _search_pair(qa, qb, problem, replace(cfg, max_rows=None))
+    record["metric"] = cfg.metric
+    if fallback:
+        record["fallback"] = fallback
+    return record
+
+
+def _gradient(grads: list[torch.Tensor], keep: int) -> tuple[torch.Tensor | None, str | None]:
+    """The concatenated output gradient, or None with the reason the l2 metric replaces it."""
+    if not grads:
+        return None, NO_GRADIENT
+    grad = _cat(grads, keep)
+    return (grad, None) if bool(grad.any()) else (None, ZERO_GRADIENT)
+
+
+def _problem(unit: Unit, store: dict, model: nn.Module, grad, cfg: HessianSearchConfig) -> _Problem:
+    """The unit's operands, subsampled once here (``cfg.max_rows``) so that a twin operand is fitted
+    on the rows its partner's search scores."""
+    keep = _KEPT_DIMS[unit.kind]
+    a, out = _cat(store["a"], keep), _cat(store["out"], keep)
+    if unit.kind == "matmul":
+        b = _cat(store["b"], 2)
+        # the product is q @ kᵀ; key scales are per tensor, so layout-free
+        return _matmul_problem(a, b.transpose(-2, -1) if unit.b_transposed else b, out, grad, cfg.max_rows)
+    module = model.get_submodule(unit.module)
     if unit.kind == "linear":
-        module = model.get_submodule(unit.module)
-        bias = None if module.bias is None else module.bias.detach().cpu()
-        return _search_pair(qa, qb, a, module.weight.detach().cpu(), bias, out, grad, cfg)
-    b = _cat(store["b"], 2)
-    if unit.b_transposed:  # the product is q @ kᵀ; key scales are per tensor, so layout-free
-        b = b.transpose(-2, -1)
-    return _search_pair(qa, qb, a, b, None, out, grad, cfg, linear=False)
+        return _linear_problem(a, module, out, grad, cfg.max_rows)
+    return _conv_problem(a, module, out, grad, cfg.max_rows)
 
 
-def _search_pair(qa, qb, a, b, bias, out, grad, cfg: HessianSearchConfig, linear: bool = True) -> dict:
+def _matmul_problem(a, b, out, grad, max_rows: int | None) -> _Problem:
+    a, out, grad = subsample_rows(max_rows, a, out, grad, matmul=True)
+
+    def search(a, b, a_bits, b_bits, b_channel, config):
+        found = search_matmul(a, b, out, grad, a_bits, b_bits, config=config)
+        return found.a_scale, found.b_scale, found.history
+    return _Problem(a, b, out, grad, torch.matmul, search)
+
+
+def _linear_problem(x, module: nn.Linear, out, grad, max_rows: int | None) -> _Problem:
+    x, out, grad = subsample_rows(max_rows, x, out, grad, matmul=False)
+    bias = None if module.bias is None else module.bias.detach().cpu()
+
+    def search(x, w, x_bits, w_bits, w_channel, config):
+        found = search_linear(x, w, bias, out, grad, w_bits, x_bits, "channel" if w_channel else "tensor",
+                              config=config)
+        return found.input_scale, found.weight_scale, found.history
+    return _Problem(x, module.weight.detach().cpu(), out, grad, lambda x, w: F.linear(x, w, bias), search)
+
+
+def _conv_problem(x, module: nn.Conv2d | nn.ConvTranspose2d, out, grad, max_rows: int | None) -> _Problem:
+    """A convolution: its weight in the site's layout (a transposed conv's site sees
+    ``(out/groups, in, kH, kW)``), whole batch elements subsampled."""
+    x, out, grad = subsample_batch(max_rows, x, out, grad)
+    geometry = ConvGeometry.of(module)
+    weight = module.weight.detach().cpu()
+    bias = None if module.bias is None else module.bias.detach().cpu()
+
+    def search(x, w, x_bits, w_bits, w_channel, config):
+        found = search_conv(x, w, bias, out, grad, w_bits, x_bits, geometry, "channel" if w_channel else "tensor",
+                            config=config)
+        return found.input_scale, found.weight_scale, found.history
+
+    def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        y = geometry(x, w)
+        return y if bias is None else y + bias.view(-1, 1, 1)
+    return _Problem(x, weight.transpose(0, 1) if geometry.transposed else weight, out, grad, conv, search)
+
+
+def _search_pair(qa, qb, problem: _Problem, cfg: HessianSearchConfig) -> dict:
     """Both operands uniform: the alternating search. A twin operand is fitted first on the
     weighted output error (its partner in float), then its uniform partner is searched with the
     twin-quantized operand held fixed. A float operand (None) is held fixed too."""
-
-    def product(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, y, bias) if linear else torch.matmul(x, y)
-
+    a, b, out, grad = problem.a, problem.b, problem.out, problem.grad
     record: dict = {}
     if qa is not None and not _is_uniform(qa):
-        _fit_twin(qa, a, lambda a_hat: product(a_hat, b), out, grad, cfg)
+        _fit_twin(qa, a, lambda a_hat: problem.product(a_hat, b), out, grad, cfg)
         a, record["a"] = qa.fake_quantize(a), "twin"
     if qb is not None and not _is_uniform(qb):
-        _fit_twin(qb, b, lambda b_hat: product(a, b_hat), out, grad, cfg)
+        _fit_twin(qb, b, lambda b_hat: problem.product(a, b_hat), out, grad, cfg)
         b, record["b"] = qb.fake_quantize(b), "twin"
     if not (_is_uniform(qa) or _is_uniform(qb)):
         return record
     a_bits = qa.spec.bits if _is_uniform(qa) else FIXED_OPERAND_BITS
     b_bits = qb.spec.bits if _is_uniform(qb) else FIXED_OPERAND_BITS
-    if linear:
-        granularity = "channel" if _is_uniform(qb) and qb.spec.granularity.kind == "channel" else "tensor"
-        found = search_linear(a, b, bias, out, grad, b_bits, a_bits, granularity, config=cfg)
-        a_scale, b_scale = found.input_scale, found.weight_scale
-    else:
-        found = search_matmul(a, b, out, grad, a_bits, b_bits, config=cfg)
-        a_scale, b_scale = found.a_scale, found.b_scale
+    b_channel = _is_uniform(qb) and qb.spec.granularity.kind == "channel"
+    a_scale, b_scale, history = problem.search(a, b, a_bits, b_bits, b_channel, cfg)
     for quantizer, scale in ((qa, a_scale), (qb, b_scale)):
         if _is_uniform(quantizer):
             quantizer.set_qparams(scale, torch.zeros_like(scale, dtype=torch.int32))
-    record["metric"] = cfg.metric
-    record["history"] = [float(h) for h in found.history]
+    record["history"] = [float(h) for h in history]
     return record
 
 
@@ -182,5 +261,5 @@ def _is_uniform(quantizer: Quantizer | None) -> bool:
 
 def _cat(tensors: Iterable[torch.Tensor], keep: int) -> torch.Tensor:
     """Concatenate per-image tensors along one flattened leading dimension, keeping the trailing
-    ``keep`` dims (1 for Linear inputs/outputs, 2 for matmul operands)."""
+    ``keep`` dims (1 for Linear inputs/outputs, 2 for matmul operands, 3 for conv feature maps)."""
     return torch.cat([t.reshape(-1, *t.shape[-keep:]) for t in tensors])

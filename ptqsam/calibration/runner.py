@@ -18,6 +18,7 @@ images per block).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -38,10 +39,13 @@ from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
 
+log = logging.getLogger("ptqsam")
+
 
 @dataclass
 class CalibrationReport:
-    """What calibration did: images, quantizers, per-pass seconds, BIG, Hessian and reconstruction
+    """What calibration did: images, quantizers, per-pass seconds, BIG, Hessian (per unit: metric,
+    objective history, ``fallback`` where the l2 metric replaced the Hessian one) and reconstruction
     records, the selected sites no calibration pass reached (left uncalibrated), the fingerprint of
     the weights it started from (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the
     reconstruction reproduces PTQ4SAM's drop bug on purpose, where and how it drops."""
@@ -107,6 +111,8 @@ def calibrate(
             quantizers[name].finalize()
         else:
             report.unreached.append(name)
+    report.unreached += [name for unit in units if unit.name not in report.hessian
+                         for name in (unit.a, unit.b) if name in quantizers]
     config = recipe.reconstruction_config()
     if config is not None:
         config = config.with_overrides(reconstruction or {})
@@ -156,7 +162,13 @@ def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: Calibrat
         needs_encoder = part_of(group_name) == "image_encoder"
         data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
         for unit in group:
-            report.hessian[unit.name] = search_unit(unit, data.pop(unit.name), model, search_rows)
+            record = search_unit(unit, data.pop(unit.name), model, search_rows)
+            if record is not None:  # None: no calibration image reaches the unit (left uncalibrated)
+                report.hessian[unit.name] = record
+    fallbacks = {name: record["fallback"] for name, record in report.hessian.items() if "fallback" in record}
+    if fallbacks:
+        log.warning("Hessian search: %d unit(s) searched on the unweighted output error (l2) instead: %s",
+                    len(fallbacks), "; ".join(f"{name} ({reason})" for name, reason in fallbacks.items()))
 
 
 def _by_block(model: Sam, units: list[Unit]) -> dict[str, list[Unit]]:

@@ -22,11 +22,12 @@ def save_calibrated(
     model: Sam, path: str | Path, report: CalibrationReport, recipe: Recipe | str, model_type: str,
     w_bits: int, a_bits: int, settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Quantizer state, recipe, model type, bits and the transform state (BIG signs, a reproduced
-    reference drop bug) in one file, with the fingerprint of the weights calibration started from and
-    of ``settings`` (what else made the state: calibration data, prompts, ...); returns the state's
+    """Quantizer state, recipe, model type, bits, the transform state (BIG signs, a reproduced
+    reference drop bug) and the Hessian search's per-unit records (``extra["hessian"]``, with any l2
+    fallback) in one file, with the fingerprint of the weights calibration started from and of
+    ``settings`` (what else made the state: calibration data, prompts, ...); returns the state's
     fingerprint."""
-    extra = {**report.extra_state(), "calibration_image_ids": report.image_ids}
+    extra = {**report.extra_state(), "calibration_image_ids": report.image_ids, "hessian": report.hessian}
     return save_state(model, path, recipe, model_type, w_bits, a_bits, extra, report.weights or None,
                       {"calibration_image_ids": report.image_ids, **(settings or {})})
 

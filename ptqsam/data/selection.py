@@ -25,22 +25,26 @@ def dataset_for(config: ExperimentConfig) -> CocoDataset:
     return generated(Path(config.out) / "data", config.synthetic_images, config.seed)
 
 
-def calibration_dataset_for(config: ExperimentConfig) -> CocoDataset:
-    """Where the calibration images come from: the configured calibration set; for generated data,
-    a set generated apart under ``out/calib_data`` (so no evaluated image is a calibration image);
-    else the evaluated dataset itself, with a warning."""
+def calibration_dataset_for(config: ExperimentConfig, seed: int | None = None) -> CocoDataset:
+    """Where the calibration images of calibration seed ``seed`` (default ``config.seed``) come from:
+    the configured calibration set; for generated data, a set generated apart under
+    ``out/calib_data``, from ``seed`` (so no evaluated image is a calibration image, and each seed
+    has its own set); else the evaluated dataset itself, with a warning."""
+    seed = config.seed if seed is None else seed
     if config.calib_images_dir is not None:
         return CocoDataset(config.calib_images_dir, config.calib_annotations)
     if config.images is None:
-        return generated(Path(config.out) / "calib_data", config.calib_images, config.seed + CALIBRATION_SEED_OFFSET)
+        return generated(Path(config.out) / "calib_data", config.calib_images, seed + CALIBRATION_SEED_OFFSET)
     log.warning("no calibration set given (calib_images_dir): calibrating on images of the evaluated dataset")
     return dataset_for(config)
 
 
-def calibration_set(config: ExperimentConfig) -> tuple[CocoDataset, list[CalibrationSample]]:
-    """The calibration dataset of a run and the images (with their prompts) it calibrates on."""
-    dataset = calibration_dataset_for(config)
-    return dataset, calibration_samples(dataset, config.calib_images, config.seed, config.prompt, config.num_points)
+def calibration_set(config: ExperimentConfig, seed: int | None = None) -> tuple[CocoDataset, list[CalibrationSample]]:
+    """The calibration dataset of a run and the images (with their prompts) calibration seed ``seed``
+    (default ``config.seed``) calibrates on: from a given dataset, ``calib_images`` images chosen by it."""
+    seed = config.seed if seed is None else seed
+    dataset = calibration_dataset_for(config, seed)
+    return dataset, calibration_samples(dataset, config.calib_images, seed, config.prompt, config.num_points)
 
 
 def generated(root: Path, count: int, seed: int) -> CocoDataset:

@@ -48,13 +48,15 @@ class EvalOptions:
 
 @dataclass
 class EvalResult:
-    """Metrics of one run, its predicted masks (RLE, by prompt) and the skipped-data counts."""
+    """Metrics of one run, its predicted masks (RLE, by prompt), the skipped-data counts and the IoU
+    of every instance the mIoU averages (``[image_id, annotation_id, iou]``, in evaluation order)."""
 
     metrics: dict[str, Any]
     masks: dict[tuple[int, str, int], dict] = field(repr=False)
     skips: dict[str, int]
     num_images: int
     num_prompts: int
+    instance_ious: list[list] = field(default_factory=list, repr=False)
 
 
 def prompt_sets(sample: Sample, options: EvalOptions, detections: Detections | None) -> list[PromptSet]:
@@ -119,7 +121,7 @@ def evaluate(
     runner = SamRunner(model)
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     keep_empty = detections is not None
-    miou, results, masks = MiouAccumulator(), [], {}
+    miou, results, masks, instance_ious = MiouAccumulator(), [], {}, []
     num_images = num_prompts = 0
     samples = dataset.samples(image_ids, keep_empty=keep_empty)
     for sample in tqdm(samples, total=len(image_ids), desc=description, disable=not progress, leave=False):
@@ -135,7 +137,7 @@ def evaluate(
                 key = (sample.image_id, prompts.source, int(prompts.ids[row]))
                 masks[key] = mask_utils.encode(np.asfortranarray(pred[row]))
                 if prompts.source == "annotation":
-                    _add_gt_iou(miou, sample, int(prompts.ids[row]), pred[row])
+                    instance_ious += _add_gt_iou(miou, sample, int(prompts.ids[row]), pred[row])
                 else:
                     score = prompt_score(float(prompts.scores[row]), float(pred_iou[row]),
                                          "detector_x_iou" if options.score_with_iou else "detector")
@@ -152,12 +154,14 @@ def evaluate(
         metrics.update({k: v for k, v in ap.as_dict().items() if k != "note"})
     if reference is not None:
         metrics["agreement"] = agreement(masks, reference.masks)
-    return EvalResult(metrics, masks, dataset.skips.as_dict(), num_images, num_prompts)
+    return EvalResult(metrics, masks, dataset.skips.as_dict(), num_images, num_prompts, instance_ious)
 
 
-def _add_gt_iou(miou: MiouAccumulator, sample: Sample, annotation_id: int, pred: np.ndarray) -> None:
+def _add_gt_iou(miou: MiouAccumulator, sample: Sample, annotation_id: int, pred: np.ndarray) -> list[list]:
+    """Add one instance's IoU; returns ``[[image_id, annotation_id, iou]]``, or [] when it is skipped."""
     instance = next(inst for inst in sample.instances if inst.annotation_id == annotation_id)
-    miou.add(float(mask_iou(pred, instance.mask)), instance.area)
+    iou = float(mask_iou(pred, instance.mask))
+    return [[sample.image_id, annotation_id, iou]] if miou.add(iou, instance.area) else []
 
 
 def agreement(masks: dict, reference: dict) -> float | None:

@@ -1,4 +1,5 @@
-"""Degradation reports: each quantized run against the float run on the same images and prompts."""
+"""Degradation reports: each quantized run against the float run on the same images and prompts,
+with the significance of every number (:mod:`.significance`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ptqsam.constants import FLOAT
+from ptqsam.evaluation.significance import LEVEL, add_significance
 from ptqsam.io import write_json_atomic, write_text_atomic
 
 #: Metric keys of a run's ``metrics`` dict that get a delta column, in table order.
@@ -17,17 +19,25 @@ METRIC_KEYS = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
 )
 #: Settings of a run copied beside its numbers when present.
-RUN_FIELDS = ("checkpoint", "num_images", "num_prompts", "reference_drop_bug")
+RUN_FIELDS = ("float_list", "quantized_sites", "checkpoint", "num_images", "num_prompts", "reference_drop_bug")
+#: Size-bucket mIoU keys (the markdown table shows their Δ only).
+BUCKETS = ("miou_small", "miou_medium", "miou_large")
+#: Column titles of the markdown table.
+TITLES = {"miou": "mIoU", "miou_small": "small", "miou_medium": "medium", "miou_large": "large",
+          "agreement": "agreement with float masks"}
 #: marks the recipe of a row calibrated with PTQ4SAM's QDrop bug reproduced on purpose
 BUG_MARK = " †"
 BUG_NOTE = ("† reproduces PTQ4SAM's reference-code QDrop bug on purpose: half of each layer input stays float at "
             "evaluation; not a quantized result.")
 
 
-def degradation_rows(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run with its metrics and ``delta_<metric>`` = run − float of the same model.
+def degradation_rows(runs: Iterable[Mapping[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """One row per run with its metrics and ``delta_<metric>`` = run − float of the same model, and
+    the significance fields of :func:`~ptqsam.evaluation.significance.add_significance` (bootstrap
+    generator seeded by ``seed``).
 
-    Each run is ``{"model", "recipe", "bits", "metrics": {...}}``; the float run has recipe
+    Each run is ``{"model", "recipe", "bits", "metrics": {...}}`` (a sweep cell record; with
+    ``runs``, one entry per calibration set and ``metrics`` their mean); the float run has recipe
     ``"float"``. Rows of a model without a float run get no deltas.
     """
     runs = list(runs)
@@ -45,6 +55,7 @@ def degradation_rows(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if base.get(key) is not None:
                 row[f"delta_{key}"] = value - base[key]
         rows.append(row)
+    add_significance(rows, runs, seed, METRIC_KEYS)
     return sorted(rows, key=_row_order)
 
 
@@ -55,30 +66,84 @@ def _row_order(row: Mapping[str, Any]) -> tuple:
     return (row["model"], row["recipe"] != FLOAT, row["recipe"], -weight_bits, bits)
 
 
-def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _all_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every field of the rows: names, metrics with their delta and spread, intervals, settings."""
     cols = ["model", "recipe", "bits"]
     for key in METRIC_KEYS:
-        cols += [name for name in (key, f"delta_{key}") if any(name in r for r in rows)]
-    return cols
+        cols += [f"{prefix}{key}{suffix}" for prefix in ("", "delta_") for suffix in ("", "_std", "_min", "_max")
+                 if prefix == "" or suffix == ""]
+    cols += ["miou_ci_low", "miou_ci_high", "delta_miou_ci_low", "delta_miou_ci_high", "calib_sets",
+             "inside_spread_of", *RUN_FIELDS]
+    return [c for c in cols if any(c in r for r in rows)]
 
 
-def _all_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    return _columns(rows) + [key for key in RUN_FIELDS if any(key in r for r in rows)]
-
-
-def _cell(column: str, value: Any) -> str:
-    if not isinstance(value, float):
-        return str(value)
+def _number(value: Any, signed: bool = False, digits: int = 4) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "–"
     if math.isnan(value):
         return "nan"
-    return f"{value:+.4f}" if column.startswith("delta_") else f"{value:.4f}"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text.replace("-", "−")
+
+
+def _with_std(row: Mapping[str, Any], key: str, signed: bool = False) -> str:
+    """``mean ± std`` (the std of the metric over calibration sets, when there are several); a Δ
+    (``signed``) of the float row itself is ``–``."""
+    if signed and row["recipe"] == FLOAT:
+        return "–"
+    value = row.get(f"delta_{key}" if signed else key)
+    std = row.get(f"{key}_std")
+    return _number(value, signed) + (f" ± {_number(std)}" if isinstance(value, float) and std is not None else "")
+
+
+def _delta_range(row: Mapping[str, Any]) -> str:
+    """Δ mIoU's min … max over calibration sets."""
+    if not all(isinstance(row.get(k), float) for k in ("miou_min", "miou_max", "delta_miou")):
+        return "–"
+    base = row["miou"] - row["delta_miou"]
+    return f"{_number(row['miou_min'] - base, True)} … {_number(row['miou_max'] - base, True)}"
+
+
+def _interval(row: Mapping[str, Any], key: str, signed: bool = False) -> str:
+    low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    return "–" if low is None else f"{_number(low, signed, 3)} … {_number(high, signed, 3)}"
+
+
+def _markdown_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Callable[[Mapping], str]]]:
+    has = lambda key: any(key in r for r in rows)  # noqa: E731
+    level = f"{LEVEL:.0%}"
+    columns: list[tuple[str, Callable[[Mapping], str]]] = [
+        ("model", lambda r: str(r["model"])), ("recipe", lambda r: str(r["recipe"]) + (BUG_MARK if r.get(
+            "reference_drop_bug") else "")), ("bits", lambda r: str(r["bits"]))]
+    if has("float_list"):
+        columns.append(("float list", lambda r: str(r.get("float_list", "–"))))
+    if has("quantized_sites"):
+        columns.append(("sites", lambda r: str(r.get("quantized_sites", "–"))))
+    for key in [k for k in METRIC_KEYS if has(k)]:
+        title = TITLES.get(key, key)
+        if key not in BUCKETS:  # the size buckets show their Δ only
+            columns.append((title, lambda r, key=key: _with_std(r, key)))
+        if key == "miou" and has("miou_ci_low"):
+            columns.append((f"mIoU {level} CI", lambda r: _interval(r, "miou")))
+        if has(f"delta_{key}"):
+            columns.append((f"Δ {title}", lambda r, key=key: _with_std(r, key, signed=True)))
+        if key == "miou" and has("miou_min"):
+            columns.append(("Δ mIoU min … max", _delta_range))
+        if key == "miou" and has("delta_miou_ci_low"):
+            columns.append((f"Δ mIoU {level} CI", lambda r: _interval(r, "delta_miou", signed=True)))
+    if has("inside_spread_of"):
+        columns.append(("not told apart from", lambda r: ", ".join(r.get("inside_spread_of", [])) or "–"))
+    return columns
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A readable markdown table; deltas are signed."""
-    cols = _columns(rows)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_cell(c, _marked(row, c)) for c in cols) + " |" for row in rows]
+    """A readable markdown table: metrics as ``mean ± std`` over calibration sets (where there are
+    several), Δ mIoU's min … max, bootstrap intervals, and for each quantized row the recipes at the
+    same bit-width whose mIoU it is not told apart from (:mod:`.significance`); a row reproducing
+    PTQ4SAM's drop bug is marked (:data:`BUG_MARK`, :data:`BUG_NOTE`)."""
+    columns = _markdown_columns(rows)
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
     if any(row.get("reference_drop_bug") for row in rows):
         lines += ["", BUG_NOTE]
     return "\n".join(lines) + "\n"
@@ -93,7 +158,7 @@ def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=_all_columns(rows), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{k: ";".join(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows])
     return buf.getvalue()
 
 

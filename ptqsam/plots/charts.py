@@ -300,8 +300,9 @@ def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, 
 
 def plot_degradation(rows: Sequence[Mapping[str, Any]], out_stem: str | Path) -> PlotFiles:
     """Metrics against bit-width, one line per recipe (per model and recipe when rows hold
-    several models: colour = recipe, line style = model), the float value as a dashed horizontal
-    line (one grey level per model); one panel per metric present (mIoU, AP, agreement).
+    several models: colour = recipe, line style = model), with min … max bars over calibration sets
+    where rows have them, the float value as a dashed horizontal line (one grey level per model);
+    one panel per metric present (mIoU, AP, agreement).
     Bit-widths are ordered by (weight, activation) bits: W4A4 < W6A6 < W8A8.
 
     Arguments:
@@ -325,12 +326,16 @@ def plot_degradation(rows: Sequence[Mapping[str, Any]], out_stem: str | Path) ->
     recipe_colours = dict(zip(sorted({r for _, r in series}), cycle(_TAB10)))
     for ax, (key, label) in zip(axes, metrics):
         for model, recipe in series:
-            points = sorted((position[_bits_label(r["bits"])], _metric(r, key)) for r in quantized
+            points = sorted((position[_bits_label(r["bits"])], _metric(r, key), _span(r, key)) for r in quantized
                             if r["model"] == model and r["recipe"] == recipe and _metric(r, key) is not None)
             if points:
-                xs, ys = zip(*points)
+                xs, ys, spans = zip(*points)
                 ax.plot(xs, ys, marker="o", color=recipe_colours[recipe], linestyle=_model_style(model, models),
                         label=recipe if len(models) == 1 else f"{model} / {recipe}")
+                if all(span is not None for span in spans):  # min … max over calibration sets
+                    errors = np.array([[y - low for y, (low, _) in zip(ys, spans)],
+                                       [high - y for y, (_, high) in zip(ys, spans)]])
+                    ax.errorbar(xs, ys, yerr=errors, fmt="none", ecolor=recipe_colours[recipe], capsize=3, alpha=0.7)
         for r in rows:
             if r["recipe"] == FLOAT and _metric(r, key) is not None:
                 ax.axhline(_metric(r, key), color=FLOAT_COLOURS[models.index(r["model"]) % len(FLOAT_COLOURS)],
@@ -373,6 +378,12 @@ def _check_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     if duplicates:
         raise AnalysisError(f"several rows for the same (model, recipe, bits): {duplicates}")
     return rows
+
+
+def _span(row: Mapping[str, Any], key: str) -> tuple[float, float] | None:
+    """The metric's min and max over the row's calibration sets, when it has them."""
+    low, high = _metric(row, f"{key}_min"), _metric(row, f"{key}_max")
+    return None if low is None or high is None else (low, high)
 
 
 def _metric(row: Mapping[str, Any], key: str) -> float | None:

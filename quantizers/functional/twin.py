@@ -11,8 +11,8 @@ Post-softmax (:meth:`TwinGrid.softmax`): ``Δ_high = 1/2^(b−1)`` fixed, ``Δ_l
 above the split get the split added (0.3 → 0.362 at m = 4, 8 bits); that bug is not reproduced.
 
 Post-GELU (:meth:`TwinGrid.gelu`): ``split = 0``; negative inputs use a mirrored range with
-``Δ_low = −|GELU_MIN|/2^(b−1)`` (a negative step: index ``clamp(round(x/Δ_low))`` counts down from
-0), non-negative inputs use ``Δ_high = Δ+``, which is searched.
+``Δ_low = −|GELU_MIN|/(2^(b−1) − 1)`` (a negative step: index ``clamp(round(x/Δ_low))`` counts down
+from 0, its last level is GELU's minimum), non-negative inputs use ``Δ_high = Δ+``, which is searched.
 """
 
 from __future__ import annotations
@@ -88,11 +88,18 @@ class TwinGrid:
 
     @classmethod
     def gelu(cls, bits: int, scale_pos: float, gelu_min: float = GELU_MIN) -> "TwinGrid":
-        """Post-GELU grid: negative range ``Δ− = |gelu_min|/2^(b−1)``, positive range ``Δ+ = scale_pos``."""
+        """Post-GELU grid: negative range ``Δ− = |gelu_min|/(2^(b−1) − 1)``, positive range ``Δ+ = scale_pos``.
+
+        The negative range ends at ``gelu_min``, as in PTQ4ViT's reference code
+        (``quant_layers/linear.py``, ``PostGeluPTQSLBatchingQuantLinear``: ``a_neg_interval =
+        0.16997124254703522/a_qmax`` with ``a_qmax = 2^(b−1)`` and ``clamp(−a_qmax, 0)``, so its last
+        negative level is −0.16997). Here the negative index has b−1 bits (``0 … 2^(b−1) − 1``, the
+        paper's disjoint form with a flag bit), so the same end point needs ``Δ− = |gelu_min|/(2^(b−1) − 1)``.
+        """
         check_bits(bits)
         if isinstance(gelu_min, bool) or not isinstance(gelu_min, (int, float)) or not -math.inf < gelu_min < 0.0:
             raise QuantizationError(f"gelu_min must be a finite negative number, got {gelu_min}")
-        return cls(bits=bits, split=0.0, scale_low=gelu_min / 2 ** (bits - 1), scale_high=float(scale_pos))
+        return cls(bits=bits, split=0.0, scale_low=gelu_min / (2 ** (bits - 1) - 1), scale_high=float(scale_pos))
 
 
 def twin_fake_quantize(x: torch.Tensor, grid: TwinGrid) -> torch.Tensor:

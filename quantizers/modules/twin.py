@@ -29,14 +29,19 @@ class TwinSoftmaxOptions(Options):
 
 @dataclass(frozen=True)
 class TwinGeluOptions(Options):
-    """``gelu_min``: GELU's minimum value, negative (default :data:`GELU_MIN`); ``steps``: candidates
-    of the positive step, an integer >= 1 (default 100)."""
+    """``gelu_min``: GELU's minimum value, negative (default :data:`GELU_MIN`); the positive step's
+    candidates are ``Δ0·(alpha + i(beta − alpha)/steps)``, ``i = 0 … steps`` (defaults 0.01, 1.2, 100:
+    PTQ4ViT's ``eq_alpha``, ``eq_beta``, ``eq_n``)."""
 
     gelu_min: float = GELU_MIN
+    alpha: float = 0.01
+    beta: float = 1.2
     steps: int = 100
 
     def __post_init__(self) -> None:
         check_number(self.gelu_min, "gelu_min", lambda v: v < 0.0, "a finite negative number")
+        check_number(self.alpha, "alpha", lambda v: v > 0.0, "a finite positive number")
+        check_number(self.beta, "beta", lambda v: v > self.alpha, f"a finite number above alpha ({self.alpha})")
         check_int(self.steps, "steps", 1)
 
 
@@ -137,13 +142,17 @@ class TwinSoftmaxQuantizer(_TwinSearchQuantizer):
 
 @register_quantizer("twin_gelu", TwinGeluOptions)
 class TwinGeluQuantizer(_TwinSearchQuantizer):
-    """Post-GELU twin-uniform quantizer: negative range fixed, ``Δ− = |gelu_min|/2^(b−1)``; positive
-    range ``Δ+`` searched.
+    """Post-GELU twin-uniform quantizer: negative range fixed, ending at GELU's minimum
+    (:meth:`~quantizers.functional.twin.TwinGrid.gelu`); positive range ``Δ+`` searched.
 
-    Candidates on a batch with maximum ``M`` are ``Δ+_i = (i/steps)·M/(2^(b−1) − 1)``,
-    i = 1 … steps; their errors are summed over batches and :meth:`finalize` sets
-    ``Δ+ = (i*/steps)·mean(M)/(2^(b−1) − 1)`` for the best i* (the per-candidate average of the
-    batch scales, as AGQ averages its per-batch scales).
+    Candidates on a batch with maximum ``M`` are ``Δ+_i = f_i·Δ0`` with ``Δ0 = M/(2^(b−1) − 0.5)``
+    and ``f_i = alpha + i(beta − alpha)/steps``, i = 0 … steps: PTQ4ViT's reference code
+    (``quant_layers/linear.py``: ``PostGeluPTQSLBatchingQuantLinear._initialize_intervals`` sets
+    ``a_interval = max/(a_qmax − 0.5)``, ``PTQSLBatchingQuantLinear.calibration_step2`` searches
+    ``(eq_alpha + i(eq_beta − eq_alpha)/eq_n)·a_interval`` with 0.01, 1.2, 100 from
+    ``configs/PTQ4ViT.py``), so the largest candidate is 1.2·Δ0. Errors are summed over batches and
+    :meth:`finalize` sets ``Δ+ = f_i*·mean(M)/(2^(b−1) − 0.5)`` for the best i* (the per-candidate
+    average of the batch scales, as AGQ averages its per-batch scales).
 
     Options: :class:`TwinGeluOptions`.
 
@@ -153,9 +162,10 @@ class TwinGeluQuantizer(_TwinSearchQuantizer):
 
     def __init__(self, spec: QuantSpec) -> None:
         options = spec.quantizer_config
-        steps, gelu_min = options.steps, options.gelu_min
-        super().__init__(spec, steps)
-        self.steps, self.gelu_min = steps, float(gelu_min)
+        super().__init__(spec, options.steps + 1)
+        self.gelu_min = float(options.gelu_min)
+        self.fractions = [options.alpha + i * (options.beta - options.alpha) / options.steps
+                          for i in range(options.steps + 1)]
         self.register_buffer("max_sum", torch.zeros((), dtype=torch.float64))
         self.register_buffer("scale_pos", torch.zeros((), dtype=torch.float64))
 
@@ -175,8 +185,8 @@ class TwinGeluQuantizer(_TwinSearchQuantizer):
         self.scale_pos.fill_(self._positive_scales(mean_max)[best])
 
     def _positive_scales(self, top: float) -> list[float]:
-        qmax = 2 ** (self.spec.bits - 1) - 1
-        return [i / self.steps * top / qmax for i in range(1, self.steps + 1)]
+        initial = top / (2 ** (self.spec.bits - 1) - 0.5)
+        return [f * initial for f in self.fractions]
 
 
 def _positive_max(x: torch.Tensor) -> float:

@@ -82,11 +82,14 @@ def test_sweep_and_plot(run, tmp_path):
 
 
 def test_demo_reduced(run, tmp_path):
+    # one process: spawned workers would not see the random testbed weights this test patches in
     result = run("demo", "--out", str(tmp_path), "--images", "2", "--calib-images", "1", "--recipes", "ptq4sam",
-                 "--recon-iterations", "5",
-                 "--bits", "W8A8,W4A4")
+                 "--recon-recipe", "ptq4sam-l", "--recon-iterations", "5", "--bits", "W8A8,W4A4", "--calib-sets", "2",
+                 "--workers", "1")
     assert result.exit_code == 0, result.output
     assert "| testbed | float | float |" in result.output and (tmp_path / "report.md").is_file()
+    assert "| testbed | ptq4sam | W4A4 | ptq4sam |" in result.output  # the protocol float list
+    assert "bimodal fold (BIG): none of the 18 checked" in result.output  # 3 cells (ptq4sam-l too) x 2 sets x 3
     figures = {p.name for p in (tmp_path / "plots").glob("*.png")}
     assert figures == {"degradation.png", "site_ptq4sam_W4A4.png", "sensitivity_ptq4sam_W4A4.png"}
 

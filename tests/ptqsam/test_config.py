@@ -14,6 +14,16 @@ def test_yaml_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(config.to_yaml())
     assert ExperimentConfig.from_yaml(path) == config
+    for changes in ({"calib_sets": [3, 7], "float_sites": ["mask_decoder.*"]}, {"calib_sets": 3, "float_sites": "ptq4sam"}):
+        changed = config.replace(**changes)
+        path.write_text(changed.to_yaml())
+        assert ExperimentConfig.from_yaml(path) == changed
+
+
+def test_calibration_seeds():
+    assert ExperimentConfig(seed=5).calibration_seeds() == (5,)
+    assert ExperimentConfig(seed=5, calib_sets=3).calibration_seeds() == (5, 6, 7)
+    assert ExperimentConfig(seed=5, calib_sets=[9, 2]).calibration_seeds() == (9, 2)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -25,6 +35,11 @@ def test_yaml_round_trip(tmp_path):
     ({"calib_images": 0}, "calib_images"),
     ({"prompt": "detections"}, "detections"),
     ({"bits": []}, "bits"),
+    ({"calib_sets": 0}, "calib_sets"),
+    ({"calib_sets": [1, 1]}, "calib_sets"),
+    ({"calib_sets": [1.5]}, "calib_sets"),
+    ({"float_sites": ""}, "float_sites"),
+    ({"float_sites": ["a", 3]}, "float_sites"),
 ])
 def test_bad_values_are_named(data, message):
     with pytest.raises(ConfigError, match=message):

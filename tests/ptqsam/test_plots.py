@@ -181,6 +181,15 @@ def test_degradation_is_deterministic_and_has_one_panel_per_metric_present(tmp_p
     assert one.shape[1] < three.shape[1]
 
 
+def test_degradation_draws_the_spread_over_calibration_sets(tmp_path: Path) -> None:
+    plain = plots.plot_degradation(ROWS, tmp_path / "plain")
+    spread = [{**row, "miou_min": row["miou"] - 0.02, "miou_max": row["miou"] + 0.01} if row["recipe"] != "float"
+              else row for row in ROWS]
+    bars = plots.plot_degradation(spread, tmp_path / "bars")
+    assert _assert_plot(bars, tmp_path / "bars").shape == _assert_plot(plain, tmp_path / "plain").shape
+    assert bars.png.read_bytes() != plain.png.read_bytes()
+
+
 def test_degradation_with_several_models(tmp_path: Path) -> None:
     rows = ROWS + [{**row, "model": "tinysam", "miou": row["miou"] - 0.05} for row in ROWS]
     _assert_plot(plots.plot_degradation(rows, tmp_path / "models"), tmp_path / "models")

@@ -90,10 +90,62 @@ def test_sweep_calibrates_on_the_calibration_set(tmp_path, tiny_dataset_dir, ran
                      calib_annotations=str(tiny_dataset_dir / "annotations.json"))
     run_sweep(config, progress=False)
     record = json.loads((tmp_path / "cells" / "testbed__minmax__W8A8.json").read_text())
-    assert record["calibration"]["images_dir"] == str(tiny_dataset_dir / "images")
+    assert record["runs"][0]["calibration"]["images_dir"] == str(tiny_dataset_dir / "images")
     calibration = _pixels(calibration_dataset_for(config))
     assert len(seen) == config.calib_images
     assert all(any(np.array_equal(s, c) for c in calibration) for s in seen)
+
+
+def test_k_calibration_sets_give_the_mean_and_spread_of_the_single_runs(tmp_path, random_testbed):
+    both = run_sweep(_config(tmp_path / "k2", bits=["W4A4"], calib_sets=2), progress=False)
+    singles = [run_sweep(_config(tmp_path / f"s{seed}", bits=["W4A4"], calib_sets=[seed]), progress=False)
+               for seed in (0, 1)]
+    cell = json.loads((tmp_path / "k2" / "cells" / "testbed__minmax__W4A4.json").read_text())
+    assert [run["calib_seed"] for run in cell["runs"]] == [0, 1]
+    single_cells = [json.loads((tmp_path / f"s{seed}" / "cells" / "testbed__minmax__W4A4.json").read_text())
+                    for seed in (0, 1)]
+    for run, single in zip(cell["runs"], single_cells):
+        assert run["metrics"] == single["runs"][0]["metrics"]  # the same calibration set, the same numbers
+        assert run["instance_ious"] == single["runs"][0]["instance_ious"]
+    values = [rows[1]["miou"] for rows in singles]
+    assert values[0] != values[1]  # two calibration sets, two results
+    row = both[1]
+    assert row["miou"] == pytest.approx(np.mean(values), rel=1e-12)
+    assert row["miou_std"] == pytest.approx(np.std(values, ddof=1), rel=1e-9)
+    assert (row["miou_min"], row["miou_max"]) == (min(values), max(values))
+    assert row["agreement"] == pytest.approx(np.mean([rows[1]["agreement"] for rows in singles]), rel=1e-12)
+    assert row["calib_sets"] == 2 and "calib_sets" not in both[0]
+    assert both[0]["miou_ci_low"] < both[0]["miou"] < both[0]["miou_ci_high"]  # float: bootstrap interval
+    assert row["delta_miou_ci_low"] <= row["delta_miou"] <= row["delta_miou_ci_high"]
+    assert run_sweep(_config(tmp_path / "k2", bits=["W4A4"], calib_sets=2), progress=False) == both  # deterministic
+
+
+def test_protocol_float_list_replaces_every_recipe_s_own_and_runs_the_own_list_as_a_variant(tmp_path):
+    from ptqsam.instrument.instrument import attach
+    from ptqsam.models import build_model
+    from ptqsam.sweep import cell_recipe
+
+    config = _config(tmp_path, recipes=["minmax", "ptq4vit", "ptq4sam"], bits=["W8A8"], float_sites="ptq4sam")
+    labels = [c.label for c in cells(config)]
+    assert labels == ["float", "minmax", "minmax[own-float]", "ptq4vit", "ptq4vit[own-float]", "ptq4sam"]
+    assert cells(config)[2].file_name == "testbed__minmax.own-float__W8A8.json"
+    assert [c.label for c in cells(config.replace(own_float_variants=False))] == ["float", "minmax", "ptq4vit", "ptq4sam"]
+    quantized = {}
+    for cell in cells(config)[1:]:
+        quantized[cell.label] = set(attach(build_model("testbed"), cell_recipe(config, cell), 8, 8))
+    assert quantized["minmax"] == quantized["ptq4vit"] == quantized["ptq4sam"]  # comparable by construction
+    assert quantized["minmax[own-float]"] > quantized["minmax"]  # minmax's own list keeps nothing in float
+    assert not any(name.startswith("prompt_encoder.") for name in quantized["ptq4vit"])
+
+
+def test_a_sweep_reports_the_float_list_and_the_quantized_sites(tmp_path, random_testbed):
+    rows = run_sweep(_config(tmp_path, bits=["W8A8"], float_sites=["image_encoder.*"]), progress=False)
+    by_label = {row["recipe"]: row for row in rows}
+    assert by_label["minmax"]["float_list"] == "custom" and by_label["minmax[own-float]"]["float_list"] == "own"
+    assert 0 < by_label["minmax"]["quantized_sites"] < by_label["minmax[own-float]"]["quantized_sites"]
+    settings = json.loads((tmp_path / "report.json").read_text())["settings"]
+    assert settings["protocol_float_list"] == ["image_encoder.*"]
+    assert "| minmax[own-float] | W8A8 | own |" in (tmp_path / "report.md").read_text()
 
 
 def _stamps(folder):
@@ -166,3 +218,16 @@ def test_two_recipe_files_with_one_name_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="would share cell files"):
         run_sweep(config, progress=False)
     assert not (tmp_path / "res").exists()
+
+
+def test_worker_processes_give_the_records_of_one_process(tmp_path):
+    # the tests run torch on one thread, as every worker does, so the numbers are the same to the bit
+    # (the packaged testbed weights: a worker process does not see a test's monkeypatching)
+    config = _config(tmp_path / "one", bits=["W8A8", "W4A4"], calib_sets=2)
+    one = run_sweep(config, progress=False)
+    two = run_sweep(config.replace(out=str(tmp_path / "two"), workers=2), progress=False)
+    assert two == one
+    assert one[1]["agreement"] > 0.5
+    for name in ("testbed__minmax__W8A8.json", "testbed__minmax__W4A4.json"):
+        records = [json.loads((tmp_path / run / "cells" / name).read_text()) for run in ("one", "two")]
+        assert [r["metrics"] for r in records[0]["runs"]] == [r["metrics"] for r in records[1]["runs"]]

@@ -79,7 +79,7 @@ def test_hessian_task_loss_gradients_are_not_zero(tiny_dataset, random_testbed):
     attach(model, "ptq4vit", 8, 8)
     units = search_units(model)
     kinds = {u.kind for u in units}
-    assert kinds == {"linear", "matmul"}
+    assert kinds == {"linear", "matmul", "conv2d", "conv_transpose2d"}
     samples = calibration_samples(tiny_dataset, 1, seed=0)
     passes = SampleLoop(model, samples, encoder_float=False, progress=False)
     data = capture(model, units, lambda loss: passes.run_with_grad(loss, True, "capture"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from ptqsam.data import CocoDataset
 from ptqsam.data.prompts import Detections
 from ptqsam.evaluation.evaluator import EvalOptions, evaluate
@@ -18,6 +20,16 @@ def test_float_against_itself(tiny_dataset, random_testbed):
     assert second.metrics["miou"] == first.metrics["miou"]
     total = sum(len(tiny_dataset.instances(i)) for i in tiny_dataset.image_ids)
     assert first.num_prompts == total == first.metrics["count"]
+
+
+def test_instance_ious_are_the_ones_the_miou_averages(tiny_dataset, random_testbed):
+    result = evaluate(random_testbed(), tiny_dataset, progress=False)
+    ids = [(image_id, ann_id) for image_id, ann_id, _ in result.instance_ious]
+    assert len(ids) == len(set(ids)) == result.metrics["count"]
+    assert {ann for _, ann in ids} == {inst.annotation_id for i in tiny_dataset.image_ids
+                                       for inst in tiny_dataset.instances(i)}
+    ious = [iou for _, _, iou in result.instance_ious]
+    assert sum(ious) / len(ious) == pytest.approx(result.metrics["miou"], rel=1e-12)
 
 
 def test_missing_image_and_bad_annotation_are_counted(tiny_dataset_dir, random_testbed, tmp_path):

@@ -13,7 +13,8 @@ from ptqsam.instrument import Recipe, Rule, Transform, instrument, load_recipe, 
 from ptqsam.models.zoo import build_tiny_vit_sam
 from quantizers import QuantSpec
 
-SHIPPED = ["adaround", "brecq", "log-sqrt2", "minmax", "ptq4sam", "ptq4sam-l", "ptq4sam-l-reference-bug", "ptq4vit", "qdrop"]
+SHIPPED = ["adaround", "brecq", "log-sqrt2", "minmax", "ptq4sam", "ptq4sam-l", "ptq4sam-l-reference-bug",
+           "ptq4sam-wide-tau", "ptq4vit", "qdrop"]
 
 
 def toy_recipe(**changes) -> dict:
@@ -47,6 +48,15 @@ def test_shipped_recipes_are_listed_and_named_after_their_files():
     assert shipped_recipes() == SHIPPED
     for name in SHIPPED:
         assert load_recipe(name).name == name
+
+
+def test_ptq4sam_stays_faithful_and_its_wide_tau_variant_differs_only_in_the_taus():
+    faithful, wide = load_recipe("ptq4sam").to_dict(), load_recipe("ptq4sam-wide-tau").to_dict()
+    assert faithful["rules"][0]["spec"]["quantizer_options"]["taus"] == [1, 2, 4]  # PTQ4SAM's AGQ set
+    assert wide["rules"][0]["spec"]["quantizer_options"]["taus"] == [1, 2, 4, 8, 16, 32]
+    wide["rules"][0]["spec"]["quantizer_options"]["taus"] = [1, 2, 4]
+    assert {k: v for k, v in wide.items() if k not in ("name", "description")} == {
+        k: v for k, v in faithful.items() if k not in ("name", "description")}
 
 
 @pytest.mark.parametrize("name", SHIPPED)

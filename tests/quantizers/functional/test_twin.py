@@ -38,7 +38,7 @@ def _softmax_oracle(x: torch.Tensor, bits: int, shift: int) -> torch.Tensor:
 
 def _gelu_oracle(x: torch.Tensor, bits: int, scale_pos: float) -> torch.Tensor:
     qmax = 2 ** (bits - 1) - 1
-    neg_step = float(np.float32(-GELU_MIN / 2 ** (bits - 1)))
+    neg_step = float(np.float32(-GELU_MIN / qmax))
     return torch.where(x < 0, _fq(x, neg_step, -qmax, 0), _fq(x, scale_pos, 0, qmax))
 
 
@@ -143,11 +143,19 @@ def test_gelu_min_is_the_minimum_of_x_phi() -> None:
     assert torch.nn.functional.gelu(torch.linspace(-3, 0, 20001, dtype=torch.float64)).min() >= GELU_MIN
 
 
-def test_gelu_negative_range_covers_the_gelu_minimum() -> None:
-    grid = TwinGrid.gelu(6, 0.1)
-    assert grid.scale_low == pytest.approx(GELU_MIN / 32, rel=1e-7)
-    lowest = twin_fake_quantize(torch.tensor([GELU_MIN]), grid).item()
-    assert lowest == pytest.approx(31 * grid.scale_low, rel=1e-7)
+@pytest.mark.parametrize("bits", [2, 4, 6, 8])
+def test_gelu_negative_range_ends_at_the_gelu_minimum_like_ptq4vit(bits: int) -> None:
+    # PTQ4ViT (quant_layers/linear.py, PostGeluPTQSLBatchingQuantLinear): a_neg_interval =
+    # 0.16997124254703522 / 2^(b-1), index clamped to [-2^(b-1), 0]: its lowest level is -0.16997...
+    reference_lowest = -(2 ** (bits - 1)) * (0.16997124254703522 / 2 ** (bits - 1))
+    grid = TwinGrid.gelu(bits, 0.1)
+    assert grid.scale_low == pytest.approx(GELU_MIN / (2 ** (bits - 1) - 1), rel=1e-7)
+    below = torch.tensor([GELU_MIN, -0.5, -3.0])  # nothing GELU gives lies below its minimum; clipped there
+    lowest = twin_fake_quantize(below, grid)
+    assert torch.allclose(lowest, torch.full((3,), GELU_MIN), rtol=1e-6, atol=0)
+    assert lowest[0].item() == pytest.approx(reference_lowest, rel=1e-6)
+    # at 4 bits the old step |min|/2^(b-1) stopped at -7/8 of the minimum (-0.149), not at -0.170
+    assert twin_fake_quantize(torch.tensor([GELU_MIN]), grid).item() < GELU_MIN * (2 ** (bits - 1) - 1) / 2 ** (bits - 1)
 
 
 @pytest.mark.parametrize(

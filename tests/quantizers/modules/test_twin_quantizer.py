@@ -87,16 +87,27 @@ def test_softmax_shift_is_argmin_of_errors_summed_over_batches() -> None:
     assert quantizer.grid == grids[int(quantizer.shift)]
 
 
-def test_gelu_scale_is_best_ratio_times_mean_batch_max() -> None:
+def test_gelu_scale_is_best_fraction_times_mean_batch_max() -> None:
     batches = [_post_gelu(3, (16, 256)), _post_gelu(4, (16, 256), tail_mean=8.0)]
     quantizer = _calibrated(GELU_6, batches)
     maxima = [float(b.max()) for b in batches]
     assert maxima[0] != maxima[1]
-    ratios = [i / 40 for i in range(1, 41)]
-    summed = sum(twin_errors(b, [TwinGrid.gelu(6, r * top / 31) for r in ratios]) for b, top in zip(batches, maxima))
+    fractions = [0.01 + i * (1.2 - 0.01) / 40 for i in range(41)]  # PTQ4ViT: eq_alpha, eq_beta, eq_n
+    summed = sum(twin_errors(b, [TwinGrid.gelu(6, f * top / 31.5) for f in fractions])
+                 for b, top in zip(batches, maxima))
     best = int(summed.argmin())
-    assert float(quantizer.scale_pos) == ratios[best] * (sum(maxima) / 2) / 31
-    assert quantizer.grid == TwinGrid.gelu(6, ratios[best] * (sum(maxima) / 2) / 31, GELU_MIN)
+    assert float(quantizer.scale_pos) == fractions[best] * ((sum(maxima) / 2) / 31.5)
+    assert quantizer.grid == TwinGrid.gelu(6, fractions[best] * ((sum(maxima) / 2) / 31.5), GELU_MIN)
+
+
+def test_gelu_candidates_reach_ptq4vit_s_1_2_times_the_initial_step() -> None:
+    x = _post_gelu(8, (16, 256))
+    quantizer = build_quantizer(QuantSpec(bits=4, quantizer="twin_gelu"))
+    scales = [grid.scale_high for grid in quantizer.candidates(x)]
+    initial = float(x.max()) / (2**3 - 0.5)  # PTQ4ViT's a_interval = max / (a_qmax - 0.5)
+    assert len(scales) == 101
+    assert scales[0] == pytest.approx(0.01 * initial, rel=1e-6)
+    assert scales[-1] == pytest.approx(1.2 * initial, rel=1e-6)
 
 
 def test_objective_can_be_plugged_in() -> None:
@@ -162,6 +173,8 @@ def test_gelu_batch_without_positive_values_raises() -> None:
         ("twin_softmax", {"max_shift": 2.5}, "max_shift"),
         ("twin_softmax", {"max_shift": 500}, "shift"),
         ("twin_gelu", {"steps": 0}, "steps"),
+        ("twin_gelu", {"alpha": 0.0}, "alpha"),
+        ("twin_gelu", {"alpha": 0.5, "beta": 0.4}, "beta"),
         ("twin_gelu", {"gelu_min": 0.17}, "gelu_min"),
         ("twin_gelu", {"gelu_min": "low"}, "gelu_min"),
     ],
