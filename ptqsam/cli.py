@@ -308,5 +308,142 @@ def _with_statistics(model, model_type: str, rows: list[dict], images, annotatio
     return [{**r, "stats": table[r["name"]]} for r in rows if r["name"] in table]
 
 
+
+def _bits_list(text: str) -> list[tuple[int, int]]:
+    from ptqsam.bits import parse_bits
+
+    return [parse_bits(label) for label in text.split(",") if label.strip()]
+
+
+@main.command()
+@model_options
+@data_options
+@quant_options
+@click.option("--granularity", type=click.Choice(("site", "unit", "block")), default="unit", show_default=True,
+              help="Groups: each site, each product (a layer's weight + input, an attention's operands), each block.")
+@click.option("--split-roles", is_flag=True,
+              help="Measure each group's weights and activations apart (what `allocate` needs for separate W/A bits).")
+@click.option("--leave-float", is_flag=True,
+              help="Quantize every group but one (default: quantize only one group, the rest float).")
+@click.option("--metric", type=click.Choice(("mse", "iou_loss", "iou_error")), default="mse", show_default=True,
+              help="What ranks the groups in the CSV, the printout and the figures.")
+@click.option("--top", type=int, default=20, show_default=True, help="Groups in the ranking figure.")
+@click.option("--out", type=click.Path(file_okay=False), default="results/sensitivity", show_default=True)
+def sensitivity(model_type, checkpoint, device, images, annotations, detections, prompt, seed, recipe, bits,
+                calib_images, search_rows, float_encoder, granularity, split_roles, leave_float, metric, top,
+                out) -> None:
+    """Which groups of sites hurt most when quantized, measured on calibration images against the
+    float model (--bits takes a comma list: one calibration per bit-width)."""
+    from ptqsam.analysis.sensitivity import sensitivity_study
+    from ptqsam.data.selection import calibration_set
+    from ptqsam.models.blocks import ENCODER_SITES
+    from ptqsam.plots.precision import plot_sensitivity_result
+
+    if (images is None) != (annotations is None):
+        raise PtqsamError("--images and --annotations go together: give both or neither")
+    config = _config(models=[model_type], calib_images_dir=images, calib_annotations=annotations, prompt=prompt,
+                     seed=seed, calib_images=calib_images, search_rows=search_rows)
+    model = _build(model_type, checkpoint, seed, device)
+    _, samples = calibration_set(config)
+    result = sensitivity_study(model, recipe, _bits_list(bits), samples, granularity,
+                               ("weight", "activation") if split_roles else ("all",),
+                               "all_but" if leave_float else "only", (ENCODER_SITES,) if float_encoder else (),
+                               search_rows)
+    result.settings.update(model=model_type, checkpoint=checkpoint, config=config.to_dict())
+    written = result.write(out, metric) + plot_sensitivity_result(result, out, metric, top)
+    first = result.settings["roles"][0]
+    ranked = sorted(result.scores(metric, first).items(), key=lambda item: -item[1])
+    click.echo(f"{len(result.groups)} groups, {result.passes} forward passes, seconds {result.seconds}")
+    click.echo(f"most sensitive ({metric}, {first} sites, {result.settings['bits'][0]}):")
+    for name, score in ranked[:10]:
+        click.echo(f"  {score:12.6g}  {name}")
+    click.echo("written: " + ", ".join(str(path) for path in written if path.suffix != ".pdf"))
+
+
+@main.command()
+@click.argument("study", type=click.Path(exists=True))
+@click.option("--budget", "budgets", multiple=True, required=True,
+              help="W5A5 (average weight and activation bits), or KIND=VALUE with KIND one of weight_bits, "
+                   "activation_bits, size_mb, gbops and VALUE a number or a bits label (its uniform cost). Repeatable.")
+@click.option("--metric", type=click.Choice(("mse", "iou_loss", "iou_error")), default="mse", show_default=True)
+@click.option("--name", default=None, help="Recipe name (default: <recipe>-mixed-<budgets>).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Recipe YAML to write.")
+def allocate(study, budgets, metric, name, out) -> None:
+    """Bits per group from a sensitivity study (`ptqsam sensitivity`) minimising the summed
+    sensitivity under budgets; writes a recipe YAML the recipe system runs as is."""
+    from collections import Counter
+
+    from ptqsam.analysis.sensitivity import load_sensitivity
+    from ptqsam.mixed_precision.workflow import allocate_study
+
+    result = load_sensitivity(study)
+    model = _build(result.settings["model"], result.settings["checkpoint"], 0, "cpu")
+    allocation, path = allocate_study(result, model, budgets, metric, out, name)
+    click.echo(json.dumps({"recipe": str(path), "budgets": [b.describe() for b in allocation.budgets],
+                           "costs": allocation.costs, "predicted_sensitivity": allocation.sensitivity,
+                           "choices": dict(sorted(Counter(c.label for c in allocation.choices.values()).items()))},
+                          indent=2))
+
+
+@main.command("accuracy-control")
+@click.argument("study", type=click.Path(exists=True))
+@click.option("--target", type=float, required=True, help="Tolerated mIoU loss against float, e.g. 0.01.")
+@click.option("--start", default="W4A4", show_default=True, help="Uniform bit-width every group starts at.")
+@click.option("--raise-to", default="W8A8", show_default=True, help="Bit-width of a raised group, or 'float'.")
+@click.option("--control-images", type=int, default=16, show_default=True,
+              help="Held-out images (drawn by --seed from the evaluated set) that decide each step; the others verify.")
+@click.option("--max-steps", type=int, default=None, help="Raise at most this many groups.")
+@click.option("--metric", type=click.Choice(("mse", "iou_loss", "iou_error")), default="mse", show_default=True)
+@click.option("--images", type=click.Path(file_okay=False), default=None,
+              help="COCO-format image folder evaluated (default: a generated set of --synthetic-images).")
+@click.option("--annotations", type=click.Path(dir_okay=False), default=None)
+@click.option("--synthetic-images", type=int, default=48, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="results/accuracy_control", show_default=True)
+def accuracy_control(study, target, start, raise_to, control_images, max_steps, metric, images, annotations,
+                     synthetic_images, seed, out) -> None:
+    """From uniform --start, raise the most sensitive groups of a study one by one until the mIoU
+    loss on held-out images is within --target; writes the recipe and the trajectory."""
+    from ptqsam.analysis.sensitivity import load_sensitivity
+    from ptqsam.bits import parse_bits
+    from ptqsam.mixed_precision.workflow import control_study
+
+    result = load_sensitivity(study)
+    config = _config(**{**result.settings["config"], "images": images, "annotations": annotations,
+                        "synthetic_images": synthetic_images, "seed": seed, "out": out})
+    model = _build(result.settings["model"], result.settings["checkpoint"], seed, config.device)
+    high = None if raise_to.strip().lower() == "float" else parse_bits(raise_to)
+    summary = control_study(result, model, config, parse_bits(start), high, target, control_images, max_steps,
+                            metric, Path(out))
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@data_options
+@click.option("--model", "model_type", type=click.Choice(MODEL_TYPES), default="testbed", show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--recipe", default="ptq4sam", show_default=True, help="Base recipe of the uniform rows.")
+@click.option("--bits", default="W4A4,W6A6,W8A8", show_default=True, help="Uniform bit-widths.")
+@click.option("--mixed", "mixed", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A recipe YAML with explicit bits (from `allocate` or `accuracy-control`). Repeatable.")
+@click.option("--calib-images", type=int, default=4, show_default=True)
+@click.option("--synthetic-images", type=int, default=48, show_default=True)
+@click.option("--search-rows", type=int, default=None)
+@click.option("--out", type=click.Path(file_okay=False), default="results/pareto", show_default=True)
+def pareto(images, annotations, detections, prompt, seed, model_type, checkpoint, device, recipe, bits, mixed,
+           calib_images, synthetic_images, search_rows, out) -> None:
+    """Size, BOPs and mIoU of uniform bit-widths and mixed-precision recipes, each calibrated and
+    evaluated on the same images (generated by default: the demo's images and calibration set)."""
+    from ptqsam.mixed_precision.workflow import pareto_study
+
+    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
+                     calib_images=calib_images, synthetic_images=synthetic_images, search_rows=search_rows,
+                     device=device, out=out)
+    model = _build(model_type, checkpoint, seed, device)
+    table = pareto_study(model, config, recipe, _bits_list(bits), list(mixed), Path(out))
+    click.echo(table)
+
+
 if __name__ == "__main__":
     sys.exit(main())
