@@ -353,7 +353,8 @@ def sensitivity(model_type, checkpoint, device, images, annotations, detections,
     written = result.write(out, metric) + plot_sensitivity_result(result, out, metric, top)
     first = result.settings["roles"][0]
     ranked = sorted(result.scores(metric, first).items(), key=lambda item: -item[1])
-    click.echo(f"{len(result.groups)} groups, {result.passes} forward passes, seconds {result.seconds}")
+    click.echo(f"{len(result.groups)} groups, {result.passes} forward passes, seconds {result.seconds}, "
+               f"CPU seconds {result.cpu_seconds}")
     click.echo(f"most sensitive ({metric}, {first} sites, {result.settings['bits'][0]}):")
     for name, score in ranked[:10]:
         click.echo(f"  {score:12.6g}  {name}")

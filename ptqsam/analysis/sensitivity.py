@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from segment_anything.modeling import Sam
@@ -106,6 +106,7 @@ class SensitivityResult:
       baselines: ``bits label -> Damage`` of the fully quantized model (what ``all_but`` rows recover from).
       passes: encoder and decoder forward passes of the measurements (calibration not counted).
       seconds: wall time of the float pass, of each calibration and of each bit-width's measurements.
+      cpu_seconds: the same in CPU time of the process.
     """
 
     settings: dict[str, Any]
@@ -114,6 +115,7 @@ class SensitivityResult:
     baselines: dict[str, Damage] = field(default_factory=dict)
     passes: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def score(self, row: SensitivityRow, metric: str = "mse") -> float:
         """Larger = more sensitive: the row's damage (``only``), or the damage removed by keeping
@@ -134,7 +136,7 @@ class SensitivityResult:
                 "rows": [{"group": r.group, "role": r.role, "w_bits": r.w_bits, "a_bits": r.a_bits,
                           **asdict(r.damage)} for r in self.rows],
                 "baselines": {label: asdict(d) for label, d in self.baselines.items()},
-                "passes": self.passes, "seconds": self.seconds}
+                "passes": self.passes, "seconds": self.seconds, "cpu_seconds": self.cpu_seconds}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SensitivityResult":
@@ -143,7 +145,8 @@ class SensitivityResult:
         rows = [SensitivityRow(r["group"], r["role"], r["w_bits"], r["a_bits"],
                                Damage(r["mse"], r["iou"], r["iou_error"])) for r in data["rows"]]
         return cls(data["settings"], [Group.from_dict(g) for g in data["groups"]], rows,
-                   {label: Damage(**d) for label, d in data["baselines"].items()}, data["passes"], data["seconds"])
+                   {label: Damage(**d) for label, d in data["baselines"].items()}, data["passes"], data["seconds"],
+                   data.get("cpu_seconds", {}))
 
     def write(self, out_dir: str | Path, metric: str = "mse") -> list[Path]:
         """``sensitivity.json`` (everything) and ``sensitivity.csv`` (a row per measurement, with
@@ -214,37 +217,47 @@ def sensitivity_study(
         raise AnalysisError("a sensitivity study needs at least one bit-width and one calibration image")
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     instrument(model)
-    start = time.perf_counter()
-    reference = reference_predictions(model, samples)
     result = SensitivityResult(
         {"recipe": recipe.to_dict(), "bits": [bits_label(w, a) for w, a in bits], "granularity": granularity,
          "mode": mode, "roles": list(roles), "exclude": list(exclude), "search_rows": search_rows,
-         "image_ids": [s.image_id for s in samples], "num_prompts": sum(len(s.prompts) for s in samples)},
-        [], [], seconds={"float_pass": round(time.perf_counter() - start, 3)})
+         "image_ids": [s.image_id for s in samples], "num_prompts": sum(len(s.prompts) for s in samples)}, [], [])
+    with _timed(result, "float_pass"):
+        reference = reference_predictions(model, samples)
     for w_bits, a_bits in bits:
         label = bits_label(w_bits, a_bits)
-        start = time.perf_counter()
-        calibrated = copy.deepcopy(model)
-        calibrate(calibrated, recipe, w_bits, a_bits, samples, exclude, progress=False, search_rows=search_rows)
-        result.seconds[f"calibrate_{label}"] = round(time.perf_counter() - start, 3)
+        with _timed(result, f"calibrate_{label}"):
+            calibrated = copy.deepcopy(model)
+            calibrate(calibrated, recipe, w_bits, a_bits, samples, exclude, progress=False, search_rows=search_rows)
         groups = model_groups(calibrated, granularity)
         if result.groups and [g.sites for g in groups] != [g.sites for g in result.groups]:
             raise AnalysisError(f"recipe {recipe.name!r} quantizes other sites at {label}")
         result.groups = groups
-        start = time.perf_counter()
-        measurer = GroupMeter(calibrated, samples, reference, mode)
-        if mode == "all_but":
-            result.baselines[label] = measurer.measure(None)
-        for group in groups:
-            for role in roles:
-                role_sites = group.role_sites(role)
-                if role_sites:
-                    result.rows.append(SensitivityRow(group.name, role, w_bits, a_bits, measurer.measure(role_sites)))
-        result.seconds[f"measure_{label}"] = round(time.perf_counter() - start, 3)
-        for key, count in measurer.passes.items():
-            result.passes[key] = result.passes.get(key, 0) + count
+        with _timed(result, f"measure_{label}"):
+            _measure(result, GroupMeter(calibrated, samples, reference, mode), w_bits, a_bits, roles)
         log.info("sensitivity %s: %d groups in %.1f s", label, len(groups), result.seconds[f"measure_{label}"])
     return result
+
+
+def _measure(result: SensitivityResult, meter: "GroupMeter", w_bits: int, a_bits: int, roles: Sequence[str]) -> None:
+    """Every group and role of ``result`` measured with ``meter``, added to its rows and pass counts."""
+    if meter.mode == "all_but":
+        result.baselines[bits_label(w_bits, a_bits)] = meter.measure(None)
+    for group in result.groups:
+        for role in roles:
+            if group.role_sites(role):
+                result.rows.append(SensitivityRow(group.name, role, w_bits, a_bits, meter.measure(group.role_sites(role))))
+    for key, count in meter.passes.items():
+        result.passes[key] = result.passes.get(key, 0) + count
+
+
+@contextlib.contextmanager
+def _timed(result: SensitivityResult, name: str) -> Iterator[None]:
+    """Records the block's wall time in ``result.seconds`` and its CPU time (every thread of the
+    process) in ``result.cpu_seconds``: on a shared machine the CPU time is the steadier figure."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    result.seconds[name] = round(time.perf_counter() - wall, 3)
+    result.cpu_seconds[name] = round(time.process_time() - cpu, 3)
 
 
 def reference_predictions(model: Sam, samples: Sequence[CalibrationSample]) -> list[Prediction]:

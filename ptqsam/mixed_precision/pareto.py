@@ -3,7 +3,8 @@
 Every recipe is calibrated from scratch on the same calibration images (a mixed recipe through the
 recipe system, as a user would run it) and evaluated on the same images and prompts as the float
 model; its costs (:mod:`.costs`) come from the bits its calibrated quantizers hold, with averages
-over every site any of the recipes quantizes.
+over every site any of the recipes quantizes. A :class:`RunCache` keeps each run's result, so that
+adding a recipe to a table runs that recipe only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +24,7 @@ from ptqsam.calibration.runner import calibrate
 from ptqsam.constants import FLOAT
 from ptqsam.data.coco import CocoDataset
 from ptqsam.data.samples import CalibrationSample
-from ptqsam.evaluation.evaluator import EvalOptions, evaluate
+from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks_from_json, masks_to_json
 from ptqsam.instrument import Recipe, attached_quantizers, instrument, quantizing
 from ptqsam.io import write_json_atomic, write_text_atomic
 from ptqsam.mixed_precision.costs import COST_KINDS, model_costs
@@ -50,24 +53,69 @@ def pareto_rows(
     options: EvalOptions = EvalOptions(),
     search_rows: int | None = None,
     progress: bool = True,
+    cache: RunCache | None = None,
 ) -> list[dict[str, Any]]:
-    """A row per run (and one for the float model, first): costs, mIoU, Δ mIoU, agreement."""
+    """A row per run (and one for the float model, first): costs, mIoU, Δ mIoU, agreement. With a
+    ``cache``, runs it already holds (same recipe, bits and settings) are not run again."""
     instrument(model)
-    reference = evaluate(model, dataset, image_ids, options, progress=progress, description=FLOAT)
+    cache = cache or RunCache(None, {})
+    floats = cache.get(FLOAT, {}, 0, 0)
+    if floats is None:
+        result = evaluate(model, dataset, image_ids, options, progress=progress, description=FLOAT)
+        floats = cache.put(FLOAT, {}, 0, 0, {}, result.metrics, masks_to_json(result.masks))
+    reference = EvalResult(floats["metrics"], masks_from_json(floats["masks"]), {}, 0, 0)
     measured = []
     for run in runs:
-        calibrated = copy.deepcopy(model)
-        calibrate(calibrated, run.recipe, run.w_bits, run.a_bits, samples, progress=progress, search_rows=search_rows)
-        bits = {name: q.spec.bits for name, q in attached_quantizers(calibrated).items()}
-        with quantizing(calibrated):
-            result = evaluate(calibrated, dataset, image_ids, options, reference=reference, progress=progress,
-                              description=run.label)
-        measured.append((run, bits, result.metrics))
+        record = cache.get(run.label, run.recipe.to_dict(), run.w_bits, run.a_bits)
+        if record is None:
+            calibrated = copy.deepcopy(model)
+            calibrate(calibrated, run.recipe, run.w_bits, run.a_bits, samples, progress=progress,
+                      search_rows=search_rows)
+            bits = {name: q.spec.bits for name, q in attached_quantizers(calibrated).items()}
+            with quantizing(calibrated):
+                result = evaluate(calibrated, dataset, image_ids, options, reference=reference, progress=progress,
+                                  description=run.label)
+            record = cache.put(run.label, run.recipe.to_dict(), run.w_bits, run.a_bits, bits, result.metrics)
+        measured.append((run, record["bits_by_site"], record["metrics"]))
     costs = model_costs(model, {site for _, bits, _ in measured for site in bits})
-    rows = [_row(FLOAT, FLOAT, FLOAT, costs.of({}), reference.metrics, reference.metrics["miou"])]
+    float_miou = floats["metrics"]["miou"]
+    rows = [_row(FLOAT, FLOAT, FLOAT, costs.of({}), floats["metrics"], float_miou)]
     for run, bits, metrics in measured:
-        rows.append(_row(run.label, run.recipe.name, run.bits, costs.of(bits), metrics, reference.metrics["miou"]))
+        rows.append(_row(run.label, run.recipe.name, run.bits, costs.of(bits), metrics, float_miou))
     return rows
+
+
+class RunCache:
+    """Each run's result as ``<folder>/<label>.json`` (atomic), reused while its recipe, bits and
+    ``key`` (the data and protocol settings) are the same; ``folder`` None keeps nothing.
+
+    Arguments:
+      folder: where the records live.
+      key: plain data naming the settings the results depend on (images, prompts, seed, ...).
+    """
+
+    def __init__(self, folder: str | Path | None, key: dict[str, Any]) -> None:
+        self.folder, self.key = (None if folder is None else Path(folder)), key
+
+    def get(self, label: str, recipe: dict, w_bits: int, a_bits: int) -> dict[str, Any] | None:
+        path = self._path(label)
+        if path is None or not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        same = (record.get("key"), record.get("recipe"), record.get("w_bits"), record.get("a_bits"))
+        return record if same == (self.key, recipe, w_bits, a_bits) else None
+
+    def put(self, label: str, recipe: dict, w_bits: int, a_bits: int, bits_by_site: dict[str, int],
+            metrics: dict[str, Any], masks: list | None = None) -> dict[str, Any]:
+        record = {"key": self.key, "label": label, "recipe": recipe, "w_bits": w_bits, "a_bits": a_bits,
+                  "bits_by_site": bits_by_site, "metrics": metrics, **({"masks": masks} if masks is not None else {})}
+        path = self._path(label)
+        if path is not None:
+            write_json_atomic(path, record)
+        return json.loads(json.dumps(record))  # what a later get() returns
+
+    def _path(self, label: str) -> Path | None:
+        return None if self.folder is None else self.folder / (re.sub(r"[^A-Za-z0-9.]+", "_", label) + ".json")
 
 
 def _row(label: str, recipe: str, bits: str, costs: dict[str, float], metrics: dict[str, Any],

@@ -25,7 +25,7 @@ from ptqsam.io import write_json_atomic
 from ptqsam.mixed_precision.allocation import Allocation, allocate, group_choices, parse_budget
 from ptqsam.mixed_precision.control import HeldOutMeasure, accuracy_control, ranked_groups
 from ptqsam.mixed_precision.costs import ModelCosts, model_costs
-from ptqsam.mixed_precision.pareto import RecipeRun, pareto_markdown, pareto_rows, write_pareto
+from ptqsam.mixed_precision.pareto import RecipeRun, RunCache, pareto_markdown, pareto_rows, write_pareto
 from ptqsam.mixed_precision.recipes import mixed_recipe, write_recipe
 from ptqsam.plots.precision import MIXED, plot_pareto
 
@@ -110,8 +110,9 @@ def control_study(result: SensitivityResult, model: Sam, config: ExperimentConfi
 def pareto_study(model: Sam, config: ExperimentConfig, recipe: str, bits: Sequence[tuple[int, int]],
                  mixed: Sequence[str], out: Path) -> str:
     """:func:`~.pareto.pareto_rows` of ``recipe`` at each uniform bit-width and of each mixed recipe
-    YAML, on the configured data; writes ``pareto.{json,csv,md,png,pdf}`` under ``out`` and returns
-    the markdown table."""
+    YAML, on the configured data; writes ``pareto.{json,csv,md,png,pdf}`` under ``out`` (and each
+    run's result under ``out/runs``, reused by a later call with the same settings) and returns the
+    markdown table."""
     base = load_recipe(recipe)
     runs = [RecipeRun(f"{base.name} {bits_label(w, a)}", base, w, a, bits_label(w, a)) for w, a in bits]
     runs += [RecipeRun(Path(path).stem, _explicit(load_recipe(path), path), 8, 8, MIXED) for path in mixed]
@@ -120,7 +121,9 @@ def pareto_study(model: Sam, config: ExperimentConfig, recipe: str, bits: Sequen
     _, samples = calibration_set(config)
     dataset = dataset_for(config)
     ids = dataset.image_ids[: config.eval_images] if config.eval_images else None
-    rows = pareto_rows(model, runs, samples, dataset, ids, eval_options(config), config.search_rows)
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "recipes", "bits")}
+    rows = pareto_rows(model, runs, samples, dataset, ids, eval_options(config), config.search_rows,
+                       cache=RunCache(out / "runs", settings))
     write_pareto(rows, out, {"config": config.to_dict(), "recipes": {r.label: r.recipe.to_dict() for r in runs}})
     plot_pareto(rows, out / "pareto", f"{config.models[0]}: cost against mIoU ({base.name} uniform and mixed)")
     return pareto_markdown(rows)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from ptqsam.calibration import calibrate
 from ptqsam.cli import main
 from ptqsam.instrument import load_recipe
 
@@ -26,7 +27,7 @@ def run(random_testbed, tmp_path, monkeypatch):
     return lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
 
 
-def test_sensitivity_allocate_control_and_pareto(run, tmp_path):
+def test_sensitivity_allocate_control_and_pareto(run, tmp_path, monkeypatch):
     (tmp_path / "final.yaml").write_text(yaml.safe_dump(RECIPE))
     result = run("sensitivity", "--recipe", "final.yaml", "--bits", "W4A4,W8A8", "--split-roles", "--calib-images", "1",
                  "--out", "sens")
@@ -61,6 +62,18 @@ def test_sensitivity_allocate_control_and_pareto(run, tmp_path):
     rows = json.loads((tmp_path / "pareto" / "pareto.json").read_text())["rows"]
     assert [r["bits"] for r in rows] == ["float", "W4A4", "mixed"]
     assert (tmp_path / "pareto" / "pareto.png").is_file() and "| mixed |" in result.output
+
+    from ptqsam.mixed_precision import pareto
+
+    calibrations = []
+    monkeypatch.setattr(pareto, "calibrate", lambda *a, **k: calibrations.append(a[2:4]) or calibrate(*a, **k))
+    result = run("pareto", "--recipe", "final.yaml", "--bits", "W4A4,W8A8", "--mixed", "mixed.yaml",
+                 "--synthetic-images", "2", "--calib-images", "1", "--out", "pareto")
+    assert result.exit_code == 0, result.output
+    assert calibrations == [(8, 8)]  # the runs of the first call are reused
+    again = json.loads((tmp_path / "pareto" / "pareto.json").read_text())["rows"]
+    assert [r["bits"] for r in again] == ["float", "W4A4", "W8A8", "mixed"]
+    assert again[1] == rows[1] and again[3] == rows[2]
 
     failed = run("pareto", "--recipe", "final.yaml", "--bits", "W4A4", "--mixed", "final.yaml",
                  "--synthetic-images", "2", "--calib-images", "1", "--out", "pareto2")
