@@ -367,9 +367,10 @@ def sensitivity(model_type, checkpoint, device, images, annotations, detections,
               help="W5A5 (average weight and activation bits), or KIND=VALUE with KIND one of weight_bits, "
                    "activation_bits, size_mb, gbops and VALUE a number or a bits label (its uniform cost). Repeatable.")
 @click.option("--metric", type=click.Choice(("mse", "iou_loss", "iou_error")), default="mse", show_default=True)
+@click.option("--candidates", default=None, help="Bit-widths to choose from, e.g. 4,6,8 (default: every measured one).")
 @click.option("--name", default=None, help="Recipe name (default: <recipe>-mixed-<budgets>).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Recipe YAML to write.")
-def allocate(study, budgets, metric, name, out) -> None:
+def allocate(study, budgets, metric, candidates, name, out) -> None:
     """Bits per group from a sensitivity study (`ptqsam sensitivity`) minimising the summed
     sensitivity under budgets; writes a recipe YAML the recipe system runs as is."""
     from collections import Counter
@@ -379,11 +380,18 @@ def allocate(study, budgets, metric, name, out) -> None:
 
     result = load_sensitivity(study)
     model = _build(result.settings["model"], result.settings["checkpoint"], 0, "cpu")
-    allocation, path = allocate_study(result, model, budgets, metric, out, name)
+    bits = None if candidates is None else [_positive_int(text, "--candidates") for text in candidates.split(",")]
+    allocation, path = allocate_study(result, model, budgets, metric, out, name, bits)
     click.echo(json.dumps({"recipe": str(path), "budgets": [b.describe() for b in allocation.budgets],
                            "costs": allocation.costs, "predicted_sensitivity": allocation.sensitivity,
                            "choices": dict(sorted(Counter(c.label for c in allocation.choices.values()).items()))},
                           indent=2))
+
+
+def _positive_int(text: str, option: str) -> int:
+    if not text.strip().isdigit():
+        raise PtqsamError(f"{option} takes a comma list of bit-widths, got {text!r}")
+    return int(text)
 
 
 @main.command("accuracy-control")

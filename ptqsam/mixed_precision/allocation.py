@@ -16,7 +16,7 @@ function that reports the costs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -107,8 +107,10 @@ class Allocation:
     budgets: tuple[Budget, ...]
 
 
-def group_choices(result: SensitivityResult, metric: str = "mse") -> dict[str, dict[Choice, float]]:
-    """``group -> {choice: sensitivity}`` from a study's rows (see the module docstring)."""
+def group_choices(result: SensitivityResult, metric: str = "mse",
+                  candidates: Collection[int] | None = None) -> dict[str, dict[Choice, float]]:
+    """``group -> {choice: sensitivity}`` from a study's rows (see the module docstring), keeping
+    the choices whose bits are all among ``candidates`` (default: every measured bit-width)."""
     roles = set(result.settings["roles"])
     split = {"weight", "activation"} <= roles
     if not split and "all" not in roles:
@@ -127,8 +129,11 @@ def group_choices(result: SensitivityResult, metric: str = "mse") -> dict[str, d
         else:
             options = {Choice(row.w_bits if group.weights else None, row.a_bits if group.activations else None):
                        result.score(row, metric) for row in result.rows if row.group == group.name and row.role == "all"}
+        if candidates is not None:
+            options = {c: v for c, v in options.items() if {c.w_bits, c.a_bits} - {None} <= set(candidates)}
         if not options:
-            raise AllocationError(f"group {group.name} has no sensitivity row to choose from")
+            raise AllocationError(f"group {group.name} has no sensitivity row to choose from"
+                                  + ("" if candidates is None else f" among the candidate bits {sorted(candidates)}"))
         choices[group.name] = options
     return choices
 

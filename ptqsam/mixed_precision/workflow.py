@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from segment_anything.modeling import Sam
 
@@ -39,19 +39,22 @@ def study_costs(result: SensitivityResult, model: Sam) -> ModelCosts:
 
 
 def allocate_study(result: SensitivityResult, model: Sam, budget_texts: Sequence[str], metric: str,
-                   out: str | Path, name: str | None = None) -> tuple[Allocation, Path]:
-    """Allocate bits to the study's groups under the budgets (:func:`~.allocation.parse_budget`
-    texts) and write the mixed recipe to ``out``, its budgets and predicted costs in comments."""
+                   out: str | Path, name: str | None = None,
+                   candidates: Collection[int] | None = None) -> tuple[Allocation, Path]:
+    """Allocate bits (among ``candidates``, default: every measured bit-width) to the study's
+    groups under the budgets (:func:`~.allocation.parse_budget` texts) and write the mixed recipe
+    to ``out``, its budgets and predicted costs in comments."""
     costs = study_costs(result, model)
     budgets = [budget for text in budget_texts for budget in parse_budget(text, costs)]
-    allocation = allocate(result.groups, group_choices(result, metric), costs, budgets)
+    allocation = allocate(result.groups, group_choices(result, metric, candidates), costs, budgets)
     base = Recipe.from_dict(result.settings["recipe"])
     name = name or f"{base.name}-mixed-" + "-".join(_slug(text) for text in budget_texts)
     description = (f"{base.name} with bits per site chosen by ptqsam allocate: {metric} sensitivity "
                    f"({result.settings['granularity']} groups), budgets {_budgets(allocation)}")
     comments = [f"Mixed-precision recipe written by `ptqsam allocate` (base recipe {base.name}).",
                 f"Sensitivity: {metric}, {result.settings['granularity']} groups, roles {result.settings['roles']}, "
-                f"measured at {result.settings['bits']} on calibration images {result.settings['image_ids']}.",
+                f"measured at {result.settings['bits']} on calibration images {result.settings['image_ids']}"
+                + ("." if candidates is None else f"; candidate bits {sorted(candidates)}."),
                 f"Budget: {_budgets(allocation)}.",
                 f"Predicted cost: {_costs(allocation.costs)}.",
                 f"Predicted summed sensitivity: {allocation.sensitivity:.6g}.",

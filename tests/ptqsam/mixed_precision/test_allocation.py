@@ -110,6 +110,10 @@ def test_group_choices_add_weight_and_activation_rows():
     assert choices["mm"] == {Choice(None, 4): 5.0, Choice(None, 8): 0.5}
     whole = group_choices(_study(["all"], [row("lin", "all", 4, 3.0), row("mm", "all", 8, 0.4)]))
     assert whole == {"lin": {Choice(4, 4): 3.0}, "mm": {Choice(None, 8): 0.4}}
+    assert group_choices(_study(["weight", "activation"], rows), candidates=[8]) == {
+        "lin": {Choice(8, 8): pytest.approx(0.3)}, "mm": {Choice(None, 8): 0.5}}
+    with pytest.raises(AllocationError, match="among the candidate bits"):
+        group_choices(_study(["weight", "activation"], rows), candidates=[6])
     with pytest.raises(AllocationError, match="role"):
         group_choices(_study(["weight"], rows))
 
