@@ -28,21 +28,22 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from segment_anything.modeling import Sam
 
 from ptqsam.analysis.groups import GRANULARITIES, ROLES, Group, model_groups
 from ptqsam.bits import bits_label
-from ptqsam.calibration.passes import SampleLoop
+from ptqsam.passes import SampleLoop
 from ptqsam.calibration.runner import calibrate
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.errors import AnalysisError
+from ptqsam.fingerprint import fingerprint, mismatch
 from ptqsam.inference import Prediction
 from ptqsam.instrument import attached_quantizers, disabled, forward_hooks, instrument, quantizing, switched
 from ptqsam.instrument.recipe import Recipe, load_recipe
-from ptqsam.io import write_json_atomic, write_text_atomic
+from ptqsam.io import json_text, write_or_rescue, write_text_atomic
 from ptqsam.models.blocks import part_of
 from quantizers import Mode
 
@@ -53,7 +54,7 @@ MODES = ("only", "all_but")
 METRICS = ("mse", "iou_loss", "iou_error")
 METRIC_LABELS = {"mse": "mask-logit MSE", "iou_loss": "1 - mask IoU against float",
                  "iou_error": "mean |error of predicted IoU|"}
-FORMAT = "ptqsam-sensitivity"
+FORMAT, VERSION = "ptqsam-sensitivity", 2
 CSV_FIELDS = ("group", "block", "role", "bits", "sites", "mse", "iou", "iou_error", "score")
 
 
@@ -131,7 +132,9 @@ class SensitivityResult:
                 if r.role == role and bits_label(r.w_bits, r.a_bits) == label}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "settings": self.settings,
+        """Plain data, with the fingerprint of :attr:`settings` (what the study is bound to)."""
+        return {"format": FORMAT, "version": VERSION, "settings": self.settings,
+                "fingerprint": fingerprint(self.settings),
                 "groups": [g.to_dict() for g in self.groups],
                 "rows": [{"group": r.group, "role": r.role, "w_bits": r.w_bits, "a_bits": r.a_bits,
                           **asdict(r.damage)} for r in self.rows],
@@ -142,6 +145,13 @@ class SensitivityResult:
     def from_dict(cls, data: dict[str, Any]) -> "SensitivityResult":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise AnalysisError(f"not a sensitivity result (format {FORMAT!r} expected)")
+        if data.get("version") != VERSION:
+            raise AnalysisError(f"a sensitivity result of version {data.get('version')!r}; this ptqsam reads "
+                                f"version {VERSION}: run `ptqsam sensitivity` again")
+        changed = mismatch(data.get("fingerprint"), fingerprint(data["settings"]))
+        if changed:
+            raise AnalysisError(f"the sensitivity result's settings do not match its fingerprint ({', '.join(changed)}): "
+                                "the file was altered; run `ptqsam sensitivity` again")
         rows = [SensitivityRow(r["group"], r["role"], r["w_bits"], r["a_bits"],
                                Damage(r["mse"], r["iou"], r["iou_error"])) for r in data["rows"]]
         return cls(data["settings"], [Group.from_dict(g) for g in data["groups"]], rows,
@@ -161,7 +171,8 @@ class SensitivityResult:
             writer.writerow({"group": r.group, "block": blocks[r.group], "role": r.role, "bits": r.bits,
                              "sites": len(sizes[r.group].role_sites(r.role)), **asdict(r.damage),
                              "score": self.score(r, metric)})
-        return [write_json_atomic(out / "sensitivity.json", self.to_dict()),
+        data = json_text(self.to_dict())
+        return [write_or_rescue(out / "sensitivity.json", lambda file: file.write(data)),
                 write_text_atomic(out / "sensitivity.csv", text.getvalue())]
 
 
@@ -193,6 +204,7 @@ def sensitivity_study(
     mode: str = "only",
     exclude: Iterable[str] = (),
     search_rows: int | None = None,
+    reconstruction: Mapping[str, Any] | None = None,
 ) -> SensitivityResult:
     """Calibrate ``recipe`` once per ``(w_bits, a_bits)`` in ``bits`` and measure every group.
 
@@ -206,7 +218,7 @@ def sensitivity_study(
         with separate weight and activation bits needs ``("weight", "activation")``.
       mode: ``only`` or ``all_but`` (:data:`MODES`).
       exclude: site patterns kept float, as in :func:`~ptqsam.calibration.calibrate`.
-      search_rows: as in :func:`~ptqsam.calibration.calibrate`.
+      search_rows, reconstruction: as in :func:`~ptqsam.calibration.calibrate`.
     """
     recipe = load_recipe(recipe)
     check_choice(granularity, GRANULARITIES, "granularity")
@@ -220,6 +232,7 @@ def sensitivity_study(
     result = SensitivityResult(
         {"recipe": recipe.to_dict(), "bits": [bits_label(w, a) for w, a in bits], "granularity": granularity,
          "mode": mode, "roles": list(roles), "exclude": list(exclude), "search_rows": search_rows,
+         "reconstruction": dict(reconstruction or {}),
          "image_ids": [s.image_id for s in samples], "num_prompts": sum(len(s.prompts) for s in samples)}, [], [])
     with _timed(result, "float_pass"):
         reference = reference_predictions(model, samples)
@@ -227,7 +240,8 @@ def sensitivity_study(
         label = bits_label(w_bits, a_bits)
         with _timed(result, f"calibrate_{label}"):
             calibrated = copy.deepcopy(model)
-            calibrate(calibrated, recipe, w_bits, a_bits, samples, exclude, progress=False, search_rows=search_rows)
+            calibrate(calibrated, recipe, w_bits, a_bits, samples, exclude, progress=False, search_rows=search_rows,
+                      reconstruction=reconstruction)
         groups = model_groups(calibrated, granularity)
         if result.groups and [g.sites for g in groups] != [g.sites for g in result.groups]:
             raise AnalysisError(f"recipe {recipe.name!r} quantizes other sites at {label}")

@@ -7,8 +7,9 @@
    observed once (on the first image), not once per image.
 3. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
 4. ``finalize`` of every observed quantizer.
+5. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
 
-The image encoder runs once per image per pass (:class:`~ptqsam.calibration.passes.SampleLoop`);
+The image encoder runs once per image per pass (:class:`~ptqsam.passes.SampleLoop`);
 when the recipe leaves it in float, its embeddings are computed once and reused by every pass. What grows with the number of images: the images and
 their prompts (held in memory), those float embeddings, and the Hessian search's cached operands,
 outputs and gradients — of one transformer block at a time (one forward + backward pass over the
@@ -19,27 +20,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from segment_anything.modeling import Sam
 
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
 from ptqsam.calibration.hessian import capture, search_unit, search_units
-from ptqsam.calibration.passes import SampleLoop
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
 from ptqsam.instrument.modes import observing
 from ptqsam.instrument.recipe import Recipe, load_recipe
+from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
 from ptqsam.models.blocks import block_of, model_blocks, part_of
+from ptqsam.passes import SampleLoop
+from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
 
 
 @dataclass
 class CalibrationReport:
-    """What calibration did: images, quantizers, per-pass seconds, BIG and Hessian records, and the
-    selected sites no calibration pass reached (left uncalibrated)."""
+    """What calibration did: images, quantizers, per-pass seconds, BIG, Hessian and reconstruction
+    records, the selected sites no calibration pass reached (left uncalibrated), the fingerprint of
+    the weights it started from (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the
+    reconstruction reproduces PTQ4SAM's drop bug on purpose, where and how it drops."""
 
     image_ids: list[int]
     num_prompts: int
@@ -47,11 +52,17 @@ class CalibrationReport:
     seconds: dict[str, float] = field(default_factory=dict)
     bimodal: dict[str, dict] = field(default_factory=dict)
     hessian: dict[str, dict] = field(default_factory=dict)
+    reconstruction: dict[str, dict] = field(default_factory=dict)
     unreached: list[str] = field(default_factory=list)
+    weights: str = ""
+    reference_drop_bug: dict[str, Any] | None = None
 
     def extra_state(self) -> dict[str, Any]:
         """The transform state to save beside the quantizers (re-applied when loading)."""
-        return {STATE_KEY: self.bimodal} if self.bimodal else {}
+        extra: dict[str, Any] = {STATE_KEY: self.bimodal} if self.bimodal else {}
+        if self.reference_drop_bug is not None:
+            extra[REFERENCE_BUG_KEY] = self.reference_drop_bug
+        return extra
 
 
 def calibrate(
@@ -63,6 +74,7 @@ def calibrate(
     exclude: Iterable[str] = (),
     progress: bool = True,
     search_rows: int | None = None,
+    reconstruction: Mapping[str, Any] | None = None,
 ) -> CalibrationReport:
     """Attach ``recipe`` at WxA bits to ``model`` (instrumenting it) and calibrate on ``samples``.
 
@@ -73,12 +85,16 @@ def calibrate(
       samples: calibration images with their prompts (:func:`calibration_samples`).
       exclude: site-name patterns kept in float, e.g. ``("image_encoder.*",)``.
       search_rows: default ``max_rows`` of the Hessian-guided search (see :func:`.hessian.search_unit`).
+      reconstruction: overrides of the recipe's reconstruction settings (e.g. ``{"iterations": 500}``);
+        ignored for a recipe without reconstruction.
     """
     recipe = load_recipe(recipe)
+    weights = weights_fingerprint(model)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
     encoder_float = not any(part_of(name) == "image_encoder" for name in quantizers)
     passes = SampleLoop(model, samples, encoder_float, progress)
-    report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers)
+    report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
+                               weights=weights)
 
     _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
     units = search_units(model)
@@ -91,6 +107,13 @@ def calibrate(
             quantizers[name].finalize()
         else:
             report.unreached.append(name)
+    config = recipe.reconstruction_config()
+    if config is not None:
+        config = config.with_overrides(reconstruction or {})
+        report.reconstruction = _timed(report, "reconstruction", lambda: reconstruct(model, samples, config, progress))
+        if config.reference_drop_bug:
+            report.reference_drop_bug = {"probability": config.drop_prob, "seed": config.seed,
+                                         "sites": reference_bug_sites(model, reconstruction_units(model, config))}
     return report
 
 

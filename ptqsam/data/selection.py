@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
+from typing import Any, Iterable
 
 from ptqsam.config import ExperimentConfig
 from ptqsam.data.coco import CocoDataset
+from ptqsam.data.generated import cached_dataset
 from ptqsam.data.samples import CalibrationSample, calibration_samples
-from ptqsam.data.synthetic import generate_dataset
+from ptqsam.fingerprint import file_sha256, settings_hash
 
 log = logging.getLogger("ptqsam")
 #: generated calibration data uses ``seed`` + this: far from the evaluated data of any nearby seed
@@ -43,8 +44,18 @@ def calibration_set(config: ExperimentConfig) -> tuple[CocoDataset, list[Calibra
 
 
 def generated(root: Path, count: int, seed: int) -> CocoDataset:
-    """The synthetic dataset under ``root``, generated there unless it already holds ``count`` images."""
-    marker = root / "annotations.json"
-    if not marker.is_file() or len(json.loads(marker.read_text())["images"]) != count:
-        generate_dataset(root, count, seed=seed)
-    return CocoDataset(root / "images", marker)
+    """The synthetic dataset of ``(count, seed)`` cached under ``root`` (see :mod:`.generated`)."""
+    folder = cached_dataset(root, count, seed)
+    return CocoDataset(folder / "images", folder / "annotations.json")
+
+
+def data_fingerprint(dataset: CocoDataset, image_ids: Iterable[int]) -> dict[str, Any]:
+    """What identifies the images a run reads: the annotations file's content (SHA-256) and each
+    image's id, file name and file size (sizes, not contents: hashing every image of a large set on
+    every run would cost more than the check is worth)."""
+    files = []
+    for image_id in image_ids:
+        info = dataset.image_info(image_id)
+        files.append([image_id, info.file_name, info.path.stat().st_size if info.path.is_file() else None])
+    return {"annotations": file_sha256(dataset.annotations_path), "images": settings_hash({"files": files}),
+            "count": len(files)}

@@ -26,7 +26,7 @@ from ptqsam.data.coco import CocoDataset
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks_from_json, masks_to_json
 from ptqsam.instrument import Recipe, attached_quantizers, instrument, quantizing
-from ptqsam.io import write_json_atomic, write_text_atomic
+from ptqsam.io import json_text, write_json_atomic, write_or_rescue, write_text_atomic
 from ptqsam.mixed_precision.costs import COST_KINDS, model_costs
 
 COLUMNS = ("label", "recipe", "bits", *COST_KINDS, "miou", "delta_miou", "agreement")
@@ -131,7 +131,8 @@ def write_pareto(rows: Sequence[dict[str, Any]], out_dir: str | Path, settings: 
     writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return [write_json_atomic(out / "pareto.json", {"settings": settings, "rows": list(rows)}),
+    data = json_text({"settings": settings, "rows": list(rows)})
+    return [write_or_rescue(out / "pareto.json", lambda file: file.write(data)),
             write_text_atomic(out / "pareto.csv", text.getvalue()),
             write_text_atomic(out / "pareto.md", pareto_markdown(rows))]
 

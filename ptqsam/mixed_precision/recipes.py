@@ -25,7 +25,7 @@ from segment_anything.modeling import Sam
 from ptqsam.errors import AllocationError, RecipeError
 from ptqsam.instrument import Recipe, Rule, attach_quantizer, attached_quantizers, detach_site, sites
 from ptqsam.instrument.recipe import matches_any
-from ptqsam.io import write_text_atomic
+from ptqsam.io import write_or_rescue
 from quantizers import Quantizer
 
 
@@ -49,9 +49,10 @@ def base_rule_index(recipe: Recipe, site: str) -> int:
 
 
 def write_recipe(path: str | Path, recipe: Recipe, comments: Sequence[str] = ()) -> Path:
-    """The recipe's YAML under ``# comment`` lines (budgets, predicted costs), written atomically."""
-    header = "".join(f"# {line}\n" for text in comments for line in text.splitlines())
-    return write_text_atomic(path, header + recipe.to_yaml())
+    """The recipe's YAML under ``# comment`` lines (budgets, predicted costs), written atomically
+    (or to a rescue file named by the error when ``path`` cannot be written)."""
+    text = "".join(f"# {line}\n" for comment in comments for line in comment.splitlines()) + recipe.to_yaml()
+    return write_or_rescue(path, lambda file: file.write(text))
 
 
 def assemble(calibrated: Sequence[Sam], bits_by_site: Mapping[str, int]) -> Sam:

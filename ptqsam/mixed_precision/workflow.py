@@ -16,17 +16,16 @@ from ptqsam.calibration.runner import calibrate
 from ptqsam.config import ExperimentConfig
 from ptqsam.constants import FLOAT
 from ptqsam.data.samples import choose_image_ids
-from ptqsam.data.selection import calibration_set, dataset_for
+from ptqsam.data.selection import calibration_set, data_fingerprint, dataset_for
 from ptqsam.errors import AllocationError, RecipeError
 from ptqsam.evaluation.evaluator import EvalOptions, evaluate
 from ptqsam.instrument import Recipe, load_recipe
 from ptqsam.instrument.recipe import BITS_PLACEHOLDERS
-from ptqsam.io import write_json_atomic
 from ptqsam.mixed_precision.allocation import Allocation, allocate, group_choices, parse_budget
 from ptqsam.mixed_precision.control import HeldOutMeasure, accuracy_control, ranked_groups
 from ptqsam.mixed_precision.costs import ModelCosts, model_costs
-from ptqsam.mixed_precision.pareto import RecipeRun, RunCache, pareto_markdown, pareto_rows, write_pareto
-from ptqsam.mixed_precision.recipes import mixed_recipe, write_recipe
+from ptqsam.mixed_precision.pareto import RecipeRun, RunCache, pareto_rows, write_pareto
+from ptqsam.mixed_precision.recipes import mixed_recipe
 from ptqsam.plots.precision import MIXED, plot_pareto
 
 #: Uniform bit-widths whose costs a written recipe lists for comparison.
@@ -39,11 +38,12 @@ def study_costs(result: SensitivityResult, model: Sam) -> ModelCosts:
 
 
 def allocate_study(result: SensitivityResult, model: Sam, budget_texts: Sequence[str], metric: str,
-                   out: str | Path, name: str | None = None,
-                   candidates: Collection[int] | None = None) -> tuple[Allocation, Path]:
+                   name: str | None = None, candidates: Collection[int] | None = None
+                   ) -> tuple[Allocation, Recipe, list[str]]:
     """Allocate bits (among ``candidates``, default: every measured bit-width) to the study's
-    groups under the budgets (:func:`~.allocation.parse_budget` texts) and write the mixed recipe
-    to ``out``, its budgets and predicted costs in comments."""
+    groups under the budgets (:func:`~.allocation.parse_budget` texts): the allocation, the mixed
+    recipe and the comments to write above it (budgets, predicted costs; see
+    :func:`~.recipes.write_recipe`)."""
     costs = study_costs(result, model)
     budgets = [budget for text in budget_texts for budget in parse_budget(text, costs)]
     allocation = allocate(result.groups, group_choices(result, metric, candidates), costs, budgets)
@@ -59,20 +59,21 @@ def allocate_study(result: SensitivityResult, model: Sam, budget_texts: Sequence
                 f"Predicted cost: {_costs(allocation.costs)}.",
                 f"Predicted summed sensitivity: {allocation.sensitivity:.6g}.",
                 *_reference_costs(costs)]
-    recipe = mixed_recipe(base, allocation.bits_by_site, name, description)
-    return allocation, write_recipe(out, recipe, comments)
+    return allocation, mixed_recipe(base, allocation.bits_by_site, name, description), comments
 
 
 def control_study(result: SensitivityResult, model: Sam, config: ExperimentConfig, low: tuple[int, int],
                   high: tuple[int, int] | None, target: float, control_images: int, max_steps: int | None,
-                  metric: str, out: Path) -> dict[str, Any]:
+                  metric: str, recipe_path: Path) -> tuple[dict[str, Any], Recipe, list[str]]:
     """Accuracy control (:func:`~.control.accuracy_control`) of the study's groups: calibrates the
     base recipe at ``low`` and ``high`` on the study's calibration images, decides on
-    ``control_images`` images of the evaluated set and verifies on the others. Writes
-    ``recipe.yaml`` and ``control.json`` under ``out``; returns the summary."""
+    ``control_images`` images of the evaluated set and verifies on the others. Returns the summary
+    (naming ``recipe_path``), the recipe and the comments to write above it."""
     base = Recipe.from_dict(result.settings["recipe"])
-    _, samples = calibration_set(config)
-    if [s.image_id for s in samples] != result.settings["image_ids"]:
+    calibration, samples = calibration_set(config)
+    ids = [s.image_id for s in samples]
+    if ids != result.settings["image_ids"] or result.settings.get("data", None) not in (
+            None, data_fingerprint(calibration, ids)):
         raise AllocationError("the calibration images differ from the study's: run both with the same data and seed")
     dataset = dataset_for(config)
     control_ids = choose_image_ids(dataset, control_images, config.seed)
@@ -100,36 +101,42 @@ def control_study(result: SensitivityResult, model: Sam, config: ExperimentConfi
                 f"{raise_label}; target mIoU loss <= {target} on images {control_ids}: "
                 f"{'reached' if control.reached else 'NOT reached'} (delta {last.delta_miou:+.4f}).",
                 f"Predicted cost: {_costs(last.costs)}.", *_reference_costs(costs)]
-    path = write_recipe(out / "recipe.yaml", recipe, comments)
-    summary = {"recipe": str(path), "reached": control.reached, "target": target, "start": bits_label(*low),
+    summary = {"recipe": str(recipe_path), "reached": control.reached, "target": target, "start": bits_label(*low),
                "raise_to": raise_label, "control_images": control_ids, "verify_images": len(verify_ids),
                "steps": [s.to_dict() for s in control.steps],
                "verify_delta_miou": {"start": measures["verify"](control.start_bits),
                                      "final": measures["verify"](control.bits_by_site)}}
-    write_json_atomic(out / "control.json", summary)
-    return summary
+    return summary, recipe, comments
 
 
 def pareto_study(model: Sam, config: ExperimentConfig, recipe: str, bits: Sequence[tuple[int, int]],
-                 mixed: Sequence[str], out: Path) -> str:
+                 mixed: Sequence[str], out: Path, weights: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """:func:`~.pareto.pareto_rows` of ``recipe`` at each uniform bit-width and of each mixed recipe
-    YAML, on the configured data; writes ``pareto.{json,csv,md,png,pdf}`` under ``out`` (and each
-    run's result under ``out/runs``, reused by a later call with the same settings) and returns the
-    markdown table."""
+    YAML, on the configured data, and the settings they were made under. Each run's result is kept
+    under ``out/runs``, reused by a later call with the same settings, data and ``weights``
+    (:func:`~ptqsam.models.zoo.weights_id` of ``model``)."""
     base = load_recipe(recipe)
     runs = [RecipeRun(f"{base.name} {bits_label(w, a)}", base, w, a, bits_label(w, a)) for w, a in bits]
     runs += [RecipeRun(Path(path).stem, _explicit(load_recipe(path), path), 8, 8, MIXED) for path in mixed]
     if not runs:
         raise AllocationError("nothing to compare: give uniform bits or mixed recipes")
-    _, samples = calibration_set(config)
+    calibration, samples = calibration_set(config)
     dataset = dataset_for(config)
     ids = dataset.image_ids[: config.eval_images] if config.eval_images else None
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "recipes", "bits")}
+    settings = {**{k: v for k, v in config.to_dict().items() if k not in ("out", "recipes", "bits")},
+                "weights": weights, "data": data_fingerprint(dataset, ids or dataset.image_ids),
+                "calibration_data": data_fingerprint(calibration, [s.image_id for s in samples])}
     rows = pareto_rows(model, runs, samples, dataset, ids, eval_options(config), config.search_rows,
                        cache=RunCache(out / "runs", settings))
-    write_pareto(rows, out, {"config": config.to_dict(), "recipes": {r.label: r.recipe.to_dict() for r in runs}})
-    plot_pareto(rows, out / "pareto", f"{config.models[0]}: cost against mIoU ({base.name} uniform and mixed)")
-    return pareto_markdown(rows)
+    return rows, {"config": config.to_dict(), "weights": weights, "data": settings["data"],
+                  "calibration_data": settings["calibration_data"], "base_recipe": base.name,
+                  "recipes": {r.label: r.recipe.to_dict() for r in runs}}
+
+
+def write_pareto_study(rows: Sequence[dict[str, Any]], settings: dict[str, Any], out: Path) -> list[Path]:
+    """``pareto.{json,csv,md,png,pdf}`` of :func:`pareto_study`'s rows under ``out``."""
+    title = f"{settings['config']['models'][0]}: cost against mIoU ({settings['base_recipe']} uniform and mixed)"
+    return [*write_pareto(rows, out, settings), *plot_pareto(rows, out / "pareto", title)]
 
 
 def eval_options(config: ExperimentConfig) -> EvalOptions:

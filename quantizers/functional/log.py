@@ -152,7 +152,7 @@ def attention_output_error(
         block = maps[:, start : start + rows]
         diff = log_fake_quantize(block, grid).sub_(block)
         err = diff if values is None else torch.bmm(diff, values)
-        total += float(err.abs_().pow_(p).sum(dtype=torch.float64))
+        total += float(err.double().abs_().pow_(p).sum())  # float64: |err|^p overflows float32 for large values
     out_cols = m if values is None else values.shape[-1]
     return total / (heads * n * out_cols)
 

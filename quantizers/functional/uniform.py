@@ -67,8 +67,12 @@ def qparams_from_minmax(
         scale = torch.clamp(scale, min=eps)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
-        scale = torch.clamp((max_pos - min_neg) / float(qmax - qmin), min=eps)
+        span = max_pos - min_neg
+        # a span beyond float32's range (e.g. [-3e38, 3e38]) is divided in float64: the scale fits
+        wide = ((max_pos.double() - min_neg.double()) / float(qmax - qmin)).float()
+        scale = torch.clamp(torch.where(torch.isfinite(span), span / float(qmax - qmin), wide), min=eps)
         zero_point = torch.clamp(qmin - torch.round(min_neg / scale).to(torch.int32), qmin, qmax)
+    check_grid_ends(scale, zero_point, qmin, qmax)
     return scale, zero_point.to(torch.int32)
 
 
@@ -87,6 +91,23 @@ class RoundSTE(torch.autograd.Function):
 def round_ste(v: torch.Tensor) -> torch.Tensor:
     """Round to nearest (ties to even) with a straight-through gradient."""
     return RoundSTE.apply(v)
+
+
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, factor: float) -> torch.Tensor:  # noqa: D102
+        ctx.factor = factor
+        return v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        return grad * ctx.factor, None
+
+
+def grad_scale(v: torch.Tensor, factor: float) -> torch.Tensor:
+    """``v`` unchanged forward; its gradient multiplied by ``factor`` backward (LSQ's step-size
+    gradient scale)."""
+    return _GradScale.apply(v, factor)
 
 
 def fake_quantize(
@@ -119,7 +140,7 @@ def fake_quantize(
     if granularity.kind == "tensor":
         out = torch.fake_quantize_per_tensor_affine(xf, scale.reshape(()), zero_point.reshape(()), qmin, qmax)
     elif granularity.kind == "channel":
-        axis = granularity.axis % x.dim()
+        axis = channel_axis(x, granularity)
         out = torch.fake_quantize_per_channel_affine(xf, scale, zero_point, axis, qmin, qmax)
     else:
         rows = group_rows(xf, granularity)
@@ -151,7 +172,7 @@ def num_groups(x: torch.Tensor, granularity: Granularity) -> int:
     """How many (scale, zero_point) pairs ``x`` needs under ``granularity``."""
     if granularity.kind == "tensor":
         return 1
-    axis = _axis(x, granularity)
+    axis = channel_axis(x, granularity)
     if granularity.kind == "channel":
         return x.shape[axis]
     size = x.shape[axis]
@@ -166,7 +187,7 @@ def group_rows(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     """2-D view ``(groups, elements)``: one row per (scale, zero_point) of ``granularity``."""
     if granularity.kind == "tensor":
         return x.reshape(1, -1)
-    axis = _axis(x, granularity)
+    axis = channel_axis(x, granularity)
     if granularity.kind == "channel":
         return x.movedim(axis, 0).reshape(x.shape[axis], -1)
     num_groups(x, granularity)  # divisibility check
@@ -185,8 +206,12 @@ def ungroup_rows(rows: torch.Tensor, shape: torch.Size, granularity: Granularity
     return rows.reshape(moved).movedim(-1, axis)
 
 
-def _axis(x: torch.Tensor, granularity: Granularity) -> int:
-    if not -x.dim() <= granularity.axis < max(x.dim(), 1):
+def channel_axis(x: torch.Tensor, granularity: Granularity) -> int:
+    """The axis of ``x`` that ``granularity`` (channel or group) runs along, made non-negative;
+    QuantizationError when ``x`` has no such axis."""
+    if x.dim() == 0:
+        raise QuantizationError(f"per-{granularity.kind} granularity needs a tensor with an axis, got a 0-D tensor")
+    if not -x.dim() <= granularity.axis < x.dim():
         raise QuantizationError(f"axis {granularity.axis} is out of range for a {x.dim()}-D tensor")
     return granularity.axis % x.dim()
 
@@ -206,4 +231,15 @@ def _check_qparams(
         raise QuantizationError("scale must be finite and positive")
     if bool(((zero_point < qmin) | (zero_point > qmax)).any()):
         raise QuantizationError(f"zero_point outside the grid [{qmin}, {qmax}]")
+    check_grid_ends(scale, zero_point, qmin, qmax)
     return scale, zero_point
+
+
+def check_grid_ends(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> None:
+    """QuantizationError when a grid's end points ``(q − z)·Δ`` overflow float32 (data within a
+    step of float32's largest magnitude), where fake quantization would return ±inf."""
+    zero = zero_point.to(torch.float32)
+    ends = torch.stack([(qmin - zero) * scale, (qmax - zero) * scale])
+    if not bool(torch.isfinite(ends).all()):
+        raise QuantizationError("the grid's end points overflow float32: the values are within one step of "
+                                "float32's largest magnitude")

@@ -48,6 +48,8 @@ class _TwinSearchQuantizer(Quantizer):
     ``objective(x_hat, x) -> error``; a scale search may plug in e.g. a Hessian-weighted metric.
     """
 
+    GRANULARITIES = ("tensor",)
+
     #: whether the grid is best seen on a logarithmic axis
     log_axis = False
 

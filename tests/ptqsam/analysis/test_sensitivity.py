@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -97,6 +98,11 @@ def test_study_counts_passes_and_round_trips(samples, tmp_path):
     loaded = load_sensitivity(tmp_path)
     assert loaded.to_dict() == result.to_dict()
     assert (tmp_path / "sensitivity.csv").read_text().count("\n") == measurements + 1
+    data = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert data["fingerprint"]["settings"]["bits"] == ["W4A4", "W8A8"]
+    data["settings"]["granularity"] = "block"  # settings changed without the fingerprint: refused
+    with pytest.raises(AnalysisError, match="altered"):
+        SensitivityResult.from_dict(data)
 
 
 def test_leave_float_mode_scores_the_recovery(samples):
