@@ -135,7 +135,8 @@ def _panels(blocks: Mapping[str, str | None]) -> list[tuple[str, list[str], list
 
 def plot_pareto(rows: Sequence[Mapping[str, Any]], out_stem: str | Path, title: str = "") -> PlotFiles:
     """mIoU against model size and against GBOPs: uniform bit-widths joined by a line, mixed
-    recipes as labelled diamonds, the float mIoU as a dashed line.
+    recipes as diamonds of their own colour named in the legend (labels beside nearby points would
+    overlap), the float mIoU as a dashed line.
 
     Arguments:
       rows: :func:`ptqsam.mixed_precision.pareto_rows` rows (``label``, ``bits``, ``size_mb``,
@@ -157,20 +158,21 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], out_stem: str | Path, title: 
             for r in uniform:
                 ax.annotate(r["bits"], (r[key], r["miou"]), xytext=(4, -10), textcoords="offset points", fontsize=8)
         mixed = [r for r in rows if r["bits"] == MIXED]
-        if mixed:
-            ax.plot([r[key] for r in mixed], [r["miou"] for r in mixed], "D", color="tab:red", label="mixed precision")
-            for r in mixed:
-                ax.annotate(r["label"], (r[key], r["miou"]), xytext=(4, 4), textcoords="offset points", fontsize=7,
-                            color="tab:red")
+        for index, r in enumerate(mixed):
+            ax.plot([r[key]], [r["miou"]], "D", color=MIXED_COLOURS[index % len(MIXED_COLOURS)], label=r["label"])
         for r in rows:
             if r["bits"] == FLOAT:
                 ax.axhline(r["miou"], color="black", linestyle=(0, (5, 3)), linewidth=1.2, label="float")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mIoU")
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title or "Cost against mIoU", fontsize=11)
     return _save(fig, out_stem)
+
+
+#: colours of the mixed recipes' diamonds (no blue: the uniform line's)
+MIXED_COLOURS = [f"tab:{c}" for c in ("red", "orange", "green", "purple", "brown", "pink", "olive", "cyan", "gray")]
 
 
 def _check_scores(scores: Mapping[str, float]) -> dict[str, float]:
