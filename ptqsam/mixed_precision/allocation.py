@@ -15,8 +15,11 @@ function that reports the costs.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
-from typing import Collection, Mapping, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -158,8 +161,9 @@ def allocate(groups: Sequence[Group], choices: Mapping[str, Mapping[Choice, floa
         rows.append(np.round([(c[budget.kind] - base[budget.kind]) * unit for c in contribution]))
         lower.append(-np.inf)
         upper.append((budget.limit - base[budget.kind]) * unit)
-    solution = milp(_objective(variables), integrality=np.ones(len(variables)), bounds=Bounds(0, 1),
-                    constraints=LinearConstraint(np.array(rows), lower, upper), options={"mip_rel_gap": 0.0})
+    with _solver_output_hidden():
+        solution = milp(_objective(variables), integrality=np.ones(len(variables)), bounds=Bounds(0, 1),
+                        constraints=LinearConstraint(np.array(rows), lower, upper), options={"mip_rel_gap": 0.0})
     if solution.x is None:
         raise AllocationError(f"no choice of the candidate bits meets {_describe(budgets)} "
                               f"({solution.message.strip()}); {_cheapest(groups, choices, costs, budgets)}")
@@ -169,6 +173,22 @@ def allocate(groups: Sequence[Group], choices: Mapping[str, Mapping[Choice, floa
     result = Allocation(chosen, bits, sum(s for _, _, s in picked), costs.of(bits), tuple(budgets))
     _check_budgets(result)
     return result
+
+
+@contextlib.contextmanager
+def _solver_output_hidden() -> Iterator[None]:
+    """Standard output (file descriptor 1) sent to the null device: HiGHS prints debugging lines
+    (``HighsMipSolverData::transformNewIntegerFeasibleSolution ...``) from C++ even with ``disp``
+    off, which would corrupt the JSON that ``ptqsam allocate`` prints."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _order(item: tuple[Choice, float]) -> tuple:
