@@ -13,6 +13,7 @@ import copy
 import csv
 import io
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,12 @@ from ptqsam.constants import FLOAT
 from ptqsam.data.coco import CocoDataset
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks_from_json, masks_to_json
+from ptqsam.fingerprint import changed_settings
 from ptqsam.instrument import Recipe, attached_quantizers, instrument, quantizing
 from ptqsam.io import json_text, write_json_atomic, write_or_rescue, write_text_atomic
 from ptqsam.mixed_precision.costs import COST_KINDS, model_costs
 
+log = logging.getLogger("ptqsam")
 COLUMNS = ("label", "recipe", "bits", *COST_KINDS, "miou", "delta_miou", "agreement")
 
 
@@ -98,12 +101,25 @@ class RunCache:
         self.folder, self.key = (None if folder is None else Path(folder)), key
 
     def get(self, label: str, recipe: dict, w_bits: int, a_bits: int) -> dict[str, Any] | None:
+        """The record of ``label`` when it was made under these settings, else None (a record that
+        cannot be read, or made under other settings, is run again with a warning naming why)."""
         path = self._path(label)
         if path is None or not path.is_file():
             return None
-        record = json.loads(path.read_text())
-        same = (record.get("key"), record.get("recipe"), record.get("w_bits"), record.get("a_bits"))
-        return record if same == (self.key, recipe, w_bits, a_bits) else None
+        try:
+            record = json.loads(path.read_text())
+            if not all(key in record for key in ("bits_by_site", "metrics")):
+                raise ValueError("incomplete record")
+        except (OSError, ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            log.warning("pareto run %s: cannot read %s (%s); running it again", label, path, error)
+            return None
+        current = {"key": self.key, "recipe": recipe, "w_bits": w_bits, "a_bits": a_bits}
+        changed = changed_settings({k: record.get(k) for k in current}, current)
+        if changed:
+            log.warning("pareto run %s: %s made under other settings (%s); running it again", label, path,
+                        ", ".join(changed[:5]))
+            return None
+        return record
 
     def put(self, label: str, recipe: dict, w_bits: int, a_bits: int, bits_by_site: dict[str, int],
             metrics: dict[str, Any], masks: list | None = None) -> dict[str, Any]:
