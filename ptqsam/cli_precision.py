@@ -112,6 +112,10 @@ def _study_model(result, device: str):
     from ptqsam.models.zoo import weights_id
 
     settings = result.settings
+    missing = [key for key in ("model", "checkpoint", "weights", "config") if key not in settings]
+    if missing:
+        raise PtqsamError(f"the study does not record its model ({', '.join(missing)} missing): write it with "
+                          "`ptqsam sensitivity`")
     seed = settings["config"]["seed"]
     weights = weights_id(settings["model"], settings["checkpoint"], seed)
     if weights != settings["weights"]:

@@ -113,12 +113,15 @@ def _study(change: Callable[[dict], None]) -> Callable[[Path, dict], None]:
     return write
 
 
-def _other_weights(data: dict) -> None:
-    """The study's settings naming other weights, with a fingerprint that matches them."""
-    from ptqsam.fingerprint import fingerprint
+def _resealed(change: Callable[[dict], None]) -> Callable[[Path, dict], None]:
+    """A writer of the real study with its settings changed by ``change`` and a fingerprint that
+    matches them (a study made under other settings, not an altered file)."""
+    def edit(data: dict) -> None:
+        from ptqsam.fingerprint import fingerprint
 
-    data["settings"]["weights"] = "random-seed7"
-    data["fingerprint"] = fingerprint(data["settings"])
+        change(data["settings"])
+        data["fingerprint"] = fingerprint(data["settings"])
+    return _study(edit)
 
 
 #: allocate's arguments; a study argument follows (click takes the last --out)
@@ -290,7 +293,9 @@ OTHER_CASES = [
     Case("allocate:study-old-version", [*ALLOCATE, "{tmp}/s.json"], "version 1",
          {"s.json": _study(lambda d: d.update(version=1))}),
     Case("allocate:study-other-weights", [*ALLOCATE, "{tmp}/s.json"], "the study measured weights",
-         {"s.json": _study(_other_weights)}),
+         {"s.json": _resealed(lambda s: s.update(weights="random-seed7"))}),
+    Case("allocate:study-without-model", [*ALLOCATE, "{tmp}/s.json"], "does not record its model (weights missing)",
+         {"s.json": _resealed(lambda s: s.pop("weights"))}),
     Case("allocate:budget-garbled", [*ALLOCATE, "{study}", "--budget", "W5"], "a budget is 'W<w>A<a>'"),
     Case("allocate:budget-kind-unknown", [*ALLOCATE, "{study}", "--budget", "flops=3"], "budget kind must be"),
     Case("allocate:budget-unreachable", [*ALLOCATE, "{study}", "--budget", "W4A4"], "no choice of the candidate"),
