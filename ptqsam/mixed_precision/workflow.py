@@ -19,6 +19,7 @@ from ptqsam.data.samples import choose_image_ids
 from ptqsam.data.selection import calibration_set, data_fingerprint, dataset_for
 from ptqsam.errors import AllocationError, RecipeError
 from ptqsam.evaluation.evaluator import EvalOptions, evaluate
+from ptqsam.fingerprint import fingerprint
 from ptqsam.instrument import Recipe, load_recipe
 from ptqsam.instrument.recipe import BITS_PLACEHOLDERS
 from ptqsam.mixed_precision.allocation import Allocation, allocate, group_choices, parse_budget
@@ -54,7 +55,8 @@ def allocate_study(result: SensitivityResult, model: Sam, budget_texts: Sequence
     comments = [f"Mixed-precision recipe written by `ptqsam allocate` (base recipe {base.name}).",
                 f"Sensitivity: {metric}, {result.settings['granularity']} groups, roles {result.settings['roles']}, "
                 f"measured at {result.settings['bits']} on calibration images {result.settings['image_ids']}"
-                + ("." if candidates is None else f"; candidate bits {sorted(candidates)}."),
+                + ("." if candidates is None else f"; candidate bits {sorted(candidates)}.")
+                + f" Study fingerprint {fingerprint(result.settings)['hash']}.",
                 f"Budget: {_budgets(allocation)}.",
                 f"Predicted cost: {_costs(allocation.costs)}.",
                 f"Predicted summed sensitivity: {allocation.sensitivity:.6g}.",

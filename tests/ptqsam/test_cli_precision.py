@@ -43,6 +43,7 @@ def test_sensitivity_allocate_control_and_pareto(run, tmp_path, monkeypatch):
     assert summary["costs"]["weight_bits"] <= 6 and summary["costs"]["activation_bits"] <= 6
     text = (tmp_path / "mixed.yaml").read_text()
     assert "# Budget: weight_bits <= 6 (= W6A6), activation_bits <= 6 (= W6A6)." in text
+    assert f"Study fingerprint {study['fingerprint']['hash']}." in text
     assert {r.spec["bits"] for r in load_recipe(str(tmp_path / "mixed.yaml")).rules} <= {4, 8}
 
     failed = run("allocate", "sens", "--budget", "W3A3", "--out", "none.yaml")
