@@ -27,3 +27,7 @@ class CalibrationError(PtqsamError):
 
 class AnalysisError(PtqsamError):
     """Activation-analysis or plot input is missing, empty, non-finite or malformed."""
+
+
+class AllocationError(PtqsamError):
+    """A bit allocation cannot meet its budget, or its inputs cannot give what it is asked for."""

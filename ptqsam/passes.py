@@ -9,7 +9,7 @@ search and the Fisher-weighted reconstruction loss their output gradients.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +54,18 @@ class SampleLoop:
 
     def run(self, description: str, before_each: Callable[[int], None] | None = None) -> None:
         """One pass without gradients; ``before_each(i)`` is called before sample ``i``."""
+        for _ in self.predictions(description, before_each):
+            pass
+
+    def predictions(self, description: str, before_each: Callable[[int], None] | None = None
+                    ) -> Iterator[tuple[CalibrationSample, Prediction]]:
+        """One pass without gradients, yielding each sample with its prediction (the consumer runs
+        under ``torch.inference_mode`` too); ``before_each(i)`` is called before sample ``i``."""
         with torch.inference_mode():
             for i, sample in enumerate(self._iterate(description)):
                 if before_each is not None:
                     before_each(i)
-                self.decode(self.embed(sample), sample)
+                yield sample, self.decode(self.embed(sample), sample)
 
     def run_with_grad(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], needs_encoder: bool,
                       description: str) -> None:
