@@ -49,13 +49,20 @@ class SampleLoop:
         p = sample.prompts
         return self.runner.decode(embedding, p.boxes, p.points, p.point_labels, multimask=True)
 
-    def run(self, description: str, before_each: Callable[[int], None] | None = None) -> None:
-        """One pass without gradients; ``before_each(i)`` is called before sample ``i``."""
+    def run(self, description: str, before_each: Callable[[int], None] | None = None, decode: bool = True) -> None:
+        """One pass without gradients; ``before_each(i)`` is called before sample ``i``.
+        ``decode=False`` only embeds the images (a pass over the encoder alone)."""
         with torch.inference_mode():
             for i, sample in enumerate(self._iterate(description)):
                 if before_each is not None:
                     before_each(i)
-                self.decode(self.embed(sample), sample)
+                embedding = self.embed(sample)
+                if decode:
+                    self.decode(embedding, sample)
+
+    def forget_embeddings(self) -> None:
+        """Drop the cached embeddings (the encoder's weights changed)."""
+        self.embeddings.clear()
 
     def run_with_grad(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], needs_encoder: bool,
                       description: str) -> None:

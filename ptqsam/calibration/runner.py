@@ -1,18 +1,22 @@
 """Calibrate a recipe on a few images: the passes the recipe needs, in order.
 
-1. Bimodal fold (recipes with a ``bimodal_fold`` transform): a float pass collects the decoder's
+1. Encoder statistics: observing mode on the image encoder's sites, one encoder forward per image
+   (weight sites on the first image only). Activation observers are streaming; the log quantizer
+   runs its per-batch AGQ search with each attention's v.
+2. Bimodal fold (recipes with a ``bimodal_fold`` transform): a float pass collects the decoder's
    token→image keys, detects bimodal ones and folds their signs into q_proj / k_proj.
-2. Statistics: observing mode over every image and prompt. Activation observers are streaming;
-   the log quantizer runs its per-batch AGQ search with each attention's v. Weight sites are
-   observed once (on the first image), not once per image.
-3. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
-4. ``finalize`` of every observed quantizer.
+3. Statistics of the other sites (the mask decoder), observed after the fold.
+4. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
+5. ``finalize`` of every observed quantizer.
 
-The image encoder runs once per image per pass (:class:`~ptqsam.calibration.passes.SampleLoop`);
-when the recipe leaves it in float, its embeddings are computed once and reused by every pass. What grows with the number of images: the images and
-their prompts (held in memory), those float embeddings, and the Hessian search's cached operands,
-outputs and gradients — of one transformer block at a time (one forward + backward pass over the
-images per block).
+No pass quantizes, so the image encoder's output is float in every pass: it runs once per image
+(:class:`~ptqsam.calibration.passes.SampleLoop` keeps the embeddings), observed on the way, and the
+other passes decode the kept embeddings. Only the Hessian search of encoder units runs it again (it
+needs gradients). A fold that changes the encoder itself would make the kept embeddings stale: then
+the encoder statistics wait for the fold and the embeddings are recomputed after it. What grows with
+the number of images: the images and their prompts (held in memory), the float embeddings, and the
+Hessian search's cached operands, outputs and gradients — of one transformer block at a time (one
+forward + backward pass over the images per block).
 """
 
 from __future__ import annotations
@@ -76,15 +80,23 @@ def calibrate(
     """
     recipe = load_recipe(recipe)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
-    encoder_float = not any(part_of(name) == "image_encoder" for name in quantizers)
-    passes = SampleLoop(model, samples, encoder_float, progress)
+    passes = SampleLoop(model, samples, encoder_float=True, progress=progress)  # no pass quantizes
     report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers)
 
-    _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
     units = search_units(model)
     searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers}
     observed = [name for name in quantizers if name not in searched]
-    reached = _timed(report, "statistics", lambda: _statistics(model, passes, observed))
+    in_encoder = [name for name in observed if part_of(name) == "image_encoder"]
+    elsewhere = [name for name in observed if part_of(name) != "image_encoder"]
+    folds_encoder = _folds_encoder(model, recipe)
+    reached: set[str] = set()
+    if not folds_encoder:
+        reached |= _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
+    _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
+    if folds_encoder:
+        passes.forget_embeddings()
+        reached |= _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
+    reached |= _timed(report, "statistics", lambda: _statistics(model, passes, elsewhere))
     _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report, search_rows))
     for name in observed:
         if name in reached:
@@ -109,9 +121,18 @@ def _bimodal(model: Sam, recipe: Recipe, passes: SampleLoop, report: Calibration
                                                     transform.config()))
 
 
-def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]:
+def _folds_encoder(model: Sam, recipe: Recipe) -> bool:
+    """Whether a transform of ``recipe`` changes a module of the image encoder."""
+    return any(part_of(name) == "image_encoder" for transform in recipe.transforms
+               for name in attention_modules(model, transform.matches))
+
+
+def _statistics(model: Sam, passes: SampleLoop, observed: list[str], decode: bool = True) -> set[str]:
     """Observe activations on every image and weights on the first; returns the sites reached
-    (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated)."""
+    (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated).
+    ``decode=False``: a pass over the encoder alone (for encoder sites). No site: no pass."""
+    if not observed:
+        return set()
     model_sites = sites(model)
     weights = {name for name in observed if model_sites[name].kind == "weight"}
     activations = [name for name in observed if name not in weights]
@@ -122,7 +143,7 @@ def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]
             if index == 1:
                 for quantizer in weight_quantizers.values():
                     quantizer.mode = Mode.OFF
-        passes.run("statistics", before_each=weights_once)
+        passes.run("statistics" if decode else "encoder statistics", before_each=weights_once, decode=decode)
     return reached
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.log import MAX_TAU, LogGrid, agq_search, attention_output_error, log_fake_quantize
+from quantizers.functional.log import MAX_TAU, LogGrid, agq_searches, attention_output_error, log_fake_quantize
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer
-from quantizers.options import Options
+from quantizers.options import Options, check_int
 from quantizers.registry import register_quantizer
 from quantizers.spec import QuantSpec
 
@@ -20,11 +20,15 @@ from quantizers.spec import QuantSpec
 @dataclass(frozen=True)
 class LogOptions(Options):
     """``taus``: candidate τ values, each in (0, 64] (default 1, 2, 4); ``p``: error exponent
-    (default 2.4); ``scale``: a fixed s (no search), or None."""
+    (default 2.4); ``scale``: a fixed s (no search), or None; ``search_rows``: query rows per head
+    the search scores s on (a stratified sample, see :func:`~quantizers.functional.log.row_sample`;
+    default 512: SAM's 64×64-token maps are searched on an eighth of their rows, smaller maps on
+    all), or None for every row."""
 
     taus: tuple[float, ...] = (1.0, 2.0, 4.0)
     p: float = 2.4
     scale: float | None = None
+    search_rows: int | None = 512
 
     def __post_init__(self) -> None:
         if isinstance(self.taus, (str, bytes)) or not hasattr(self.taus, "__iter__"):
@@ -35,6 +39,8 @@ class LogOptions(Options):
         object.__setattr__(self, "p", _positive(self.p, "p"))
         if self.scale is not None:
             object.__setattr__(self, "scale", _positive(self.scale, "scale"))
+        if self.search_rows is not None:
+            check_int(self.search_rows, "log quantizer search_rows", 4)
 
 
 @register_quantizer("log", LogOptions)
@@ -43,7 +49,8 @@ class LogQuantizer(Quantizer):
 
     Per observed batch ``forward(attn, v)`` and for each τ, the scale minimising the attention
     output error ``mean |Â·V − A·V|^p`` is found by bounded 1-D search
-    (:func:`~quantizers.functional.log.agq_search`); the per-τ best scale and error are summed.
+    (:func:`~quantizers.functional.log.agq_search`, on ``search_rows`` query rows per head); the
+    per-τ best scale and error are summed.
     :meth:`finalize` picks τ = argmin of the summed errors and s = that τ's mean best scale.
     Without ``v`` (a batch observed as ``forward(attn)``) the error is measured on the attention
     map itself, ``mean |Â − A|^p``.
@@ -62,25 +69,30 @@ class LogQuantizer(Quantizer):
         super().__init__(spec)
         options = spec.quantizer_config
         self.taus, self.p, self.fixed_scale = options.taus, options.p, options.scale
+        self.search_rows = options.search_rows
         self.register_buffer("scale", torch.zeros((), dtype=torch.float64))
         self.register_buffer("tau", torch.zeros((), dtype=torch.float64))
         self.register_buffer("scale_sums", torch.zeros(len(self.taus), dtype=torch.float64))
         self.register_buffer("error_sums", torch.zeros(len(self.taus), dtype=torch.float64))
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
+        self._grid: tuple[tuple, LogGrid] | None = None
 
     @property
     def grid(self) -> LogGrid:
-        """The calibrated grid."""
-        return LogGrid.build(float(self.scale), float(self.tau), self.spec.bits)
+        """The calibrated grid (built once per ``(scale, tau)``)."""
+        key = (float(self.scale), float(self.tau), self.spec.bits)
+        if self._grid is None or self._grid[0] != key:
+            self._grid = (key, LogGrid.build(*key))
+        return self._grid[1]
 
     def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
         v = context[0] if context else None
-        for i, tau in enumerate(self.taus):
-            if self.fixed_scale is None:
-                scale, error = agq_search(x, v, self.spec.bits, tau, self.p)
-            else:
-                scale = self.fixed_scale
-                error = attention_output_error(x, v, LogGrid.build(scale, tau, self.spec.bits), self.p)
+        if self.fixed_scale is None:
+            found = agq_searches(x, v, self.spec.bits, self.taus, self.p, self.search_rows)
+        else:
+            found = [(self.fixed_scale, attention_output_error(x, v, LogGrid.build(self.fixed_scale, tau, self.spec.bits),
+                                                               self.p)) for tau in self.taus]
+        for i, (scale, error) in enumerate(found):
             self.scale_sums[i] += scale
             self.error_sums[i] += error
         self.num_batches += 1
@@ -99,6 +111,9 @@ class LogQuantizer(Quantizer):
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         return log_fake_quantize(x, self.grid)
+
+    def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        return log_fake_quantize(x, self.grid, overwrite=True)
 
     def levels(self) -> GridLevels:
         grid = self.grid

@@ -84,6 +84,9 @@ class _TwinSearchQuantizer(Quantizer):
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         return twin_fake_quantize(x, self.grid)
 
+    def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        return twin_fake_quantize(x, self.grid, overwrite=True)
+
     def levels(self) -> GridLevels:
         grid = self.grid
         index = np.arange(grid.qmax + 1, dtype=np.float32)

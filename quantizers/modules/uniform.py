@@ -89,10 +89,23 @@ class UniformQuantizer(Quantizer):
                 self.register_buffer(name, value)
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fake_quantize(x, overwrite=False)
+
+    def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fake_quantize(x, overwrite=True)
+
+    def _fake_quantize(self, x: torch.Tensor, overwrite: bool) -> torch.Tensor:
         qmin, qmax = self.qrange
-        autograd = self.learnable or not isinstance(self.rounding, NearestRounding)
         return fake_quantize(x, self.scale, self.zero_point, qmin, qmax, self.spec.granularity,
-                             self.rounding if autograd else None)
+                             None if self._fixed else self.rounding, overwrite)
+
+    @property
+    def _fixed(self) -> bool:
+        """Fixed qparams and nearest rounding: torch's op (or the fused kernel) computes the values."""
+        return not self.learnable and isinstance(self.rounding, NearestRounding)
+
+    def _cacheable(self) -> bool:
+        return self._fixed and super()._cacheable()
 
     def levels(self) -> GridLevels:
         qmin, qmax = self.qrange

@@ -1,0 +1,118 @@
+"""Fused kernels: the same values as the eager kernels at their default size threshold, written into
+the input when it is handed over, and a clean fallback when compilation fails.
+
+(Every other functional test also runs on the fused kernels: see this folder's conftest.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from quantizers.functional import fused
+from quantizers.functional.fused import MIN_NUMEL, FusedKernel, fused_kernels
+from quantizers.functional.log import LogGrid, log_fake_quantize
+from quantizers.functional.twin import TwinGrid, twin_fake_quantize
+from quantizers.functional.uniform import fake_quantize
+from quantizers.spec import Granularity
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def _attention(device: str) -> torch.Tensor:
+    """Post-softmax rows with a few subnormal and zero entries, above the fused threshold."""
+    logits = torch.randn(4, 256, 512, generator=torch.Generator().manual_seed(0)) * 8
+    probs = torch.softmax(logits, dim=-1)
+    probs[0, 0, :4] = torch.tensor([0.0, 1e-40, 3e-39, 1e-45])
+    return probs.to(device)
+
+
+def _cases(device: str) -> list[tuple[str, torch.Tensor, callable]]:
+    probs = _attention(device)
+    weights = torch.randn(768, 768, generator=torch.Generator().manual_seed(1)).to(device)
+    channel_scale = (weights.abs().amax(dim=1) / 127).contiguous()
+    zeros = torch.zeros(768, dtype=torch.int32, device=device)
+    scale = torch.tensor([float(probs.max()) / 255], device=device)
+    zero = torch.tensor([3], dtype=torch.int32, device=device)
+    return [
+        ("uniform per tensor", probs, lambda x, o: fake_quantize(x, scale, zero, 0, 255, overwrite=o)),
+        ("uniform per channel", weights, lambda x, o: fake_quantize(
+            x, channel_scale, zeros, -128, 127, Granularity("channel", axis=0), overwrite=o)),
+        ("uniform per channel, axis 1", weights, lambda x, o: fake_quantize(
+            x, channel_scale, zeros, -8, 7, Granularity("channel", axis=1), overwrite=o)),
+        *[(f"log tau={tau} {bits} bits", probs, lambda x, o, g=LogGrid.build(0.9, tau, bits): log_fake_quantize(
+            x, g, overwrite=o)) for tau in (1, 2, 4) for bits in (4, 8)],
+        ("twin softmax", probs, lambda x, o: twin_fake_quantize(x, TwinGrid.softmax(8, 5), overwrite=o)),
+        ("twin gelu", weights, lambda x, o: twin_fake_quantize(x, TwinGrid.gelu(6, 0.05), overwrite=o)),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_kernels_equal_the_eager_ones_and_overwrite_their_input(device: str) -> None:
+    assert _attention("cpu").numel() >= MIN_NUMEL
+    for name, x, run in _cases(device):
+        with fused_kernels(enabled=False):
+            expected = run(x, False)
+        with fused_kernels():
+            out = run(x, False)
+            handed_over = x.clone()
+            written = run(handed_over, True)
+        assert torch.equal(out, expected), name
+        assert torch.equal(written, expected), name
+        assert written.data_ptr() == handed_over.data_ptr(), name
+
+
+def test_small_tensors_keep_the_eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    called = []
+    monkeypatch.setattr(fused.FusedKernel, "__call__", lambda self, *args: called.append(self.name))
+    x = torch.rand(1000)
+    fake_quantize(x, torch.tensor([0.01]), torch.tensor([0]), 0, 255)
+    log_fake_quantize(x, LogGrid.build(1.0, 2, 4))
+    assert called == []
+
+
+def test_a_failing_compiler_falls_back_once_with_one_log_line(monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    def no_compiler(fn, **options):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found\nsecond line")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    kernel = FusedKernel(lambda x, y: x + y)
+    x = torch.ones(MIN_NUMEL)
+    assert kernel.wants(x)
+    with caplog.at_level(logging.WARNING, logger="quantizers"):
+        assert torch.equal(kernel(x, x), x + x)  # eager, same values
+    assert not kernel.wants(x)
+    assert len(caplog.records) == 1 and "no C++ compiler found" in caplog.text and "second line" not in caplog.text
+
+
+def test_errors_after_a_successful_run_propagate(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def flaky(fn, **options):
+        def compiled(*args):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("boom")
+            return fn(*args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", flaky)
+    kernel = FusedKernel(lambda x: x * 2)
+    x = torch.ones(4)
+    kernel(x)
+    with pytest.raises(RuntimeError, match="boom"):
+        kernel(x)
+
+
+def test_the_environment_switch_and_the_context_manager_turn_it_off() -> None:
+    x = torch.ones(MIN_NUMEL)
+    kernel = FusedKernel(lambda x: x)
+    with fused_kernels(enabled=False):
+        assert not kernel.wants(x)
+    assert kernel.wants(x) == fused._settings["enabled"]
+    assert not kernel.wants(x.double()) and not kernel.wants(torch.ones(2, MIN_NUMEL).T)
