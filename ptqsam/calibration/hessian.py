@@ -27,7 +27,7 @@ from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.units import Unit, model_units
 from quantizers.modules.base import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
-from quantizers.search.hessian import HessianSearchConfig, objective, search_linear, search_matmul, subsample_rows
+from quantizers.search.hessian import HessianSearchConfig, output_objective, search_linear, search_matmul, subsample_rows
 
 #: bits at which a twin-quantized operand is re-quantized while its uniform partner is searched:
 #: the search functions quantize both operands; 16 bits adds at most max|x|/65535 of error.
@@ -54,7 +54,8 @@ def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
 
 
 class _Capture:
-    """Hooks caching each unit's operands, output and output gradient over the calibration set."""
+    """Hooks caching each unit's operands, output and output gradient over the calibration set (on
+    the model's device: the search runs there too)."""
 
     def __init__(self, model: nn.Module, units: Sequence[Unit]) -> None:
         self.data: dict[str, dict[str, list[torch.Tensor]]] = {u.name: {"a": [], "b": [], "out": [], "grad": []}
@@ -72,15 +73,15 @@ class _Capture:
     @staticmethod
     def _keep(bucket: list) -> Callable:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            bucket.append(output.detach().cpu())
+            bucket.append(output.detach())
         return hook
 
     @staticmethod
     def _output_hook(store: dict) -> Callable:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            store["out"].append(output.detach().cpu())
+            store["out"].append(output.detach())
             if output.requires_grad:
-                output.register_hook(lambda g: store["grad"].append(g.detach().cpu()))
+                output.register_hook(lambda g: store["grad"].append(g.detach()))
         return hook
 
     @classmethod
@@ -88,7 +89,7 @@ class _Capture:
         output_hook = cls._output_hook(store)
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            store["a"].append(args[0].detach().cpu())
+            store["a"].append(args[0].detach())
             output_hook(module, args, output)
         return hook
 
@@ -128,8 +129,8 @@ def search_unit(unit: Unit, store: dict, model: nn.Module, max_rows: int | None 
     cfg = replace(cfg, max_rows=None)
     if unit.kind == "linear":
         module = model.get_submodule(unit.module)
-        bias = None if module.bias is None else module.bias.detach().cpu()
-        return _search_pair(qa, qb, a, module.weight.detach().cpu(), bias, out, grad, cfg)
+        bias = None if module.bias is None else module.bias.detach()
+        return _search_pair(qa, qb, a, module.weight.detach(), bias, out, grad, cfg)
     b = _cat(store["b"], 2)
     if unit.b_transposed:  # the product is q @ kᵀ; key scales are per tensor, so layout-free
         b = b.transpose(-2, -1)
@@ -171,7 +172,8 @@ def _search_pair(qa, qb, a, b, bias, out, grad, cfg: HessianSearchConfig, linear
 
 
 def _fit_twin(quantizer: Quantizer, x: torch.Tensor, make_output: Callable, out, grad, cfg) -> None:
-    quantizer.objective = lambda x_hat, x_ref: float(objective(make_output(x_hat), out, grad, cfg.metric))
+    score = output_objective(out, grad, cfg.metric)
+    quantizer.objective = lambda x_hat, x_ref: score(make_output(x_hat))
     try:
         quantizer.observe(x)
     finally:

@@ -21,6 +21,7 @@ forward + backward pass over the images per block).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -33,6 +34,7 @@ from ptqsam.calibration.passes import SampleLoop
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
+from ptqsam.instrument.inventory import site_inventory
 from ptqsam.instrument.modes import observing
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.units import Unit
@@ -147,14 +149,51 @@ def _statistics(model: Sam, passes: SampleLoop, observed: list[str], decode: boo
     return reached
 
 
+#: Bytes the Hessian search's cache of one capture pass may take (operands, outputs, gradients).
+CAPTURE_BUDGET = 2**30
+
+
 def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: CalibrationReport,
              search_rows: int | None) -> None:
-    """Capture and search block by block, so the cache holds one block's units at a time."""
-    for group_name, group in _by_block(model, units).items():
-        needs_encoder = part_of(group_name) == "image_encoder"
+    """Capture and search consecutive blocks together while their cache fits :data:`CAPTURE_BUDGET`
+    (one forward + backward pass over the images per group), a block at a time beyond it."""
+    for group_name, group in _capture_groups(model, units, passes.samples).items():
+        needs_encoder = any(part_of(unit.module) == "image_encoder" for unit in group)
         data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
         for unit in group:
             report.hessian[unit.name] = search_unit(unit, data.pop(unit.name), model, search_rows)
+
+
+def _capture_groups(model: Sam, units: list[Unit], samples: Sequence[CalibrationSample]) -> dict[str, list[Unit]]:
+    """Blocks (see :func:`_by_block`) merged in forward order while their estimated cache fits."""
+    if not units:
+        return {}
+    shapes = {row.name: row.shape for row in site_inventory(model)}
+    prompts = max(len(sample.prompts) for sample in samples)
+    groups: dict[str, list[Unit]] = {}
+    name, size = "", 0
+    for block, block_units in _by_block(model, units).items():
+        block_size = len(samples) * sum(_cache_bytes(model, unit, shapes, prompts) for unit in block_units)
+        if name and size + block_size <= CAPTURE_BUDGET:
+            groups[name] += block_units
+            size += block_size
+        else:
+            name, size = block, block_size
+            groups[name] = list(block_units)
+    return groups
+
+
+def _cache_bytes(model: Sam, unit: Unit, shapes: dict, prompts: int) -> int:
+    """Estimated bytes one image adds to the cache of ``unit``: its operand(s), output and output
+    gradient (the shapes come from a one-prompt probe; decoder tensors grow with the prompts)."""
+    per_image = 1 if part_of(unit.module) == "image_encoder" else prompts
+    a = math.prod(shapes.get(unit.a) or (0,))
+    if unit.output is None:
+        layer = model.get_submodule(unit.module)
+        stored = a + 2 * a // max(layer.weight.shape[1], 1) * layer.weight.shape[0]
+    else:
+        stored = a + math.prod(shapes.get(unit.b) or (0,)) + 2 * math.prod(shapes.get(unit.output) or (0,))
+    return 4 * per_image * stored
 
 
 def _by_block(model: Sam, units: list[Unit]) -> dict[str, list[Unit]]:

@@ -27,7 +27,11 @@ import torch
 log = logging.getLogger("quantizers")
 
 #: Tensors with fewer elements take the eager kernels (a compiled call costs tens of microseconds).
-MIN_NUMEL = 1 << 18
+MIN_NUMEL = 1 << 14
+
+#: Compiled variants allowed per kernel (ranks, sizes of 1, an output aliasing the input... each
+#: gets its own graph; torch's default of 8 is shared with nothing else here, but is too few).
+RECOMPILE_LIMIT = 64
 
 _settings = {"enabled": os.environ.get("QUANTIZERS_FUSED", "1") != "0", "min_numel": MIN_NUMEL}
 
@@ -81,7 +85,8 @@ class FusedKernel:
         if self._compiled is None:
             self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
         try:
-            result = self._compiled(*args)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                result = self._compiled(*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
             if device in self._ran:
                 raise

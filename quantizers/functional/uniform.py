@@ -168,6 +168,29 @@ def _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrit
     return out
 
 
+def fake_quantize_candidates(rows: torch.Tensor, scales: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``rows`` ``(groups, E)`` fake-quantized at every candidate: ``scales`` ``(c, groups)`` gives
+    one scale per candidate and row (zero point 0). Entry ``[k]`` is, bit for bit,
+    ``fake_quantize(rows, scales[k], 0, qmin, qmax, per row)``; shape ``(c, groups, E)``.
+
+    The fused kernel writes the ``c`` copies in one pass over ``rows`` (no expanded input)."""
+    check_tensor(rows, finite=False)
+    candidates, groups = scales.shape
+    flat = scales.reshape(-1)
+    zero = torch.zeros(flat.shape, dtype=torch.int32, device=rows.device)
+    flat, zero = _check_qparams(flat, zero, qmin, qmax, candidates * groups)
+    if _fused_uniform.wants(rows, passes=candidates) and not (torch.is_grad_enabled() and rows.requires_grad):
+        step = flat.reshape(candidates, groups, 1)
+        out = torch.empty((candidates, *rows.shape), dtype=torch.float32, device=rows.device)
+        peak = _fused_uniform(rows.unsqueeze(0), out, torch.ones((), dtype=torch.float32, device=rows.device) / step,
+                              step, torch.zeros((), dtype=torch.float32, device=rows.device), constant((qmin, qmax), rows.device))
+        check_peak(peak)
+        return out
+    check_finite(rows)
+    expanded = rows.unsqueeze(0).expand(candidates, -1, -1).reshape(candidates * groups, -1)
+    return torch.fake_quantize_per_channel_affine(expanded, flat, zero, 0, qmin, qmax).reshape(candidates, groups, -1)
+
+
 def _fake_quantize_autograd(x, scale, zero_point, qmin, qmax, granularity, rounding) -> torch.Tensor:
     groups = num_groups(x, granularity)
     if scale.numel() != groups or zero_point.numel() != groups:

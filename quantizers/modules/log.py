@@ -21,14 +21,14 @@ from quantizers.spec import QuantSpec
 class LogOptions(Options):
     """``taus``: candidate τ values, each in (0, 64] (default 1, 2, 4); ``p``: error exponent
     (default 2.4); ``scale``: a fixed s (no search), or None; ``search_rows``: query rows per head
-    the search scores s on (a stratified sample, see :func:`~quantizers.functional.log.row_sample`;
-    default 512: SAM's 64×64-token maps are searched on an eighth of their rows, smaller maps on
-    all), or None for every row."""
+    the search scores s on (a sample stratified by row maximum, see
+    :func:`~quantizers.functional.log.row_sample`; e.g. 512 searches SAM's 64×64-token maps on an
+    eighth of their rows, at an eighth of the cost), or None (default) for every row."""
 
     taus: tuple[float, ...] = (1.0, 2.0, 4.0)
     p: float = 2.4
     scale: float | None = None
-    search_rows: int | None = 512
+    search_rows: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.taus, (str, bytes)) or not hasattr(self.taus, "__iter__"):

@@ -29,18 +29,18 @@ import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
-from quantizers.functional.uniform import SCALE_EPS, fake_quantize, quant_range
+from quantizers.functional.fused import FusedKernel
+from quantizers.functional.uniform import SCALE_EPS, fake_quantize_candidates, quant_range
 from quantizers.options import Options
 from quantizers.registry import register_search
 from quantizers.search.base import ScaleSearch
-from quantizers.spec import Granularity, check_bits
+from quantizers.spec import check_bits
 
 if TYPE_CHECKING:
     from quantizers.spec import QuantSpec
 
 METRICS = ("hessian", "l2", "cosine", "pearson")
 WEIGHT_GRANULARITIES = ("tensor", "block", "channel")
-_PER_ROW = Granularity("channel", axis=0)
 
 
 def _check_metric(metric: str) -> None:
@@ -183,7 +183,7 @@ def candidate_scales(base: torch.Tensor, alpha: float = 0.01, beta: float = 1.2,
 
     The fractions are formed in float64 so each entry is the correctly rounded product.
     """
-    fractions = alpha + torch.arange(n + 1, dtype=torch.float64) * (beta - alpha) / n
+    fractions = alpha + torch.arange(n + 1, dtype=torch.float64, device=base.device) * (beta - alpha) / n
     return (base.to(torch.float64).unsqueeze(-1) * fractions).to(torch.float32)
 
 
@@ -199,6 +199,22 @@ def objective(
     if out_hat.shape != out.shape:
         raise QuantizationError(f"output shapes differ: {tuple(out_hat.shape)} vs {tuple(out.shape)}")
     return _flat_score(out_hat, out, _grad_weight(grad, out, metric), metric)
+
+
+def output_objective(
+    out: torch.Tensor, grad: torch.Tensor | None = None, metric: str = "hessian"
+) -> Callable[[torch.Tensor], float]:
+    """``out_hat -> objective(out_hat, out, grad, metric)`` as a float, with ``out`` and ``grad``
+    validated (and ``grad²`` formed) once: for scoring many candidate outputs of one layer."""
+    check_tensor(out, "reference output")
+    weight = _grad_weight(grad, out, metric)
+
+    def score(out_hat: torch.Tensor) -> float:
+        if out_hat.shape != out.shape:
+            raise QuantizationError(f"output shapes differ: {tuple(out_hat.shape)} vs {tuple(out.shape)}")
+        return float(_flat_score(out_hat, out, weight, metric))
+
+    return score
 
 
 def best_candidate(
@@ -350,7 +366,7 @@ def _alternate(
             if not history:
                 history.append(float(scores[:, 0].mean()))
             best = scores.argmin(dim=1)
-            rows = torch.arange(op.groups)
+            rows = torch.arange(op.groups, device=candidates.device)
             scales[k] = candidates[rows, best]
             history.append(float(scores[rows, best].mean()))
     return scales, tuple(history)
@@ -375,6 +391,7 @@ def subsample_rows(
         dim, rows = 0, _row_subset(a.shape[0], max_rows)
     if rows is None:
         return a, out, grad
+    rows = rows.to(a.device)
     return a.index_select(dim, rows), out.index_select(dim, rows), None if grad is None else grad.index_select(dim, rows)
 
 
@@ -393,7 +410,9 @@ def _score_candidates(
     config: HessianSearchConfig,
 ) -> torch.Tensor:
     """``(op.groups, candidates)`` objective, chunk by chunk: each operand group's own output slice,
-    or the mean over all output groups for an operand with one scale."""
+    or the mean over all output groups for an operand with one scale. A chunk is the operand
+    fake-quantized at every candidate of the chunk (one tensor), one batched product and one pass
+    over the candidate outputs to score them (fused for the ``hessian`` and ``l2`` metrics)."""
     # Per candidate: the operand copy and its fake-quantized copy, the output and about two
     # output-sized temporaries of the metric.
     per_candidate = 4 * (2 * op.tensor.numel() + 3 * output.ref.numel())
@@ -401,22 +420,38 @@ def _score_candidates(
     scores = []
     for start in range(0, candidates.shape[1], chunk):
         q = _quantize_groups(op.tensor, op.axis, op.groups, candidates[:, start : start + chunk], op.bits)
-        out_hat = candidate_output(q).movedim(output.axis + 1, 1).reshape(q.shape[0], output.groups, -1)
-        group_scores = _group_scores(out_hat, output.ref, output.weight, config.metric)
+        group_scores = _candidate_scores(candidate_output(q), output, config.metric)
         scores.append((group_scores if op.groups == output.groups else group_scores.mean(1, keepdim=True)).T)
     return torch.cat(scores, dim=1)
+
+
+def _candidate_scores(out_hat: torch.Tensor, output: _Output, metric: str) -> torch.Tensor:
+    """``(c, groups)`` scores of candidate outputs ``(c, *out.shape)`` against ``output``."""
+    if metric in ("hessian", "l2") and _fused_scores.wants(out_hat):
+        weight = output.ref if output.weight is None else output.weight  # a placeholder, unused by l2
+        return _fused_scores(out_hat, output.ref, weight, output.axis, output.groups, output.weight is not None)
+    moved = out_hat.movedim(output.axis + 1, 1).reshape(out_hat.shape[0], output.groups, -1)
+    return _group_scores(moved, output.ref, output.weight, metric)
+
+
+def _squared_errors(out_hat: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor, axis: int, groups: int,
+                    weighted: bool) -> torch.Tensor:
+    """Fused kernel: ``(c, groups)`` mean (weighted) squared error of candidate outputs ``(c, *shape)``
+    against ``ref`` ``(groups, E)`` (``shape`` moved so that ``axis`` leads, then split in groups)."""
+    moved = out_hat.movedim(axis + 1, 1).reshape(out_hat.shape[0], groups, -1)
+    err = (moved - ref).square()
+    return (err * weight if weighted else err).mean(dim=-1)
+
+
+_fused_scores = FusedKernel(_squared_errors)
 
 
 def _quantize_groups(t: torch.Tensor, axis: int, groups: int, scales: torch.Tensor, bits: int) -> torch.Tensor:
     """Fake-quantize ``t`` once per column of ``scales`` ``(groups, c)``: shape ``(c, *t.shape)``."""
     qmin, qmax = quant_range(bits, signed=True)
     moved = t.movedim(axis, 0)
-    c = scales.shape[1]
-    rows = moved.reshape(1, groups, -1).expand(c, -1, -1).reshape(c * groups, -1)
-    flat_scales = scales.T.reshape(-1)
-    zero = torch.zeros_like(flat_scales, dtype=torch.int32)
-    q = fake_quantize(rows, flat_scales, zero, qmin, qmax, _PER_ROW)
-    return q.reshape(c, *moved.shape).movedim(1, axis + 1)
+    q = fake_quantize_candidates(moved.reshape(groups, -1), scales.T, qmin, qmax)
+    return q.reshape(scales.shape[1], *moved.shape).movedim(1, axis + 1)
 
 
 def _split(t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
@@ -430,8 +465,8 @@ def _split(t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
 def _flat_score(out_hat: torch.Tensor, out: torch.Tensor, grad_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
     """The score of one output over all its elements (one group)."""
     weight = None if grad_sq is None else grad_sq.reshape(1, -1)
-    flat_hat, flat_ref = out_hat.detach().float().reshape(1, 1, -1), out.detach().float().reshape(1, -1)
-    return _group_scores(flat_hat, flat_ref, weight, metric)[0, 0]
+    flat_hat, flat_ref = out_hat.detach().float().reshape(1, -1), out.detach().float().reshape(1, -1)
+    return _candidate_scores(flat_hat, _Output(flat_ref, weight, axis=0, groups=1), metric)[0, 0]
 
 
 def _split_or_none(t: torch.Tensor | None, axis: int, groups: int) -> torch.Tensor | None:
@@ -493,6 +528,7 @@ __all__ = [
     "candidate_scales",
     "initial_scale",
     "objective",
+    "output_objective",
     "search_linear",
     "search_matmul",
 ]
