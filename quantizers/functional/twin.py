@@ -177,7 +177,7 @@ def twin_errors(x: torch.Tensor, grids: Sequence[TwinGrid], objective: Objective
         raise QuantizationError("twin_errors needs at least one candidate grid")
     if objective is not None:
         values = [_objective_value(objective, twin_fake_quantize(x, g), x) for g in grids]
-        return torch.tensor(values, dtype=torch.float64)
+        return torch.tensor(values, dtype=torch.float64, device=x.device)
     tables = [_scale_tables(g, x.device) for g in grids]
     sums = [0.0] * len(grids)
     for chunk in iter_chunks(x.detach().to(torch.float32)):
@@ -185,7 +185,7 @@ def twin_errors(x: torch.Tensor, grids: Sequence[TwinGrid], objective: Objective
             index, high = _index(chunk, grid, inverses)
             diff = index.mul_(torch.where(high, scales[1], scales[0])).sub_(chunk)
             sums[j] += float(diff.mul_(diff).sum(dtype=torch.float64))
-    return torch.tensor(sums, dtype=torch.float64) / x.numel()
+    return torch.tensor(sums, dtype=torch.float64, device=x.device) / x.numel()
 
 
 @functools.lru_cache(maxsize=256)

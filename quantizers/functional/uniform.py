@@ -182,8 +182,8 @@ def fake_quantize_candidates(rows: torch.Tensor, scales: torch.Tensor, qmin: int
     if _fused_uniform.wants(rows, passes=candidates) and not (torch.is_grad_enabled() and rows.requires_grad):
         step = flat.reshape(candidates, groups, 1)
         out = torch.empty((candidates, *rows.shape), dtype=torch.float32, device=rows.device)
-        peak = _fused_uniform(rows.unsqueeze(0), out, torch.ones((), dtype=torch.float32, device=rows.device) / step,
-                              step, torch.zeros((), dtype=torch.float32, device=rows.device), constant((qmin, qmax), rows.device))
+        one, zero_f = (torch.full((), value, dtype=torch.float32, device=rows.device) for value in (1.0, 0.0))
+        peak = _fused_uniform(rows.unsqueeze(0), out, one / step, step, zero_f, constant((qmin, qmax), rows.device))
         check_peak(peak)
         return out
     check_finite(rows)

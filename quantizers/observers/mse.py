@@ -98,11 +98,11 @@ class MSEObserver(AvgMinMaxObserver):
 
     def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = batch_minmax(x, self.spec.granularity)
-        factors = self.factors.unsqueeze(1)
+        factors = self.factors.to(x.device).unsqueeze(1)
         scales, zero_points = qparams_from_minmax(
             lo * factors, hi * factors, self.spec.bits, self.spec.symmetric, self.spec.signed
         )
         qmin, qmax = self.qrange
         errors = candidate_errors(group_rows(x, self.spec.granularity), scales, zero_points, qmin, qmax, self.options.p)
-        best = self.factors[errors.argmin(0)]
+        best = factors[errors.argmin(0), 0]
         return lo * best, hi * best

@@ -16,8 +16,9 @@ block its output columns, a head its output head), so every group picks its own 
 vectorised pass. The layer objective is the mean over those output slices of each slice's metric (for
 ``hessian`` and ``l2`` this is the metric of the whole output); an operand with a single scale (the
 linear input) minimises that mean. Candidates are evaluated in chunks that fit ``memory_budget``
-bytes. With ``max_rows`` the objective is estimated on a seeded random subset of the output rows
-(a Linear's tokens, the rows of a matmul's ``A``): the cost of a search is proportional to them.
+bytes, each chunk with one batched product (:mod:`quantizers.search.candidates`). With
+``max_rows`` the objective is estimated on a seeded random subset of the output rows (a Linear's
+tokens, the rows of a matmul's ``A``): the cost of a search is proportional to them.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
-from quantizers.functional.fused import FusedKernel
-from quantizers.functional.uniform import SCALE_EPS, fake_quantize_candidates, quant_range
+from quantizers.functional.uniform import SCALE_EPS
 from quantizers.options import Options
 from quantizers.registry import register_search
 from quantizers.search.base import ScaleSearch
+from quantizers.search.candidates import Operand as _Operand
+from quantizers.search.candidates import Output as _Output
+from quantizers.search.candidates import flat_score as _flat_score
+from quantizers.search.candidates import quantize_groups as _quantize_groups
+from quantizers.search.candidates import score_candidates as _score_candidates
 from quantizers.spec import check_bits
 
 if TYPE_CHECKING:
@@ -143,28 +148,6 @@ class MatmulScales:
     a_scale: torch.Tensor
     b_scale: torch.Tensor
     history: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class _Operand:
-    """One operand: ``groups`` equal contiguous slices along ``axis``, each with its own scale."""
-
-    tensor: torch.Tensor
-    bits: int
-    axis: int
-    groups: int
-
-
-@dataclass(frozen=True)
-class _Output:
-    """The float output scored in ``groups`` equal slices along ``axis`` (the layer objective is the
-    mean over them). An operand has one scale per output group (each touches only its slice) or
-    one scale for all; ``ref`` and ``weight`` are ``(groups, E)``."""
-
-    ref: torch.Tensor
-    weight: torch.Tensor | None
-    axis: int
-    groups: int
 
 
 def initial_scale(t: torch.Tensor, bits: int, axis: int = 0, groups: int = 1) -> torch.Tensor:
@@ -402,58 +385,6 @@ def _row_subset(rows: int, keep: int) -> torch.Tensor | None:
     return torch.randperm(rows, generator=torch.Generator().manual_seed(0))[:keep].sort().values
 
 
-def _score_candidates(
-    op: _Operand,
-    candidates: torch.Tensor,
-    candidate_output: Callable[[torch.Tensor], torch.Tensor],
-    output: _Output,
-    config: HessianSearchConfig,
-) -> torch.Tensor:
-    """``(op.groups, candidates)`` objective, chunk by chunk: each operand group's own output slice,
-    or the mean over all output groups for an operand with one scale. A chunk is the operand
-    fake-quantized at every candidate of the chunk (one tensor), one batched product and one pass
-    over the candidate outputs to score them (fused for the ``hessian`` and ``l2`` metrics)."""
-    # Per candidate: the operand copy and its fake-quantized copy, the output and about two
-    # output-sized temporaries of the metric.
-    per_candidate = 4 * (2 * op.tensor.numel() + 3 * output.ref.numel())
-    chunk = max(1, config.memory_budget // per_candidate)
-    scores = []
-    for start in range(0, candidates.shape[1], chunk):
-        q = _quantize_groups(op.tensor, op.axis, op.groups, candidates[:, start : start + chunk], op.bits)
-        group_scores = _candidate_scores(candidate_output(q), output, config.metric)
-        scores.append((group_scores if op.groups == output.groups else group_scores.mean(1, keepdim=True)).T)
-    return torch.cat(scores, dim=1)
-
-
-def _candidate_scores(out_hat: torch.Tensor, output: _Output, metric: str) -> torch.Tensor:
-    """``(c, groups)`` scores of candidate outputs ``(c, *out.shape)`` against ``output``."""
-    if metric in ("hessian", "l2") and _fused_scores.wants(out_hat):
-        weight = output.ref if output.weight is None else output.weight  # a placeholder, unused by l2
-        return _fused_scores(out_hat, output.ref, weight, output.axis, output.groups, output.weight is not None)
-    moved = out_hat.movedim(output.axis + 1, 1).reshape(out_hat.shape[0], output.groups, -1)
-    return _group_scores(moved, output.ref, output.weight, metric)
-
-
-def _squared_errors(out_hat: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor, axis: int, groups: int,
-                    weighted: bool) -> torch.Tensor:
-    """Fused kernel: ``(c, groups)`` mean (weighted) squared error of candidate outputs ``(c, *shape)``
-    against ``ref`` ``(groups, E)`` (``shape`` moved so that ``axis`` leads, then split in groups)."""
-    moved = out_hat.movedim(axis + 1, 1).reshape(out_hat.shape[0], groups, -1)
-    err = (moved - ref).square()
-    return (err * weight if weighted else err).mean(dim=-1)
-
-
-_fused_scores = FusedKernel(_squared_errors)
-
-
-def _quantize_groups(t: torch.Tensor, axis: int, groups: int, scales: torch.Tensor, bits: int) -> torch.Tensor:
-    """Fake-quantize ``t`` once per column of ``scales`` ``(groups, c)``: shape ``(c, *t.shape)``."""
-    qmin, qmax = quant_range(bits, signed=True)
-    moved = t.movedim(axis, 0)
-    q = fake_quantize_candidates(moved.reshape(groups, -1), scales.T, qmin, qmax)
-    return q.reshape(scales.shape[1], *moved.shape).movedim(1, axis + 1)
-
-
 def _split(t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
     """``(groups, -1)`` view: ``groups`` equal contiguous slices of ``t`` along ``axis``."""
     size = t.shape[axis]
@@ -462,30 +393,8 @@ def _split(t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
     return t.movedim(axis, 0).reshape(groups, -1)
 
 
-def _flat_score(out_hat: torch.Tensor, out: torch.Tensor, grad_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
-    """The score of one output over all its elements (one group)."""
-    weight = None if grad_sq is None else grad_sq.reshape(1, -1)
-    flat_hat, flat_ref = out_hat.detach().float().reshape(1, -1), out.detach().float().reshape(1, -1)
-    return _candidate_scores(flat_hat, _Output(flat_ref, weight, axis=0, groups=1), metric)[0, 0]
-
-
 def _split_or_none(t: torch.Tensor | None, axis: int, groups: int) -> torch.Tensor | None:
     return None if t is None else _split(t, axis, groups)
-
-
-def _group_scores(
-    out_hat: torch.Tensor, ref: torch.Tensor, grad_sq: torch.Tensor | None, metric: str
-) -> torch.Tensor:
-    """``(c, groups)`` scores of candidate outputs ``(c, groups, E)`` against ``ref`` ``(groups, E)``."""
-    if metric in ("hessian", "l2"):
-        err = (out_hat - ref).square()
-        return (err if grad_sq is None else err * grad_sq).mean(dim=-1)
-    if metric == "pearson":
-        out_hat = out_hat - out_hat.mean(dim=-1, keepdim=True)
-        ref = ref - ref.mean(dim=-1, keepdim=True)
-    dot = (out_hat * ref).sum(dim=-1)
-    norms = out_hat.norm(dim=-1) * ref.norm(dim=-1)
-    return 1.0 - dot / norms.clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def _grad_weight(grad: torch.Tensor | None, out: torch.Tensor, metric: str) -> torch.Tensor | None:

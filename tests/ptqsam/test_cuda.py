@@ -37,6 +37,7 @@ def test_w8a8_on_cuda_matches_the_cpu(tiny_dataset, random_testbed):
         runner = SamRunner(model)
         p = samples[0].prompts
         with quantizing(model), torch.inference_mode():
-            outputs[device] = runner.decode(runner.embed(samples[0].image), p.boxes, p.points, p.point_labels).low_res_logits
+            embedding = runner.embed(samples[0].image)
+            outputs[device] = runner.decode(embedding, p.boxes, p.points, p.point_labels).low_res_logits
     # different kernels round differently, and a rounding step can move one fake-quantized value a level
     torch.testing.assert_close(outputs["cuda"].cpu(), outputs["cpu"], rtol=0.05, atol=0.05)
