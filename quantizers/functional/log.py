@@ -62,6 +62,8 @@ class LogGrid:
         (at most one where it matters), or int32 max when there is none.
       dense_below: inputs below this value fall in buckets with several boundaries and are
         resolved by binary search (0.0 when there are none).
+      binades: for τ in {1, 2, 4, 8}, the boundaries of one binade, which every normal binade
+        repeats (see :class:`Binades`); None otherwise.
     """
 
     scale: float
@@ -73,6 +75,7 @@ class LogGrid:
     bucket_code: torch.Tensor
     bucket_boundary: torch.Tensor
     dense_below: float
+    binades: "Binades | None" = None
     _on_device: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -94,6 +97,7 @@ class LogGrid:
         levels = np.append(scale * np.exp2(-codes / tau), 0.0).astype(np.float32)
         boundaries = _float32_ceil(scale * np.exp2(-(codes + 0.5) / tau))[::-1].copy()
         shift, bucket_code, bucket_boundary, dense_below = _bucket_tables(boundaries)
+        binades = Binades.build(boundaries, levels, tau)
         return cls(
             scale=scale,
             tau=tau,
@@ -104,7 +108,17 @@ class LogGrid:
             bucket_code=bucket_code,
             bucket_boundary=bucket_boundary,
             dense_below=dense_below,
+            binades=binades,
         )
+
+    def binade_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(thresholds, level_patterns, [start, τ, 2^b, log2 τ])`` of :attr:`binades` on ``device``."""
+        key = ("binades", str(device))
+        if key not in self._on_device:
+            b = self.binades
+            ints = torch.tensor([b.start, 1 << b.tau_shift, 2**self.bits, b.tau_shift], dtype=torch.int32)
+            self._on_device[key] = tuple(t.to(device) for t in (b.thresholds, b.level_patterns, ints))
+        return self._on_device[key]
 
     def tables(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         """``(levels, boundaries, bucket_code, bucket_boundary)`` on ``device`` (copied once)."""
@@ -113,6 +127,53 @@ class LogGrid:
             tables = (self.levels, self.boundaries, self.bucket_code, self.bucket_boundary)
             self._on_device[key] = tuple(t.to(device) for t in tables)
         return self._on_device[key]
+
+
+@dataclass(frozen=True)
+class Binades:
+    """The rounding boundaries of a log grid with τ = 2^j ≤ 8, by binade.
+
+    ``t_{k+τ} = t_k / 2`` exactly in float32 (in the normal range), so every binade holds the
+    same τ boundary mantissas. A normal ``x`` with exponent field ``e`` and mantissa ``m`` lies
+    below the boundaries ``k < start − τ·e + #{j : m < thresholds[j]}``, so its code is that count
+    clamped to ``[0, 2^b]``, in integer arithmetic; its level ``s·2^(−q/τ)`` is ``level_patterns[q
+    mod τ]`` with ``q div τ`` taken off the exponent field while the result stays normal. Nonzero
+    inputs below ``exact_from`` (subnormal, or with a level outside the normal range) are resolved
+    exactly afterwards.
+    """
+
+    start: int
+    thresholds: torch.Tensor  # int32 [8]: the boundary mantissas of a binade, then zeros (never above m)
+    level_patterns: torch.Tensor  # int32 [8]: bit patterns of s·2^(−r/τ), r < τ
+    tau_shift: int
+    exact_from: float
+
+    @classmethod
+    def build(cls, boundaries: np.ndarray, levels: np.ndarray, tau: float) -> "Binades | None":
+        """From a grid's ascending float32 ``boundaries`` and ``levels``; None when τ is not 1, 2, 4
+        or 8 or no binade holds τ normal boundaries."""
+        if tau not in (1.0, 2.0, 4.0, 8.0):
+            return None
+        period, codes = int(tau), boundaries.size
+        patterns = boundaries[::-1].view(np.int32).astype(np.int64)  # t_0 > t_1 > ...
+        exponents = patterns >> 23
+        later = np.flatnonzero(exponents < exponents[0])
+        if not later.size or later[0] + period > codes or exponents[later[0]] < 1:
+            return None
+        first, exponent = int(later[0]), int(exponents[later[0]])
+        if np.any(exponents[first : first + period] != exponent):
+            return None
+        thresholds, level_patterns = np.zeros(8, np.int32), np.zeros(8, np.int32)
+        thresholds[:period] = patterns[first : first + period] & 0x7FFFFF
+        level_patterns[:period] = levels[:period].view(np.int32)
+        q = np.arange(codes)
+        computed_exponent = (level_patterns[q % period].astype(np.int64) >> 23) - q // period
+        outside = np.flatnonzero(computed_exponent < 1)
+        if outside.size and outside[0] == 0:
+            return None
+        exact_from = max(_SMALLEST_NORMAL, float(boundaries[::-1][outside[0] - 1]) if outside.size else 0.0)
+        return cls(first + period * exponent, torch.from_numpy(thresholds), torch.from_numpy(level_patterns),
+                   period.bit_length() - 1, exact_from)
 
 
 def log_fake_quantize(x: torch.Tensor, grid: LogGrid, overwrite: bool = False) -> torch.Tensor:
@@ -125,7 +186,10 @@ def log_fake_quantize(x: torch.Tensor, grid: LogGrid, overwrite: bool = False) -
     if _fused_log.wants(x):
         check_tensor(x, finite=False)
         out = x.detach() if overwrite and not x.requires_grad else torch.empty_like(x)
-        _log_fused(x.detach(), grid, out)
+        if grid.binades is not None:
+            _log_binades_fused(x.detach(), grid, out)
+        else:
+            _log_fused(x.detach(), grid, out)
         return straight_through(x, out)
     check_tensor(x)
     levels, boundaries, bucket_code, bucket_boundary = grid.tables(x.device)
@@ -171,6 +235,50 @@ def _log_fused(x: torch.Tensor, grid: LogGrid, out: torch.Tensor) -> None:
     _check_non_negative(lowest)
     if lowest < grid.dense_below:  # the kernel left −x there: sign bit set, unlike every level
         small = torch.signbit(out)
+        out[small] = _dense_levels(-out[small], grid, levels, boundaries)
+
+
+def _log_binades(x: torch.Tensor, out: torch.Tensor, thresholds: torch.Tensor, level_patterns: torch.Tensor,
+                 ints: torch.Tensor) -> torch.Tensor:
+    """Fused kernel on bit patterns (int32 views of float32 ``x`` and ``out``), see :class:`Binades`;
+    ``ints = [start, τ, 2^b, log2 τ]``. Writes the level's pattern, 0 for the zero code, ``x`` with
+    its sign bit set where the exact fix-up must decide. Returns ``[max pattern of |x|, min x as
+    int32 (0 for ±0), min pattern of the nonzero |x|]``."""
+    pattern = torch.bitwise_and(x, 0x7FFFFFFF)
+    stats = torch.stack([torch.amax(pattern), torch.amin(torch.where(pattern == 0, 0, x)),
+                         torch.amin(torch.where(pattern == 0, 0x7FFFFFFF, pattern))])
+    exponent = torch.bitwise_right_shift(pattern, 23)
+    mantissa = torch.bitwise_and(pattern, 0x7FFFFF)
+    code = ints[0] - ints[1] * exponent
+    for j in range(thresholds.shape[0]):
+        code = code + (mantissa < thresholds[j]).to(torch.int32)
+    code = torch.minimum(torch.clamp(code, min=0), ints[2])
+    octaves = torch.bitwise_right_shift(code, ints[3])
+    step = torch.bitwise_and(code, ints[1] - 1)
+    base = level_patterns[7]
+    for r in range(6, -1, -1):
+        base = torch.where(step == r, level_patterns[r], base)
+    marked = torch.bitwise_or(pattern, -(2**31))
+    normal = torch.bitwise_right_shift(base, 23) > octaves  # the level's exponent field stays >= 1
+    level = torch.where(code == ints[2], 0, torch.where(normal, base - torch.bitwise_left_shift(octaves, 23), marked))
+    out.copy_(torch.where(exponent == 0, torch.where(pattern == 0, 0, marked), level))  # subnormal x: marked
+    return stats
+
+
+_fused_log_binades = FusedKernel(_log_binades)
+
+
+def _log_binades_fused(x: torch.Tensor, grid: LogGrid, out: torch.Tensor) -> None:
+    binades = grid.binades
+    thresholds, level_patterns, ints = grid.binade_tables(x.device)
+    stats = _fused_log_binades(x.view(-1).view(torch.int32), out.view(-1).view(torch.int32), thresholds,
+                               level_patterns, ints)
+    peak, lowest, smallest = (float(v) for v in np.array(stats.tolist(), dtype=np.int32).view(np.float32))
+    check_peak(peak)
+    _check_non_negative(lowest)
+    if smallest < binades.exact_from:  # marked elements: sign bit set, unlike every level
+        small = torch.signbit(out)
+        levels, boundaries = grid.tables(x.device)[:2]
         out[small] = _dense_levels(-out[small], grid, levels, boundaries)
 
 

@@ -116,3 +116,22 @@ def test_the_environment_switch_and_the_context_manager_turn_it_off() -> None:
         assert not kernel.wants(x)
     assert kernel.wants(x) == fused._settings["enabled"]
     assert not kernel.wants(x.double()) and not kernel.wants(torch.ones(2, MIN_NUMEL).T)
+
+
+@pytest.mark.parametrize("tau", [1, 2, 4, 8])
+@pytest.mark.parametrize("bits", [3, 5, 8])
+@pytest.mark.parametrize("scale", [1.0, 0.37, 3e-30])
+def test_the_binade_kernel_of_power_of_two_taus_equals_the_table_lookup(tau: int, bits: int, scale: float) -> None:
+    grid = LogGrid.build(scale, tau, bits)
+    assert LogGrid.build(scale, 3, bits).binades is None
+    if 2**bits >= 2 * tau:  # codes for two binades at least: one is whole
+        assert grid.binades is not None
+    g = torch.Generator().manual_seed(tau * 100 + bits)
+    spread = torch.exp2(-torch.rand(1 << 15, generator=g) * 160) * scale * 2  # across every level, into subnormals
+    boundaries = grid.boundaries
+    near = torch.cat([boundaries, torch.nextafter(boundaries, torch.zeros(())), grid.levels])
+    x = torch.cat([spread, near, torch.tensor([0.0, 1e-45, 3e38])])
+    with fused_kernels(enabled=False):
+        expected = log_fake_quantize(x, grid)
+    with fused_kernels(min_numel=0):
+        assert torch.equal(log_fake_quantize(x, grid), expected)
