@@ -18,7 +18,10 @@ bits (1 to 7) that keep at most one boundary per bucket in the normal float rang
 τ = 4: 2,048 buckets, tables that stay in L1), so ``q`` = the bucket's code minus one if ``x``
 reaches the bucket's boundary. Subnormal buckets that hold several boundaries (only when
 ``t_{2^b−1} < 2^−126``) are resolved by an exact binary search. Large float32 tensors take a fused
-kernel (:mod:`quantizers.functional.fused`), the others a chunked one; both give the same values.
+kernel (:mod:`quantizers.functional.fused`), the others a chunked one; all give the same values.
+For τ in {1, 2, 4, 8} the fused kernel needs no table at all: the boundaries repeat from binade to
+binade, so integer arithmetic on the exponent and τ comparisons of the mantissa give the code
+(:class:`Binades`).
 """
 
 from __future__ import annotations
