@@ -91,13 +91,15 @@ def calibrate(
     in_encoder = [name for name in observed if part_of(name) == "image_encoder"]
     elsewhere = [name for name in observed if part_of(name) != "image_encoder"]
     folds_encoder = _folds_encoder(model, recipe)
-    reached: set[str] = set()
-    if not folds_encoder:
-        reached |= _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
+
+    def encoder_statistics() -> set[str]:
+        return _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
+
+    reached = set() if folds_encoder else encoder_statistics()
     _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
     if folds_encoder:
         passes.forget_embeddings()
-        reached |= _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
+        reached = encoder_statistics()
     reached |= _timed(report, "statistics", lambda: _statistics(model, passes, elsewhere))
     _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report, search_rows))
     for name in observed:
