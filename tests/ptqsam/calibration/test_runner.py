@@ -6,6 +6,7 @@ import torch
 
 from ptqsam.calibration import calibrate, calibration_samples, choose_image_ids, load_calibrated, save_calibrated
 from ptqsam.calibration.hessian import capture, search_units, task_loss
+from ptqsam.calibration import runner
 from ptqsam.calibration.passes import SampleLoop
 from ptqsam.evaluation.evaluator import evaluate
 from ptqsam.instrument.instrument import attach, attached_quantizers, instrument
@@ -74,6 +75,22 @@ def test_the_encoder_runs_once_per_image_and_each_part_calibrates_as_if_alone(ti
         for name, quantizer in alone.quantizers.items():
             together = report.quantizers[name].state_dict()
             assert all(torch.equal(together[key], value) for key, value in quantizer.state_dict().items()), name
+
+
+def test_a_fold_that_changes_the_encoder_makes_it_run_again_after_the_fold(tiny_dataset, random_testbed,
+                                                                            monkeypatch):
+    samples = calibration_samples(tiny_dataset, 1, seed=0)
+    expected = calibrate(random_testbed(), "ptq4sam", 6, 6, samples, progress=False)
+    model = random_testbed()
+    calls = []
+    original = type(model.image_encoder).forward
+    monkeypatch.setattr(type(model.image_encoder), "forward", lambda self, x: calls.append(1) or original(self, x))
+    monkeypatch.setattr(runner, "_folds_encoder", lambda model, recipe: True)
+    report = calibrate(model, "ptq4sam", 6, 6, samples, progress=False)
+    assert len(calls) == 2  # for the fold, then (embeddings forgotten) for the encoder's statistics
+    for name, quantizer in expected.quantizers.items():
+        state = report.quantizers[name].state_dict()
+        assert all(torch.equal(state[key], value) for key, value in quantizer.state_dict().items()), name
 
 
 def test_bimodal_fold_keeps_float_outputs_and_state_round_trips(tiny_dataset, random_testbed, tmp_path):
