@@ -29,8 +29,9 @@ def tree_environment(tree: Path) -> dict[str, str]:
 
 def run_worker(script: str, tree: Path, arguments: list[str]) -> dict:
     """Run ``script arguments`` with ``tree`` first on ``PYTHONPATH``; its last output line, parsed."""
-    out = subprocess.run([sys.executable, script, *arguments], check=True, capture_output=True, text=True,
-                         env=tree_environment(tree))
+    out = subprocess.run([sys.executable, script, *arguments], capture_output=True, text=True, env=tree_environment(tree))
+    if out.returncode:
+        raise RuntimeError(f"worker {script} {' '.join(arguments)} failed on {tree}:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

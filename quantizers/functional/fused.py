@@ -53,19 +53,21 @@ def min_numel() -> int:
 
 
 class FusedKernel:
-    """``fn`` compiled on first use per device type; :meth:`wants` says whether a tensor takes it.
+    """``fn(x, out, *small)`` compiled on first use per device type; :meth:`wants` says whether a
+    tensor takes it.
 
-    ``fn``'s first argument is the tensor the kernel streams; the others are small tensors on its
-    device. If compiling or running the compiled code fails on a device type where this kernel
-    never ran, the failure is logged once, the kernel is turned off there and ``fn`` runs eagerly
-    (same values, unfused). Later failures are errors and propagate.
+    ``x`` is the tensor the kernel streams, ``out`` where it writes (``x`` itself, or a view of
+    it, to overwrite it: that runs a second compiled variant taking ``x`` once, since aliased
+    inputs are a fragile corner of the compiler), the others small tensors on its device. If
+    compiling or running the compiled code fails, the failure is logged once, the kernel is turned
+    off on that device type and ``fn`` runs eagerly (same values, unfused); the callers' eager
+    kernels take over from then on.
     """
 
     def __init__(self, fn: Callable) -> None:
         self.fn = fn
         self.name = fn.__name__.lstrip("_")
-        self._compiled: Callable | None = None
-        self._ran: set[str] = set()
+        self._compiled: dict[bool, Callable] = {}
         self._off: set[str] = set()
 
     def wants(self, x: torch.Tensor, passes: int = 1) -> bool:
@@ -80,22 +82,32 @@ class FusedKernel:
             and not torch.compiler.is_compiling()
         )
 
-    def __call__(self, *args: torch.Tensor):
-        device = args[0].device.type
-        if self._compiled is None:
-            self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, *small: torch.Tensor):
+        device = x.device.type
+        if device in self._off:
+            return self.fn(x, out, *small)
+        in_place = out.data_ptr() == x.data_ptr()
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                result = self._compiled(*args)
-        except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
-            if device in self._ran:
-                raise
+                return self._variant(in_place)(x, *small) if in_place else self._variant(in_place)(x, out, *small)
+        except Exception as error:  # noqa: BLE001 - a compiler failure means: run eagerly from now on
             self._off.add(device)
             log.warning("quantizers: fused %s kernel unavailable on %s (%s: %s); using eager kernels",
-                        self.name, device, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-            return self.fn(*args)
-        self._ran.add(device)
-        return result
+                        self.name, device, type(error).__name__, str(error).strip().splitlines()[0] if str(error) else "")
+            return self.fn(x, out, *small)
+
+    def _variant(self, in_place: bool) -> Callable:
+        if in_place not in self._compiled:
+            fn = _overwriting(self.fn) if in_place else self.fn
+            self._compiled[in_place] = torch.compile(fn, dynamic=True, fullgraph=True)
+        return self._compiled[in_place]
+
+
+def _overwriting(fn: Callable) -> Callable:
+    """``fn(x, out, *small)`` as ``kernel(x, *small)`` writing into ``x``."""
+    def kernel(x: torch.Tensor, *small: torch.Tensor):
+        return fn(x, x, *small)
+    return kernel
 
 
 _constants: dict[tuple, torch.Tensor] = {}

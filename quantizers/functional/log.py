@@ -186,13 +186,11 @@ def log_fake_quantize(x: torch.Tensor, grid: LogGrid, overwrite: bool = False) -
     says the caller hands ``x`` over: the result may be written into it (use the result).
     Raises :class:`QuantizationError` for empty, NaN/Inf or negative input.
     """
-    if _fused_log.wants(x):
+    binades = grid.binades is not None and _fused_log_binades.wants(x)
+    if binades or _fused_log.wants(x):
         check_tensor(x, finite=False)
         out = x.detach() if overwrite and not x.requires_grad else torch.empty_like(x)
-        if grid.binades is not None:
-            _log_binades_fused(x.detach(), grid, out)
-        else:
-            _log_fused(x.detach(), grid, out)
+        (_log_binades_fused if binades else _log_fused)(x.detach(), grid, out)
         return straight_through(x, out)
     check_tensor(x)
     levels, boundaries, bucket_code, bucket_boundary = grid.tables(x.device)
