@@ -1,7 +1,9 @@
 """The ``ptqsam`` command line: a thin layer over the library.
 
 Every command fails with one clear line and a non-zero exit on bad input (``--debug`` shows the
-traceback); long work shows progress bars.
+traceback), checks its device and output paths before any work, and prints its result before
+writing it (a result that cannot be written is saved elsewhere, and the error says where); long
+work shows progress bars.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from quantizers.errors import QuantizationError
 
 DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam")
 DEMO_BITS = ("W8A8", "W6A6", "W4A4")
+#: the demo's reconstruction row: this recipe at the lowest bit-width, with few iterations per block
+DEMO_RECON_RECIPE, DEMO_RECON_ITERATIONS = "ptq4sam-l", 300
 #: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
 DEMO_SEARCH_ROWS = 256
 #: the demo's per-site figures: a decoder post-softmax site in the lowest-bit cell of this recipe
@@ -30,15 +34,21 @@ DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_toke
 
 
 class _Group(click.Group):
-    """Turns library errors into one line on stderr and exit code 1."""
+    """Turns library errors into one line on stderr and exit code 1; anything else (a bug) into
+    one ``internal error`` line, also exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (PtqsamError, QuantizationError, FileNotFoundError, OSError) as error:
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as error:
             if ctx.meta.get("debug"):
                 traceback.print_exc()
-            click.echo(f"error: {error}", err=True)
+            expected = isinstance(error, (PtqsamError, QuantizationError, OSError))
+            text = str(error).splitlines()[0] if str(error) else type(error).__name__
+            click.echo(f"error: {text}" if expected else
+                       f"error: internal error ({type(error).__name__}: {text}); --debug shows the traceback", err=True)
             ctx.exit(1)
 
 
@@ -87,19 +97,54 @@ def quant_options(func: Callable) -> Callable:
     @click.option("--search-rows", type=int, default=None,
                   help="Hessian search: score each unit on at most this many random cached rows (default: all).")
     @click.option("--float-encoder", is_flag=True, help="Keep the image encoder in float.")
+    @click.option("--recon-iterations", type=int, default=None,
+                  help="Reconstruction recipes: optimisation steps per block (recipe default: 20000).")
+    @click.option("--recon-batch-size", type=int, default=None, help="Reconstruction: images per step (default 1).")
+    @click.option("--recon-weight-lr", type=float, default=None, help="Reconstruction: AdaRound lr (default 1e-3).")
+    @click.option("--recon-act-lr", type=float, default=None,
+                  help="Reconstruction: activation-scale lr (default 4e-5).")
+    @click.option("--recon-drop-prob", type=float, default=None,
+                  help="Reconstruction: QDrop probability that an element stays float (recipe default).")
+    @click.option("--recon-loss", type=click.Choice(("mse", "fisher")), default=None,
+                  help="Reconstruction loss (recipe default: mse).")
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
     return wrapper
 
 
+def _with_state(model, state: str | None, model_type: str, allow_other_weights: bool) -> tuple[Any, dict[str, Any]]:
+    """The mode to evaluate ``model`` in, after loading ``state`` into it (float without one), and
+    what the result names: the state, its recipe, bits and fingerprint, and any weights override."""
+    import contextlib
+
+    from ptqsam.bits import bits_label
+    from ptqsam.calibration import calibrated_quantizing, load_calibrated
+    from ptqsam.constants import FLOAT
+    from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY
+
+    if state is None:
+        return contextlib.nullcontext(), {"state": None, "recipe": FLOAT, "bits": FLOAT, "state_fingerprint": None,
+                                          "weights_override": False}
+    info = load_calibrated(model, state, model_type=model_type, allow_other_weights=allow_other_weights)
+    return calibrated_quantizing(model, info.extra), {
+        "state": str(state), "recipe": info.recipe.name, "bits": bits_label(info.w_bits, info.a_bits),
+        "state_fingerprint": info.fingerprint["hash"], "weights_override": info.weights_override,
+        "reference_drop_bug": REFERENCE_BUG_KEY in info.extra}
+
+
+def _reconstruction(**options: Any) -> dict[str, Any]:
+    """The ``--recon-*`` options given, as reconstruction overrides."""
+    names = {"recon_iterations": "iterations", "recon_batch_size": "batch_size", "recon_weight_lr": "weight_lr",
+             "recon_act_lr": "activation_lr", "recon_drop_prob": "drop_prob", "recon_loss": "loss"}
+    return {names[key]: value for key, value in options.items() if value is not None}
+
+
 def _build(model_type: str, checkpoint: str | None, seed: int, device: str):
-    import torch
-
     from ptqsam.models import build_model
+    from ptqsam.preflight import check_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PtqsamError("--device cuda asked for, but torch sees no CUDA device")
+    check_device(device)
     return build_model(model_type, checkpoint, seed=seed).to(device)
 
 
@@ -118,23 +163,32 @@ def _config(**kwargs: Any):
               help="Hessian search (ptq4vit): rows of each unit's cache that score the candidates.")
 @click.option("--recipes", default=",".join(DEMO_RECIPES), show_default=True)
 @click.option("--bits", default=",".join(DEMO_BITS), show_default=True)
+@click.option("--recon-recipe", default=DEMO_RECON_RECIPE, show_default=True,
+              help="A reconstruction recipe run at the lowest bit-width only ('' for none).")
+@click.option("--recon-iterations", type=int, default=DEMO_RECON_ITERATIONS, show_default=True,
+              help="Its optimisation steps per block (PTQ4SAM-L uses 20000).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
-def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes: str, bits: str, seed: int,
-         device: str) -> None:
-    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 (a few minutes)."""
+def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes: str, bits: str, recon_recipe: str,
+         recon_iterations: int, seed: int, device: str) -> None:
+    """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4, and a block
+    reconstruction recipe at the lowest bit-width (a few minutes)."""
+    from ptqsam.bits import bits_order
     from ptqsam.evaluation.report import markdown_table
     from ptqsam.plots import bit_width_order
     from ptqsam.plots.cell import plot_cell_sites
     from ptqsam.sweep import Cell, run_sweep
 
-    config = _config(models=["testbed"], recipes=recipes.split(","), bits=bits.split(","), synthetic_images=num_images,
+    recipe_list, bit_list = recipes.split(","), bits.split(",")
+    recon = {recon_recipe: [bits_order(bit_list)[0]]} if recon_recipe else {}
+    config = _config(models=["testbed"], recipes=recipe_list + list(recon), bits=bit_list, recipe_bits=recon,
+                     reconstruction={"iterations": recon_iterations}, synthetic_images=num_images,
                      calib_images=calib_images, search_rows=search_rows, seed=seed, device=device, out=out)
     rows = run_sweep(config)
+    click.echo(markdown_table(rows))
     _plots(Path(out))
     if DEMO_SITE_RECIPE in config.recipes:
         plot_cell_sites(config, Cell("testbed", DEMO_SITE_RECIPE, bit_width_order(config.bits)[0]), DEMO_SITE)
-    click.echo(markdown_table(rows))
     click.echo(f"results: {out}/report.md, report.csv, report.json, plots/")
 
 
@@ -145,29 +199,38 @@ def demo(out: str, num_images: int, calib_images: int, search_rows: int, recipes
 @click.option("--out", "state_path", type=click.Path(dir_okay=False), default="results/calibrated.pt",
               show_default=True, help="Calibrated state file.")
 def calibrate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, recipe, bits,
-              calib_images, search_rows, float_encoder, state_path) -> None:
+              calib_images, search_rows, float_encoder, state_path, **recon_options) -> None:
     """Calibrate a recipe on a few images of --images and save the calibrated state (without
     --images: a generated calibration set, apart from the images `evaluate` generates)."""
     from ptqsam.bits import parse_bits
     from ptqsam.calibration import calibrate as run_calibration, save_calibrated
-    from ptqsam.data.selection import calibration_set
-    from ptqsam.instrument.recipe import load_recipe
+    from ptqsam.data.selection import calibration_set, data_fingerprint
+    from ptqsam.instrument.instrument import check_recipe_sites
     from ptqsam.models.blocks import ENCODER_SITES
+    from ptqsam.preflight import check_output_file
 
     if (images is None) != (annotations is None):
         raise PtqsamError("--images and --annotations go together: give both or neither")
     w, a = parse_bits(bits)
-    load_recipe(recipe)  # fail before any work
+    check_output_file(state_path, "--out")
     config = _config(models=[model_type], calib_images_dir=images, calib_annotations=annotations, prompt=prompt,
                      seed=seed, calib_images=calib_images, search_rows=search_rows)
     model = _build(model_type, checkpoint, seed, device)
-    _, samples = calibration_set(config)
-    report = run_calibration(model, recipe, w, a, samples, (ENCODER_SITES,) if float_encoder else (),
-                             search_rows=search_rows)
-    save_calibrated(model, state_path, report, recipe, model_type, w, a)
+    recipe = check_recipe_sites(model, recipe)  # fail before any work
+    dataset, samples = calibration_set(config)
+    exclude = (ENCODER_SITES,) if float_encoder else ()
+    reconstruction = _reconstruction(**recon_options)
+    report = run_calibration(model, recipe, w, a, samples, exclude, search_rows=search_rows,
+                             reconstruction=reconstruction)
     click.echo(json.dumps({"state": state_path, "images": report.image_ids, "prompts": report.num_prompts,
                            "seconds": report.seconds, "unreached_sites": len(report.unreached),
-                           "bimodal": {k: v["bimodal"] for k, v in report.bimodal.items()}}, indent=2))
+                           "bimodal": {k: v["bimodal"] for k, v in report.bimodal.items()},
+                           "reconstruction": {k: {"mse_before": v["mse_before"], "mse_after": v["mse_after"]}
+                                              for k, v in report.reconstruction.items()},
+                           "reference_drop_bug": report.reference_drop_bug is not None}, indent=2))
+    settings = {"data": data_fingerprint(dataset, report.image_ids), "prompt": prompt, "seed": seed,
+                "search_rows": search_rows, "exclude": list(exclude), "reconstruction": reconstruction}
+    save_calibrated(model, state_path, report, recipe, model_type, w, a, settings)
 
 
 @main.command()
@@ -179,40 +242,47 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
 @click.option("--single-mask", is_flag=True, help="One mask per prompt (default: best of 3 by predicted IoU).")
 @click.option("--detector-score", is_flag=True, help="AP score = detector score (default: × predicted IoU).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON here.")
+@click.option("--allow-other-weights", is_flag=True,
+              help="Apply --state to other weights than it was calibrated on (refused by default).")
 def evaluate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, state, eval_images,
-             single_mask, detector_score, out) -> None:
+             single_mask, detector_score, out, allow_other_weights) -> None:
     """mIoU (and mask AP with --detections) of a float or calibrated model."""
-    import contextlib
+    from dataclasses import asdict
 
-    from ptqsam.calibration import load_calibrated
     from ptqsam.data.prompts import Detections
+    from ptqsam.data.selection import data_fingerprint, dataset_for
     from ptqsam.evaluation.evaluator import EvalOptions, evaluate as run_evaluation
-    from ptqsam.instrument.modes import quantizing
-    from ptqsam.data.selection import dataset_for
-    from ptqsam.io import write_json_atomic
+    from ptqsam.fingerprint import file_sha256, fingerprint
+    from ptqsam.io import json_text, write_or_rescue
+    from ptqsam.models.zoo import weights_id
+    from ptqsam.preflight import check_output_file
 
+    if out:
+        check_output_file(out, "--out")
     config = _config(models=[model_type], images=images, annotations=annotations, detections=detections,
                      prompt=prompt, seed=seed, eval_images=eval_images)
+    boxes = Detections(detections) if detections else None
     model = _build(model_type, checkpoint, seed, device)
+    mode, used = _with_state(model, state, model_type, allow_other_weights)
     dataset = dataset_for(config)
-    mode = contextlib.nullcontext()
-    if state is not None:
-        load_calibrated(model, state, model_type=model_type)
-        mode = quantizing(model)
-    ids = dataset.image_ids[:eval_images] if eval_images else None
+    ids = dataset.image_ids[:eval_images] if eval_images else list(dataset.image_ids)
+    options = EvalOptions(prompt, multimask=not single_mask, score_with_iou=not detector_score, seed=seed)
     with mode:
-        options = EvalOptions(prompt, multimask=not single_mask, score_with_iou=not detector_score, seed=seed)
-        result = run_evaluation(model, dataset, ids, options, Detections(detections) if detections else None)
-    summary = {"metrics": result.metrics, "images": result.num_images, "prompts": result.num_prompts,
-               "skipped": {k: v for k, v in result.skips.items() if v}}
+        result = run_evaluation(model, dataset, ids, options, boxes)
+    stamp = fingerprint({"model": model_type, "weights": weights_id(model_type, checkpoint, seed), **used,
+                         "data": data_fingerprint(dataset, ids), "detections": file_sha256(detections) if detections else None,
+                         "options": asdict(options)})
+    summary = {"model": model_type, **used, "metrics": result.metrics, "images": result.num_images,
+               "prompts": result.num_prompts, "skipped": {k: v for k, v in result.skips.items() if v},
+               "fingerprint": stamp}
+    click.echo(json_text(summary), nl=False)
     if out:
-        write_json_atomic(out, summary)
-    click.echo(json.dumps(summary, indent=2))
+        write_or_rescue(out, lambda file: file.write(json_text(summary)))
 
 
 @main.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
-@click.option("--out", default=None, help="Override the config's results folder.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Override the config's results folder.")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Override the config's device.")
 def sweep(config_path: str, out: str | None, device: str | None) -> None:
     """Run a sweep config (models × recipes × bits); finished cells are skipped on re-runs."""
@@ -226,8 +296,8 @@ def sweep(config_path: str, out: str | None, device: str | None) -> None:
     if device:
         config = config.replace(device=device)
     rows = run_sweep(config)
-    _plots(Path(config.out))
     click.echo(markdown_table(rows))
+    _plots(Path(config.out))
 
 
 @main.command()
@@ -235,8 +305,11 @@ def sweep(config_path: str, out: str | None, device: str | None) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Plot folder (default RESULTS/plots).")
 def plot(results: str, out: str | None) -> None:
     """Degradation plots of a sweep's results folder (or its report.json)."""
+    from ptqsam.preflight import check_output_folder
+
     path = Path(results)
     folder = path if path.is_dir() else path.parent
+    check_output_folder(out or folder / "plots", "plot folder")
     for written in _plots(folder, Path(out) if out else None):
         click.echo(str(written))
 
@@ -260,8 +333,10 @@ def _plots(results: Path, out: Path | None = None) -> list[Path]:
               help="Run this many images (drawn by --seed) and add each site's activation statistics "
                    "(min, max, mean, std, |x| 99.9th percentile; with --state, the relative quantization error).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--allow-other-weights", is_flag=True,
+              help="Apply --state to other weights than it was calibrated on (refused by default).")
 def inspect(model_type, checkpoint, device, images, annotations, detections, prompt, seed, state, kind, stats_images,
-            as_json) -> None:
+            as_json, allow_other_weights) -> None:
     """Sites of a model (name, kind, shape); with --state, the calibrated quantizers; with
     --stats-images, activation statistics."""
     from ptqsam.calibration import load_calibrated
@@ -269,8 +344,10 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
 
     if stats_images < 0:
         raise PtqsamError(f"--stats-images must be >= 0, got {stats_images}")
+    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed)
     model = _build(model_type, checkpoint, 0, device)
-    quantizers = attached_quantizers(model) if state is None else load_calibrated(model, state, None, model_type).quantizers
+    quantizers = attached_quantizers(model) if state is None else \
+        load_calibrated(model, state, None, model_type, allow_other_weights).quantizers
     rows = []
     for row in site_inventory(model):
         if kind and row.kind != kind:
@@ -281,7 +358,7 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
             entry["quantizer"] = quantizers[row.name].summary()
         rows.append(entry)
     if stats_images:
-        rows = _with_statistics(model, model_type, rows, images, annotations, prompt, seed, stats_images)
+        rows = _with_statistics(model, config, rows, stats_images)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -295,16 +372,14 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
     click.echo(f"{len(rows)} sites")
 
 
-def _with_statistics(model, model_type: str, rows: list[dict], images, annotations, prompt, seed,
-                     count) -> list[dict]:
+def _with_statistics(model, config, rows: list[dict], count: int) -> list[dict]:
     """The rows of the sites the images reach, each with its activation statistics."""
     from ptqsam.analysis import site_statistics
     from ptqsam.data.samples import calibration_samples
     from ptqsam.data.selection import dataset_for
 
-    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed)
-    samples = calibration_samples(dataset_for(config), count, seed, prompt)
-    table = site_statistics(model, samples, [r["name"] for r in rows], seed=seed)
+    samples = calibration_samples(dataset_for(config), count, config.seed, config.prompt)
+    table = site_statistics(model, samples, [r["name"] for r in rows], seed=config.seed)
     return [{**r, "stats": table[r["name"]]} for r in rows if r["name"] in table]
 
 

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS
+from ptqsam.bits import parse_bits
+from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
 from ptqsam.errors import ConfigError, PtqsamError
-
-
-def reject_unknown_keys(data: Any, cls: type, what: str, error: type[PtqsamError] = ConfigError) -> None:
-    """Raise ``error`` unless ``data`` is a mapping whose keys are all fields of dataclass ``cls``."""
-    if not isinstance(data, Mapping):
-        raise error(f"{what} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise error(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
+from ptqsam.reconstruction.config import ReconstructionConfig
+from ptqsam.typed import check_fields, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -31,6 +24,11 @@ class ExperimentConfig:
       checkpoints: model type -> checkpoint path (absent: packaged testbed weights or random init).
       recipes: shipped recipe names or YAML paths; ``float`` is always run as the baseline.
       bits: bit-widths such as ``W8A8``.
+      recipe_bits: recipe -> its own bit-widths (instead of ``bits``), e.g. a slow reconstruction
+        recipe at W4A4 only.
+      reconstruction: overrides of the recipes' reconstruction settings (fields of
+        :class:`~ptqsam.reconstruction.ReconstructionConfig`, e.g. ``{iterations: 500}``); recipes
+        without reconstruction ignore them.
       images, annotations: COCO-format image folder and instances JSON (absent: a synthetic set).
       detections: COCO results JSON of a detector (needed for mask AP / ``detections`` prompts).
       prompt: prompt kind (``box``, ``tight_box``, ``center_point``, ``random_points``; or
@@ -53,56 +51,77 @@ class ExperimentConfig:
       seed: every random choice derives from it.
       device: ``cpu`` or ``cuda``.
       out: results folder.
+
+    Every field is checked for its type and range when the config is made (:mod:`ptqsam.typed`);
+    a single string is accepted for ``models``, ``recipes`` and ``bits``, and null for
+    ``checkpoints``.
     """
 
-    models: tuple[str, ...] = ("testbed",)
+    models: tuple[str, ...] = field(default=("testbed",), metadata={"choices": MODEL_TYPES})
     checkpoints: Mapping[str, str] = field(default_factory=dict)
     recipes: tuple[str, ...] = ("minmax",)
     bits: tuple[str, ...] = ("W8A8",)
+    recipe_bits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    reconstruction: Mapping[str, Any] = field(default_factory=dict)
     images: str | None = None
     annotations: str | None = None
     detections: str | None = None
-    prompt: str = "box"
-    num_points: int = 1
-    calib_images: int = 32
+    prompt: str = field(default="box", metadata={"choices": EVAL_PROMPT_KINDS})
+    num_points: int = field(default=1, metadata={"min": 1})
+    calib_images: int = field(default=32, metadata={"min": 1})
     calib_images_dir: str | None = None
     calib_annotations: str | None = None
-    search_rows: int | None = None
-    eval_images: int = 0
+    search_rows: int | None = field(default=None, metadata={"min": 1})
+    eval_images: int = field(default=0, metadata={"min": 0})
     quantize_encoder: bool = True
     multimask: bool = True
     score_with_iou: bool = True
-    synthetic_images: int = 24
-    seed: int = 0
-    device: str = "cpu"
+    synthetic_images: int = field(default=24, metadata={"min": 1})
+    seed: int = field(default=0, metadata={"min": 0})
+    device: str = field(default="cpu", metadata={"choices": DEVICES})
     out: str = "results"
 
     def __post_init__(self) -> None:
         for name in ("models", "recipes", "bits"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = (value,)
-            if not value or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{name} must be a non-empty list of strings, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "checkpoints", dict(self.checkpoints or {}))
-        if self.prompt not in EVAL_PROMPT_KINDS:
-            raise ConfigError(f"prompt must be one of {EVAL_PROMPT_KINDS}, got {self.prompt!r}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, (getattr(self, name),))
+        if self.checkpoints is None:
+            object.__setattr__(self, "checkpoints", {})
+        check_fields(self, ConfigError, "config")
+        for name in ("models", "recipes", "bits"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty list of strings, got an empty list")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "checkpoints", dict(self.checkpoints))
+        object.__setattr__(self, "recipe_bits", {k: tuple(v) for k, v in self.recipe_bits.items()})
+        object.__setattr__(self, "reconstruction", dict(self.reconstruction))
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """The checks that involve several fields or more than a type and a range."""
+        for label in [*self.bits, *(b for labels in self.recipe_bits.values() for b in labels)]:
+            try:
+                parse_bits(label)
+            except PtqsamError as error:
+                raise ConfigError(f"config bits: {error}") from None
+        extra = sorted(set(self.recipe_bits) - set(self.recipes))
+        if extra:
+            raise ConfigError(f"recipe_bits names recipe(s) {extra} that are not in recipes {list(self.recipes)}")
+        try:
+            ReconstructionConfig().with_overrides(self.reconstruction)
+        except PtqsamError as error:
+            raise ConfigError(f"config {error}") from None
+        strangers = sorted(set(self.checkpoints) - set(self.models))
+        if strangers:
+            raise ConfigError(f"checkpoints name model(s) {strangers} that are not in models {list(self.models)}")
+        if not self.out:
+            raise ConfigError("config out must be a folder name, got ''")
         if (self.images is None) != (self.annotations is None):
             raise ConfigError("images and annotations go together: give both or neither")
         if (self.calib_images_dir is None) != (self.calib_annotations is None):
             raise ConfigError("calib_images_dir and calib_annotations go together: give both or neither")
         if self.prompt == "detections" and not self.detections:
             raise ConfigError("prompt 'detections' needs a detections file")
-        for name in ("calib_images", "num_points", "synthetic_images"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.search_rows is not None and (not isinstance(self.search_rows, int) or self.search_rows < 1):
-            raise ConfigError(f"search_rows must be a positive integer or null, got {self.search_rows!r}")
-        if not isinstance(self.eval_images, int) or self.eval_images < 0:
-            raise ConfigError(f"eval_images must be >= 0, got {self.eval_images!r}")
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         return ExperimentConfig.from_dict({**self.to_dict(), **changes})
@@ -111,6 +130,7 @@ class ExperimentConfig:
         data = asdict(self)
         for name in ("models", "recipes", "bits"):
             data[name] = list(data[name])
+        data["recipe_bits"] = {k: list(v) for k, v in data["recipe_bits"].items()}
         return data
 
     @classmethod
@@ -126,8 +146,12 @@ class ExperimentConfig:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        return cls.from_dict(data or {})
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if data is None:
+            raise ConfigError(f"config file {path} is empty: give at least the models, recipes and bits to run")
+        return cls.from_dict(data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 
 from ptqsam.inference import ImageEmbedding
 from ptqsam.io import write_atomic
+
+log = logging.getLogger("ptqsam")
 
 
 class EmbeddingCache:
@@ -33,8 +36,12 @@ class EmbeddingCache:
         path = self._path(key)
         if path is None or not path.is_file():
             return None
-        data = torch.load(path, weights_only=True)
-        return ImageEmbedding(data["features"], tuple(data["input_size"]), tuple(data["original_size"]))
+        try:
+            data = torch.load(path, weights_only=True)
+            return ImageEmbedding(data["features"], tuple(data["input_size"]), tuple(data["original_size"]))
+        except Exception as error:  # torch raises many types for a corrupt file: compute it again
+            log.warning("cached embedding %s cannot be read (%s): computing it again", path, type(error).__name__)
+            return None
 
     def put(self, key: str, embedding: ImageEmbedding) -> None:
         embedding = ImageEmbedding(embedding.features.detach(), embedding.input_size, embedding.original_size)
@@ -58,6 +65,8 @@ class EmbeddingCache:
         return self.directory / (re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".pt")
 
 
-def embedding_key(model_type: str, checkpoint_id: str, image_id: int, image_size: int) -> str:
-    """The cache key of one image's float embedding under one model and checkpoint."""
-    return f"{model_type}-{checkpoint_id}-{image_size}-{image_id}"
+def embedding_key(model_type: str, checkpoint_id: str, image_id: int, image_size: int, data_id: str = "") -> str:
+    """The cache key of one image's float embedding under one model and checkpoint; ``data_id``
+    names the dataset (e.g. its annotations file's hash), so that the same image id of another
+    dataset in the same cache folder is another key."""
+    return f"{model_type}-{checkpoint_id}-{image_size}-{data_id}-{image_id}"

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from ptqsam.errors import PtqsamError
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
     """Write through ``write(file)`` into a temp file beside ``path``, then rename over it."""
@@ -27,9 +29,33 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     return path
 
 
+def write_or_rescue(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "w") -> Path:
+    """:func:`write_atomic`, and when that fails, the same content written to a rescue file (beside
+    ``path``, else in the working folder, else in the temp folder) and a PtqsamError naming it: a
+    computed result is never lost to a failed write."""
+    path = Path(path)
+    try:
+        return write_atomic(path, write, mode)
+    except OSError as error:
+        problem = f"cannot write {path} ({error.strerror or error})"
+        for folder in (path.parent, Path.cwd(), Path(tempfile.gettempdir())):
+            rescue = folder / f"{path.stem}.rescued-{os.getpid()}{path.suffix}"
+            try:
+                write_atomic(rescue, write, mode)
+            except OSError:
+                continue
+            raise PtqsamError(f"{problem}; the result was written to {rescue} instead") from error
+        raise PtqsamError(f"{problem}, nor a rescue copy anywhere") from error
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_atomic(path, lambda f: f.write(text))
 
 
+def json_text(data: Any) -> str:
+    """The JSON text ptqsam writes: indented, keys in their order, one final newline."""
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return write_text_atomic(path, json_text(data))

@@ -78,7 +78,7 @@ class Registry(Generic[PartT]):
 
     def get(self, name: str) -> Entry[PartT]:
         """The entry of ``name``; an unknown name raises naming the choices."""
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             raise QuantizationError(f"unknown {self.what} {name!r}; choose one of {sorted(self._entries)}")
         return self._entries[name]
 

@@ -14,11 +14,13 @@ from typing import Any, Mapping
 import yaml
 
 from quantizers.errors import QuantizationError
-from quantizers.options import Options
+from quantizers.options import Options, check_int
 
 MIN_BITS, MAX_BITS = 2, 16
 
 GRANULARITY_KINDS = ("tensor", "channel", "group")
+#: torch tensors have at most this many dimensions
+MAX_DIMS = 64
 
 
 def check_bits(bits: Any) -> int:
@@ -44,11 +46,13 @@ class Granularity:
     group_size: int = 0
 
     def __post_init__(self) -> None:
+        check_int(self.axis, "granularity axis", -MAX_DIMS, MAX_DIMS - 1)
         if self.kind not in GRANULARITY_KINDS:
             raise QuantizationError(
                 f"granularity kind must be one of {GRANULARITY_KINDS}, got {self.kind!r}"
             )
-        if self.kind == "group" and (not isinstance(self.group_size, int) or self.group_size < 1):
+        if self.kind == "group" and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                                     or self.group_size < 1):
             raise QuantizationError(f"group granularity needs group_size >= 1, got {self.group_size!r}")
         if self.kind != "group" and self.group_size:
             raise QuantizationError(f"group_size is only meaningful for group granularity, not {self.kind!r}")
@@ -121,6 +125,10 @@ class QuantSpec:
                 raise QuantizationError(f"{name} must be a mapping, got {getattr(self, name)!r}")
             object.__setattr__(self, name, dict(getattr(self, name)))
         self.observer_config, self.quantizer_config, self.search_config  # noqa: B018 - validates them
+        supported = _registries().QUANTIZERS.get(self.quantizer).cls.GRANULARITIES
+        if self.granularity.kind not in supported:
+            raise QuantizationError(f"quantizer {self.quantizer!r} implements granularity {list(supported)}, "
+                                    f"not {self.granularity.kind!r}")
 
     def check_search(self) -> None:
         """Raise unless the scale search can search this spec's grid (e.g. the Hessian-guided search

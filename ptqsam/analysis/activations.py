@@ -17,10 +17,10 @@ import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
-from ptqsam.calibration.passes import SampleLoop
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.errors import AnalysisError
 from ptqsam.instrument import attached_quantizers, disabled, forward_hooks, instrument, sites
+from ptqsam.passes import SampleLoop
 
 #: Elements reduced at a time (bounds the float64 temporaries of a hook).
 CHUNK_NUMEL = 1 << 22

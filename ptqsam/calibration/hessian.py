@@ -25,6 +25,7 @@ from ptqsam.errors import CalibrationError
 from ptqsam.instrument.hooks import ForwardHook, forward_hooks
 from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.units import Unit, model_units
+from ptqsam.passes import task_loss
 from quantizers.modules.base import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
 from quantizers.search.hessian import HessianSearchConfig, output_objective, search_linear, search_matmul, subsample_rows
@@ -41,16 +42,6 @@ def search_units(model: nn.Module) -> list[Unit]:
     the Hessian search (an operand whose site carries no quantizer stays float)."""
     wants = {n for n, q in attached_quantizers(model).items() if q.spec.search == "hessian"}
     return [unit for unit in model_units(model) if unit.kind in SEARCHED_KINDS and {unit.a, unit.b} & wants]
-
-
-def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
-    """BCE + Dice of the mask logits against the (detached) binary masks they give."""
-    target = (low_res_logits > 0).float().detach()
-    bce = F.binary_cross_entropy_with_logits(low_res_logits, target)
-    p = low_res_logits.sigmoid().flatten(1)
-    t = target.flatten(1)
-    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
-    return bce + dice.mean()
 
 
 class _Capture:

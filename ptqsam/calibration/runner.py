@@ -8,15 +8,16 @@
 3. Statistics of the other sites (the mask decoder), observed after the fold.
 4. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
 5. ``finalize`` of every observed quantizer.
+6. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
 
-No pass quantizes, so the image encoder's output is float in every pass: it runs once per image
-(:class:`~ptqsam.calibration.passes.SampleLoop` keeps the embeddings), observed on the way, and the
-other passes decode the kept embeddings. Only the Hessian search of encoder units runs it again (it
-needs gradients). A fold that changes the encoder itself would make the kept embeddings stale: then
-the encoder statistics wait for the fold and the embeddings are recomputed after it. What grows with
-the number of images: the images and their prompts (held in memory), the float embeddings, and the
-Hessian search's cached operands, outputs and gradients — of one transformer block at a time (one
-forward + backward pass over the images per block).
+No pass before reconstruction quantizes, so the image encoder's output is float in each of them: it
+runs once per image (:class:`~ptqsam.passes.SampleLoop` keeps the embeddings), observed on the way,
+and the other passes decode the kept embeddings. Only the Hessian search of encoder units runs it
+again (it needs gradients). A fold that changes the encoder itself would make the kept embeddings
+stale: then the encoder statistics wait for the fold and the embeddings are recomputed after it.
+What grows with the number of images: the images and their prompts (held in memory), the float
+embeddings, and the Hessian search's cached operands, outputs and gradients — of one transformer
+block at a time (one forward + backward pass over the images per block).
 """
 
 from __future__ import annotations
@@ -24,28 +25,32 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from segment_anything.modeling import Sam
 
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
 from ptqsam.calibration.hessian import capture, search_unit, search_units
-from ptqsam.calibration.passes import SampleLoop
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
 from ptqsam.instrument.inventory import site_inventory
 from ptqsam.instrument.modes import observing
 from ptqsam.instrument.recipe import Recipe, load_recipe
+from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
 from ptqsam.models.blocks import block_of, model_blocks, part_of
+from ptqsam.passes import SampleLoop
+from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
 
 
 @dataclass
 class CalibrationReport:
-    """What calibration did: images, quantizers, per-pass seconds, BIG and Hessian records, and the
-    selected sites no calibration pass reached (left uncalibrated)."""
+    """What calibration did: images, quantizers, per-pass seconds, BIG, Hessian and reconstruction
+    records, the selected sites no calibration pass reached (left uncalibrated), the fingerprint of
+    the weights it started from (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the
+    reconstruction reproduces PTQ4SAM's drop bug on purpose, where and how it drops."""
 
     image_ids: list[int]
     num_prompts: int
@@ -53,11 +58,17 @@ class CalibrationReport:
     seconds: dict[str, float] = field(default_factory=dict)
     bimodal: dict[str, dict] = field(default_factory=dict)
     hessian: dict[str, dict] = field(default_factory=dict)
+    reconstruction: dict[str, dict] = field(default_factory=dict)
     unreached: list[str] = field(default_factory=list)
+    weights: str = ""
+    reference_drop_bug: dict[str, Any] | None = None
 
     def extra_state(self) -> dict[str, Any]:
         """The transform state to save beside the quantizers (re-applied when loading)."""
-        return {STATE_KEY: self.bimodal} if self.bimodal else {}
+        extra: dict[str, Any] = {STATE_KEY: self.bimodal} if self.bimodal else {}
+        if self.reference_drop_bug is not None:
+            extra[REFERENCE_BUG_KEY] = self.reference_drop_bug
+        return extra
 
 
 def calibrate(
@@ -69,6 +80,7 @@ def calibrate(
     exclude: Iterable[str] = (),
     progress: bool = True,
     search_rows: int | None = None,
+    reconstruction: Mapping[str, Any] | None = None,
 ) -> CalibrationReport:
     """Attach ``recipe`` at WxA bits to ``model`` (instrumenting it) and calibrate on ``samples``.
 
@@ -79,11 +91,15 @@ def calibrate(
       samples: calibration images with their prompts (:func:`calibration_samples`).
       exclude: site-name patterns kept in float, e.g. ``("image_encoder.*",)``.
       search_rows: default ``max_rows`` of the Hessian-guided search (see :func:`.hessian.search_unit`).
+      reconstruction: overrides of the recipe's reconstruction settings (e.g. ``{"iterations": 500}``);
+        ignored for a recipe without reconstruction.
     """
     recipe = load_recipe(recipe)
+    weights = weights_fingerprint(model)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
     passes = SampleLoop(model, samples, encoder_float=True, progress=progress)  # no pass quantizes
-    report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers)
+    report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
+                               weights=weights)
 
     units = search_units(model)
     searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers}
@@ -107,6 +123,13 @@ def calibrate(
             quantizers[name].finalize()
         else:
             report.unreached.append(name)
+    config = recipe.reconstruction_config()
+    if config is not None:
+        config = config.with_overrides(reconstruction or {})
+        report.reconstruction = _timed(report, "reconstruction", lambda: reconstruct(model, samples, config, progress))
+        if config.reference_drop_bug:
+            report.reference_drop_bug = {"probability": config.drop_prob, "seed": config.seed,
+                                         "sites": reference_bug_sites(model, reconstruction_units(model, config))}
     return report
 
 

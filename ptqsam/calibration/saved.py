@@ -2,31 +2,56 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any, Mapping
 
 from segment_anything.modeling import Sam
 
 from ptqsam.calibration.bimodal import STATE_KEY, reapply_folds
 from ptqsam.calibration.runner import CalibrationReport
+from ptqsam.instrument.modes import quantizing
 from ptqsam.instrument.recipe import Recipe
 from ptqsam.instrument.state import StateInfo, load_state, save_state
+from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, apply_reference_drop_bug
+
+log = logging.getLogger("ptqsam")
 
 
 def save_calibrated(
     model: Sam, path: str | Path, report: CalibrationReport, recipe: Recipe | str, model_type: str,
-    w_bits: int, a_bits: int,
-) -> None:
-    """Quantizer state, recipe, model type, bits and the transform state (BIG signs) in one file."""
+    w_bits: int, a_bits: int, settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Quantizer state, recipe, model type, bits and the transform state (BIG signs, a reproduced
+    reference drop bug) in one file, with the fingerprint of the weights calibration started from and
+    of ``settings`` (what else made the state: calibration data, prompts, ...); returns the state's
+    fingerprint."""
     extra = {**report.extra_state(), "calibration_image_ids": report.image_ids}
-    save_state(model, path, recipe, model_type, w_bits, a_bits, extra)
+    return save_state(model, path, recipe, model_type, w_bits, a_bits, extra, report.weights or None,
+                      {"calibration_image_ids": report.image_ids, **(settings or {})})
 
 
 def load_calibrated(
-    model: Sam, path: str | Path, recipe: Recipe | str | None = None, model_type: str | None = None
+    model: Sam, path: str | Path, recipe: Recipe | str | None = None, model_type: str | None = None,
+    allow_other_weights: bool = False,
 ) -> StateInfo:
     """Load a state saved by :func:`save_calibrated` into ``model`` (built with the same weights):
-    attaches the quantizers and re-applies the sign folds. Mismatching recipe or model type is
-    refused (:class:`~ptqsam.errors.RecipeError`)."""
-    info = load_state(model, path, recipe, model_type)
+    attaches the quantizers, re-applies the sign folds and, for a state that reproduces PTQ4SAM's
+    drop bug on purpose, the dropping. Mismatching recipe or model type is refused
+    (:class:`~ptqsam.errors.RecipeError`), other weights too (:class:`~ptqsam.errors.CheckpointError`)
+    unless ``allow_other_weights``."""
+    info = load_state(model, path, recipe, model_type, allow_other_weights)
     reapply_folds(model, info.extra.get(STATE_KEY, {}))
+    bug = info.extra.get(REFERENCE_BUG_KEY)
+    if bug:
+        log.warning("%s reproduces PTQ4SAM's QDrop evaluation bug: %d layer inputs keep %.0f%% of their elements "
+                    "in float", path, len(bug["sites"]), 100 * bug["probability"])
+        apply_reference_drop_bug(model, bug["sites"], bug["probability"], bug["seed"])
     return info
+
+
+def calibrated_quantizing(model: Sam, extra: Mapping[str, Any]):
+    """``quantizing(model)`` for a calibrated model whose state ``extra`` (see
+    :meth:`CalibrationReport.extra_state`) may reproduce the reference drop bug on purpose: only then
+    are dropping quantizers allowed."""
+    return quantizing(model, allow_drop=REFERENCE_BUG_KEY in extra)

@@ -6,6 +6,11 @@ The annotations file is validated once, when the dataset is opened: a file that 
 file (a missing image file, a zero-area or empty mask, a box outside the image, an image with no
 usable instance) never stops a run: the item is left out and recorded in :class:`SkipCounter`.
 
+Images stay where they belong: a ``file_name`` that is absolute or climbs out of the images folder
+(``..``) is left out and counted (``path_outside_images``). Every image Pillow decodes becomes the
+same picture in 8-bit RGB, or is left out and counted (``unsupported_image``; see
+:mod:`ptqsam.data.pixels`).
+
 Coordinates are those of the original image: boxes are COCO ``[x, y, w, h]`` (``box_xywh``) or
 ``[x0, y0, x1, y1]`` (``box_xyxy``) in pixel edges, so a one-pixel mask at column 3 spans x 3..4.
 """
@@ -14,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
 import numpy as np
@@ -23,13 +29,18 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from ptqsam.data.pixels import UnsupportedImage, rgb8
 from ptqsam.data.validation import BOX_EXPECTED, EntryChecker, is_box, is_int, is_number, read_json
 from ptqsam.errors import DataError
+
+log = logging.getLogger("ptqsam")
 
 #: Why an item was left out (or, for ``clipped_box``, repaired and kept), with a short explanation.
 SKIP_REASONS: dict[str, str] = {
     "missing_image": "image file not found",
+    "path_outside_images": "file_name is absolute or leaves the images folder ('..')",
     "unreadable_image": "image file could not be decoded",
+    "unsupported_image": "image mode or values with no faithful 8-bit RGB form (e.g. float outside [0, 1])",
     "image_size_mismatch": "image file size differs from the JSON's height/width",
     "image_without_instances": "image has no usable instance",
     "orphan_annotation": "annotation names an image id that is not in 'images'",
@@ -190,6 +201,12 @@ def _validate(data: Any, path: Path) -> dict:
     return data
 
 
+def _leaves_folder(file_name: str) -> bool:
+    """Whether an annotations ``file_name`` is absolute or climbs out of the images folder."""
+    path = PurePath(file_name)
+    return path.is_absolute() or ".." in path.parts
+
+
 def coco_index(data: dict) -> COCO:
     """A pycocotools COCO index over the COCO-format dict ``data``, without its prints."""
     coco = COCO()
@@ -233,10 +250,15 @@ class CocoDataset:
                 self.skips.add("orphan_annotation", ann["id"])
         self.image_ids: list[int] = []
         for image_id in sorted(self._images):
-            if self._images[image_id].path.is_file():
+            if _leaves_folder(self._images[image_id].file_name):
+                self.skips.add("path_outside_images", image_id)
+            elif self._images[image_id].path.is_file():
                 self.image_ids.append(image_id)
             else:
                 self.skips.add("missing_image", image_id)
+        if self.skips.count("path_outside_images"):
+            log.warning("%d image entries of %s name a file outside %s (absolute or '..' paths): skipped",
+                        self.skips.count("path_outside_images"), self.annotations_path, self.images_dir)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -259,12 +281,16 @@ class CocoDataset:
         return image
 
     def _read_image(self, info: ImageInfo) -> tuple[np.ndarray | None, str | None]:
+        if _leaves_folder(info.file_name):
+            return None, "path_outside_images"
         if not info.path.is_file():
             return None, "missing_image"
         try:
             with Image.open(info.path) as img:
-                image = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError):
+                image = rgb8(img)
+        except UnsupportedImage:
+            return None, "unsupported_image"
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None, "unreadable_image"
         if image.shape[:2] != (info.height, info.width):
             return None, "image_size_mismatch"

@@ -37,7 +37,9 @@ def calibration_samples(
 ) -> list[CalibrationSample]:
     """Load the calibration images chosen by ``seed`` with one ground-truth prompt per instance.
 
-    Images without a usable instance are skipped (and counted by the dataset).
+    Images without a usable instance are skipped (and counted by the dataset). Fewer usable images
+    than ``count`` is not an error: a warning says how many are used (the saved state and the sweep
+    cell list them).
     """
     ids = choose_image_ids(dataset, count, seed)
     kind = "box" if prompt == "detections" else prompt
@@ -47,5 +49,9 @@ def calibration_samples(
     ]
     if not samples:
         raise DataError(f"none of the calibration images {ids} has a usable instance")
+    if len(samples) < count:
+        log.warning("%d calibration images asked for, %d used: the dataset has %d readable image(s), and %d of "
+                    "those drawn have no usable instance", count, len(samples), len(dataset.image_ids),
+                    len(ids) - len(samples))
     log.info("calibration images (seed %d): %s", seed, [s.image_id for s in samples])
     return samples

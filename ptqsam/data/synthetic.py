@@ -36,6 +36,10 @@ BUCKET_AREAS: dict[str, tuple[float, float]] = {
     "large": (11000.0, 26000.0),
 }
 
+#: Bump whenever a change to this module changes the pixels or annotations it generates: cached
+#: generated datasets (:mod:`ptqsam.data.generated`) are keyed by it.
+GENERATOR_VERSION = 1
+
 JPEG_QUALITY = 90
 PNG_COMPRESS_LEVEL = 1  # fast; PNG stays lossless
 

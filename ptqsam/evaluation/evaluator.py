@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ptqsam.data.coco import CocoDataset, Sample
 from ptqsam.data.prompts import Detections, PromptSet, gt_prompts
 from ptqsam.embedding_cache import EmbeddingCache
+from ptqsam.errors import DataError
 from ptqsam.evaluation.metrics import MiouAccumulator, mask_ap, mask_iou, mask_result, prompt_score
 from ptqsam.inference import ImageEmbedding, SamRunner
 
@@ -110,6 +111,10 @@ def evaluate(
       detections: detector boxes for mask AP (optional).
       reference: a run on the same images and prompts (e.g. float) to measure agreement with.
       cache, cache_key: reuse float embeddings (only valid while the image encoder is float).
+
+    Raises:
+      DataError: no image gave a single prompt (no usable instance or detection): an empty
+        evaluation is not a result. The message gives the skip counts.
     """
     runner = SamRunner(model)
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
@@ -135,8 +140,12 @@ def evaluate(
                     score = prompt_score(float(prompts.scores[row]), float(pred_iou[row]),
                                          "detector_x_iou" if options.score_with_iou else "detector")
                     results.append(mask_result(sample.image_id, int(prompts.category_ids[row]), pred[row], score))
+    if not num_prompts:
+        skipped = {reason: count for reason, count in dataset.skips.as_dict().items() if count}
+        raise DataError(f"nothing to evaluate: {num_images} of {len(image_ids)} image(s) read, none with a usable "
+                        f"instance or detection (skipped: {skipped or 'nothing'})")
     metrics: dict[str, Any] = {}
-    if options.prompt != "detections" and num_prompts:
+    if options.prompt != "detections":
         metrics.update(miou.summary().as_dict())
     if detections is not None:
         ap = mask_ap(dataset, results, [i for i in image_ids if i in set(dataset.image_ids)])

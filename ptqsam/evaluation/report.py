@@ -17,7 +17,11 @@ METRIC_KEYS = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
 )
 #: Settings of a run copied beside its numbers when present.
-RUN_FIELDS = ("checkpoint", "num_images", "num_prompts")
+RUN_FIELDS = ("checkpoint", "num_images", "num_prompts", "reference_drop_bug")
+#: marks the recipe of a row calibrated with PTQ4SAM's QDrop bug reproduced on purpose
+BUG_MARK = " †"
+BUG_NOTE = ("† reproduces PTQ4SAM's reference-code QDrop bug on purpose: half of each layer input stays float at "
+            "evaluation; not a quantized result.")
 
 
 def degradation_rows(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -74,8 +78,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A readable markdown table; deltas are signed."""
     cols = _columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_cell(c, row.get(c, "")) for c in cols) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(c, _marked(row, c)) for c in cols) + " |" for row in rows]
+    if any(row.get("reference_drop_bug") for row in rows):
+        lines += ["", BUG_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _marked(row: Mapping[str, Any], column: str) -> Any:
+    value = row.get(column, "")
+    return f"{value}{BUG_MARK}" if column == "recipe" and row.get("reference_drop_bug") else value
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -17,6 +19,8 @@ from quantizers import Quantizer, build_quantizer
 #: original module class -> instrumented subclass (swapped in place by :func:`instrument`).
 SITED_CLASSES: dict[type, type] = {**SITED_LAYERS, **SITED_BLOCKS}
 ORIGINAL_CLASSES: dict[type, type] = {sited: original for original, sited in SITED_CLASSES.items()}
+
+log = logging.getLogger("ptqsam")
 
 
 def instrument(model: nn.Module) -> nn.Module:
@@ -43,6 +47,32 @@ def sites(model: nn.Module) -> dict[str, Site]:
         for path, module in model.named_modules()
         if isinstance(module, Site)
     }
+
+
+def site_names(model: nn.Module) -> list[str]:
+    """The names :func:`instrument` gives (or gave) the sites of ``model``, without instrumenting it
+    (works on a model built on the "meta" device)."""
+    names = []
+    for path, module in model.named_modules():
+        sited = SITED_CLASSES.get(type(module), type(module) if type(module) in ORIGINAL_CLASSES else None)
+        if sited is not None:
+            names += [f"{path}.{role}" if path else role for role in sited.SITE_ROLES]
+    return names
+
+
+def check_recipe_sites(model: nn.Module, recipe: Recipe | str | Path) -> Recipe:
+    """RecipeError for a rule of ``recipe`` that selects no site of ``model``; a warning (once per
+    process) for each ``keep_float`` or transform pattern matching nothing (see
+    :meth:`Recipe.check_sites`). Returns the recipe."""
+    recipe = load_recipe(recipe)
+    for pattern in recipe.check_sites(site_names(model), (name for name, _ in model.named_modules())):
+        _warn_once(f"recipe {recipe.name!r}: {pattern} matches nothing in this model (meant for another model?)")
+    return recipe
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def attached_quantizers(model: nn.Module) -> dict[str, Quantizer]:
@@ -86,7 +116,8 @@ def attach(
 ) -> dict[str, Quantizer]:
     """Instrument ``model`` and attach a quantizer (mode OFF) to each site ``recipe`` selects.
 
-    Quantizers attached earlier are removed first.
+    Quantizers attached earlier are removed first. A rule of ``recipe`` that selects no site of
+    the model raises RecipeError (:func:`check_recipe_sites`).
 
     Arguments:
       model: a SAM-family model (instrumented here if it is not yet).
@@ -98,7 +129,7 @@ def attach(
     Returns:
       ``name -> quantizer`` of the attached sites.
     """
-    recipe = load_recipe(recipe)
+    recipe = check_recipe_sites(model, recipe)
     exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     instrument(model)
     detach(model)

@@ -23,6 +23,10 @@ class LayerSites:
     input_site: Site
     weight_site: Site
 
+    def site_weight(self) -> torch.Tensor:
+        """The weight as its site sees it (output channels on axis 0)."""
+        return self.weight
+
 
 class SitedLinear(LayerSites, nn.Linear):
     """``nn.Linear`` whose input and weight pass through ``input_site`` and ``weight_site``."""
@@ -30,7 +34,7 @@ class SitedLinear(LayerSites, nn.Linear):
     PRODUCTS = (Product("linear", "input", "weight"),)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_site(input), self.weight_site(self.weight), self.bias)
+        return F.linear(self.input_site(input), self.weight_site(self.site_weight()), self.bias)
 
 
 class SitedConv2d(LayerSites, nn.Conv2d):
@@ -39,7 +43,7 @@ class SitedConv2d(LayerSites, nn.Conv2d):
     PRODUCTS = (Product("conv2d", "input", "weight"),)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_site(input), self.weight_site(self.weight), self.bias)
+        return self._conv_forward(self.input_site(input), self.weight_site(self.site_weight()), self.bias)
 
 
 class SitedConvTranspose2d(LayerSites, nn.ConvTranspose2d):
@@ -52,6 +56,9 @@ class SitedConvTranspose2d(LayerSites, nn.ConvTranspose2d):
 
     PRODUCTS = (Product("conv_transpose2d", "input", "weight"),)
 
+    def site_weight(self) -> torch.Tensor:
+        return self.weight.transpose(0, 1)
+
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         # Same steps as torch's ConvTranspose2d.forward, with the two sites.
         if self.padding_mode != "zeros":
@@ -60,7 +67,7 @@ class SitedConvTranspose2d(LayerSites, nn.ConvTranspose2d):
         output_padding = self._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, num_spatial_dims, self.dilation
         )
-        weight = self.weight_site(self.weight.transpose(0, 1)).transpose(0, 1)
+        weight = self.weight_site(self.site_weight()).transpose(0, 1)
         return F.conv_transpose2d(
             self.input_site(input), weight, self.bias, self.stride, self.padding, output_padding,
             self.groups, self.dilation,

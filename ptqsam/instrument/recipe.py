@@ -4,6 +4,15 @@ A recipe holds ordered rules (fnmatch include/exclude patterns on site names plu
 :class:`~quantizers.QuantSpec` dict whose ``bits`` may be the placeholder ``"W"`` or ``"A"``),
 ``keep_float`` patterns checked before any rule, and transforms applied to modules before
 calibration (e.g. PTQ4SAM's bimodal fold). The first matching rule wins; unmatched sites stay float.
+
+Patterns that match nothing (:meth:`Recipe.check_sites`, run when a recipe is attached, before any
+calibration work): a rule none of whose include patterns selects a site of the model is an error
+naming the rule, as it would silently leave its sites in float. One pattern of a rule may be meant
+for another model (``ptq4vit`` names both SAM's ``lin2`` and TinyViT's ``fc2``): a rule is valid
+when one of its patterns matches, and sites the user excludes (``--float-encoder``) do not count
+against it. ``keep_float`` and transform patterns that match nothing are only warned
+about (once per process): a recipe may list patterns for each of the models it serves, and keeping
+fewer sites in float or folding fewer attentions than listed leaves no selected site unquantized.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ptqsam.bits import check_bit_width, parse_bits
-from ptqsam.config import reject_unknown_keys
 from ptqsam.errors import RecipeError
+from ptqsam.typed import check_fields, reject_unknown_keys
+from ptqsam.reconstruction.config import ReconstructionConfig
 from quantizers import QuantizationError, QuantSpec
 from quantizers.transforms.bimodal import BimodalConfig
 
@@ -72,6 +82,7 @@ class Rule:
         if not isinstance(self.spec, Mapping):
             raise RecipeError(f"rule spec must be a mapping, got {self.spec!r}")
         object.__setattr__(self, "spec", dict(self.spec))
+        check_fields(self, RecipeError, "rule")
         self.resolve(8, 8)  # validates the spec and that its search can serve it
 
     def matches(self, name: str) -> bool:
@@ -112,11 +123,12 @@ class Transform:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in TRANSFORM_CONFIGS:
+        if not isinstance(self.kind, str) or self.kind not in TRANSFORM_CONFIGS:
             raise RecipeError(f"unknown transform kind {self.kind!r}; choose one of {sorted(TRANSFORM_CONFIGS)}")
         object.__setattr__(self, "sites", _patterns(self.sites, f"{self.kind} sites"))
         reject_unknown_keys(self.options, TRANSFORM_CONFIGS[self.kind], f"{self.kind} option", RecipeError)
         object.__setattr__(self, "options", dict(self.options))
+        check_fields(self, RecipeError, "transform")
         self.config()  # validates the option values
 
     def config(self) -> Any:
@@ -149,6 +161,11 @@ class Recipe:
       transforms: :class:`Transform` s the calibration runner applies before observing.
       imports: Python modules imported before the rules are read, so that quantizer kinds,
         observers or searches they register can be named in the specs (a researcher's own parts).
+      reconstruction: fields of a :class:`~ptqsam.reconstruction.ReconstructionConfig`: block
+        reconstruction after calibration (AdaRound, BRECQ, QDrop, PTQ4SAM-L); None: none.
+
+    In YAML, ``extends: <recipe name or path>`` starts from another recipe: the keys given replace
+    its keys, except ``reconstruction``, whose fields are merged into the base recipe's.
     """
 
     name: str
@@ -157,12 +174,11 @@ class Recipe:
     keep_float: tuple[str, ...] = ()
     transforms: tuple[Transform, ...] = ()
     imports: tuple[str, ...] = ()
+    reconstruction: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise RecipeError(f"a recipe needs a non-empty name, got {self.name!r}")
-        if not isinstance(self.description, str):
-            raise RecipeError(f"recipe description must be a string, got {self.description!r}")
         object.__setattr__(self, "imports", _patterns(self.imports, "imports"))
         for module in self.imports:
             try:
@@ -172,6 +188,13 @@ class Recipe:
         object.__setattr__(self, "rules", tuple(_coerce(r, Rule) for r in self.rules))
         object.__setattr__(self, "keep_float", _patterns(self.keep_float, "keep_float"))
         object.__setattr__(self, "transforms", tuple(_coerce(t, Transform) for t in self.transforms))
+        check_fields(self, RecipeError, "recipe")
+        if self.reconstruction is not None:
+            object.__setattr__(self, "reconstruction", self.reconstruction_config().to_dict())
+
+    def reconstruction_config(self) -> ReconstructionConfig | None:
+        """The validated reconstruction settings, or None when the recipe reconstructs nothing."""
+        return None if self.reconstruction is None else ReconstructionConfig.from_dict(self.reconstruction)
 
     def spec_for(self, name: str, w_bits: int, a_bits: int) -> QuantSpec | None:
         """The spec of site ``name``, or ``None`` when it stays float."""
@@ -187,6 +210,21 @@ class Recipe:
         specs = {name: self.spec_for(name, w_bits, a_bits) for name in site_names}
         return {name: spec for name, spec in specs.items() if spec is not None}
 
+    def check_sites(self, site_names: Iterable[str], module_names: Iterable[str]) -> list[str]:
+        """Raise RecipeError naming each rule that selects none of ``site_names`` (all the sites of
+        a model, before any exclusion); return one line per ``keep_float`` or transform pattern that
+        matches no site or module (see the module docstring)."""
+        names, modules = list(site_names), list(module_names)
+        dead = [f"rules[{i}] (include {list(rule.include)}" + (f", exclude {list(rule.exclude)})" if rule.exclude else ")")
+                for i, rule in enumerate(self.rules) if not any(rule.matches(name) for name in names)]
+        if dead:
+            raise RecipeError(f"recipe {self.name!r}: {'; '.join(dead)} select(s) no site of the model "
+                              "(check the patterns against `ptqsam inspect`)")
+        unmatched = [f"keep_float pattern {p!r}" for p in self.keep_float if not any(fnmatchcase(n, p) for n in names)]
+        unmatched += [f"{t.kind} pattern {p!r}" for t in self.transforms for p in t.sites
+                      if not any(fnmatchcase(m, p) for m in modules)]
+        return unmatched
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, the inverse of :meth:`from_dict`."""
         return {
@@ -196,6 +234,7 @@ class Recipe:
             "transforms": [t.to_dict() for t in self.transforms],
             "rules": [r.to_dict() for r in self.rules],
             **({"imports": list(self.imports)} if self.imports else {}),
+            **({"reconstruction": dict(self.reconstruction)} if self.reconstruction is not None else {}),
         }
 
     @classmethod
@@ -210,12 +249,13 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "Recipe":
+    def from_yaml(cls, text: str, folder: Path | None = None) -> "Recipe":
+        """Build from YAML text; an ``extends`` path is read relative to ``folder``."""
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise RecipeError(f"recipe is not valid YAML: {error}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_extended(data, folder, ()))
 
 
 def _coerce(value: Any, cls: type) -> Any:
@@ -232,13 +272,42 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
     """A shipped recipe by name, or a recipe YAML file by path (a :class:`Recipe` passes through)."""
     if isinstance(name_or_path, Recipe):
         return name_or_path
+    text, folder = _recipe_text(name_or_path, None)
+    return Recipe.from_yaml(text, folder)
+
+
+def _recipe_text(name_or_path: str | Path, folder: Path | None) -> tuple[str, Path | None]:
+    """The YAML text of a shipped recipe or a file (relative to ``folder``), and its folder."""
     if str(name_or_path) in shipped_recipes():
-        text = resources.files("ptqsam").joinpath("recipes", f"{name_or_path}.yaml").read_text()
-        return Recipe.from_yaml(text)
+        return resources.files("ptqsam").joinpath("recipes", f"{name_or_path}.yaml").read_text(), None
     path = Path(name_or_path)
+    if folder is not None and not path.is_absolute():
+        path = folder / path
     if not path.is_file():
         raise RecipeError(f"unknown recipe {str(name_or_path)!r}: not a file and not one of {shipped_recipes()}")
-    return Recipe.from_yaml(path.read_text())
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecipeError(f"cannot read recipe file {path}: {error}") from None
+    return text, path.parent
+
+
+def _extended(data: Any, folder: Path | None, chain: tuple[str, ...]) -> Any:
+    """``data`` with its ``extends`` resolved: the base recipe's keys, replaced by ``data``'s
+    (``reconstruction`` fields merged)."""
+    if not isinstance(data, Mapping) or "extends" not in data:
+        return data
+    base_name = data["extends"]
+    if not isinstance(base_name, str) or not base_name:
+        raise RecipeError(f"recipe extends must name a recipe, got {base_name!r}")
+    if base_name in chain:
+        raise RecipeError(f"recipe extends forms a loop: {' -> '.join(chain + (base_name,))}")
+    text, base_folder = _recipe_text(base_name, folder)
+    base = _extended(yaml.safe_load(text), base_folder, chain + (base_name,))
+    merged = {**base, **{key: value for key, value in data.items() if key != "extends"}}
+    if isinstance(base.get("reconstruction"), Mapping) and isinstance(data.get("reconstruction"), Mapping):
+        merged["reconstruction"] = {**base["reconstruction"], **data["reconstruction"]}
+    return merged
 
 
 __all__ = ["Recipe", "Rule", "Transform", "load_recipe", "matches_any", "parse_bits", "shipped_recipes"]

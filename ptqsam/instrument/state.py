@@ -1,7 +1,14 @@
-"""Save and load calibrated quantization state (one file of plain data, written atomically)."""
+"""Save and load calibrated quantization state (one file of plain data, written atomically).
+
+A state records the fingerprint of the weights it was calibrated on (the SHA-256 of the model's own
+tensors before any transform of the recipe, e.g. the bimodal sign fold, is applied) and the
+fingerprint of every setting that made it; loading it into a model with other weights is refused
+unless the caller explicitly allows it.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -10,13 +17,20 @@ import torch
 from torch import nn
 
 from ptqsam.errors import CheckpointError, RecipeError
+from ptqsam.fingerprint import fingerprint, tensors_sha256
 from ptqsam.instrument.instrument import attach_quantizer, attached_quantizers, detach, instrument, model_device, sites
 from ptqsam.instrument.recipe import Recipe, load_recipe
-from ptqsam.io import write_atomic
-from quantizers import Mode, Quantizer, QuantSpec, build_quantizer
+from ptqsam.instrument.sites import SITE_SUFFIX
+from ptqsam.io import write_or_rescue
+from quantizers import Mode, QuantizationError, Quantizer, QuantSpec, build_quantizer
 
 STATE_FORMAT = "ptqsam-calibrated-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: what each top-level entry of a state file must be
+_LAYOUT: dict[str, type] = {"model_type": str, "recipe": dict, "w_bits": int, "a_bits": int, "sites": dict,
+                            "extra": dict, "weights": str, "fingerprint": dict}
+
+log = logging.getLogger("ptqsam")
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,8 @@ class StateInfo:
       w_bits, a_bits: the bit-widths.
       extra: the caller's plain data saved with it (e.g. transform state such as BIG signs).
       quantizers: ``name -> quantizer`` now attached to the model.
+      fingerprint: ``{"hash", "settings"}`` of what made the state (see :mod:`ptqsam.fingerprint`).
+      weights_override: the state was calibrated on other weights and loaded anyway.
     """
 
     model_type: str
@@ -37,6 +53,14 @@ class StateInfo:
     a_bits: int
     extra: dict[str, Any]
     quantizers: dict[str, Quantizer]
+    fingerprint: dict[str, Any]
+    weights_override: bool = False
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """The hash of the model's own tensors (its state dict without the quantizers' state)."""
+    marker = SITE_SUFFIX + "."
+    return tensors_sha256((key, value) for key, value in model.state_dict().items() if marker not in key)
 
 
 def save_state(
@@ -47,12 +71,17 @@ def save_state(
     w_bits: int,
     a_bits: int,
     extra: Mapping[str, Any] | None = None,
-) -> None:
-    """Write the attached quantizers' specs, modes and state to ``path`` (torch.save of plain data).
+    weights: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the attached quantizers' specs, modes and state to ``path`` (torch.save of plain data);
+    returns the state's fingerprint.
 
     The attached specs must be those ``recipe`` gives at ``w_bits``/``a_bits`` (RecipeError
     otherwise). ``extra`` holds the caller's plain data (tensors, numbers, strings, lists, dicts),
-    e.g. the per-channel signs of a bimodal fold.
+    e.g. the per-channel signs of a bimodal fold. ``weights`` is the :func:`weights_fingerprint` of
+    the model before calibration transformed it (default: the model as it is now); ``settings`` are
+    further named settings recorded in the fingerprint (calibration data, ...).
     """
     recipe = load_recipe(recipe)
     quantizers = attached_quantizers(model)
@@ -65,6 +94,9 @@ def save_state(
             f"{len(wrong)} attached quantizer(s), e.g. at {wrong[:3]}, are not what recipe "
             f"{recipe.name!r} at W{w_bits}A{a_bits} specifies"
         )
+    weights = weights or weights_fingerprint(model)
+    stamp = fingerprint({"model": model_type, "weights": weights, "recipe": recipe.to_dict(),
+                         "bits": [w_bits, a_bits], **(settings or {})})
     data = {
         "format": STATE_FORMAT,
         "version": STATE_VERSION,
@@ -72,17 +104,21 @@ def save_state(
         "recipe": recipe.to_dict(),
         "w_bits": w_bits,
         "a_bits": a_bits,
+        "weights": weights,
+        "fingerprint": stamp,
         "sites": {
             name: {
                 "spec": q.spec.to_dict(),
                 "mode": q.mode.value,
+                "parts": q.parts(),
                 "state": {k: v.detach().cpu() for k, v in q.state_dict().items()},
             }
             for name, q in quantizers.items()
         },
         "extra": dict(extra or {}),
     }
-    write_atomic(path, lambda handle: torch.save(data, handle), mode="wb")
+    write_or_rescue(path, lambda handle: torch.save(data, handle), mode="wb")
+    return stamp
 
 
 def load_state(
@@ -90,12 +126,15 @@ def load_state(
     path: str | Path,
     recipe: Recipe | str | Path | None = None,
     model_type: str | None = None,
+    allow_other_weights: bool = False,
 ) -> StateInfo:
     """Instrument ``model``, attach the saved quantizers and load their state and modes.
 
-    ``model`` should be freshly built with the same weights (and transforms re-applied from
-    ``extra``). A given ``recipe`` or ``model_type`` that differs from the saved one is refused
-    with RecipeError naming both.
+    ``model`` must be freshly built with the weights the state was calibrated on (transforms are
+    re-applied from ``extra`` afterwards): other weights are refused with CheckpointError unless
+    ``allow_other_weights`` (then a warning is logged and ``weights_override`` is set). A given
+    ``recipe`` or ``model_type`` that differs from the saved one is refused with RecipeError naming
+    both. An incomplete or corrupt file raises CheckpointError.
     """
     data = _read(Path(path))
     saved_recipe = Recipe.from_dict(data["recipe"])
@@ -115,17 +154,35 @@ def load_state(
     missing = [name for name in data["sites"] if name not in model_sites]
     if missing:
         raise RecipeError(f"{path} has quantizers for sites the model lacks: {missing[:5]}")
+    override = _check_weights(model, data["weights"], path, allow_other_weights)
     device = model_device(model)
     quantizers = {}
     for name, entry in data["sites"].items():
         quantizer = build_quantizer(QuantSpec.from_dict(entry["spec"]))
         try:
+            quantizer.use_parts(entry.get("parts", {}))
             quantizer.load_state_dict(entry["state"])
-        except RuntimeError as error:
+        except (RuntimeError, QuantizationError) as error:
             raise CheckpointError(f"{path}: state of site {name!r} does not load: {error}") from None
         quantizer.mode = Mode(entry["mode"])
         quantizers[name] = attach_quantizer(model_sites[name], quantizer.to(device))
-    return StateInfo(data["model_type"], saved_recipe, data["w_bits"], data["a_bits"], data["extra"], quantizers)
+    return StateInfo(data["model_type"], saved_recipe, data["w_bits"], data["a_bits"], data["extra"], quantizers,
+                     data["fingerprint"], override)
+
+
+def _check_weights(model: nn.Module, saved: str, path: Path | str, allow: bool) -> bool:
+    """Whether the state is applied to other weights than it was calibrated on (refused unless
+    ``allow``)."""
+    current = weights_fingerprint(model)
+    if current == saved:
+        return False
+    message = (f"{path} was calibrated on other weights (weights fingerprint {saved}) than the model's "
+               f"({current})")
+    if not allow:
+        raise CheckpointError(f"{message}: give the checkpoint it was calibrated on, or allow other weights "
+                              "explicitly (--allow-other-weights)")
+    log.warning("%s; applied anyway, as asked", message)
+    return True
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -139,6 +196,24 @@ def _read(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a ptqsam calibrated-state file")
     if data.get("version") != STATE_VERSION:
         raise CheckpointError(
-            f"{path} has state format version {data.get('version')!r}; this ptqsam reads {STATE_VERSION}"
+            f"{path} has state format version {data.get('version')!r}; this ptqsam reads {STATE_VERSION} "
+            "(calibrate again)"
         )
+    _check_layout(data, path)
     return data
+
+
+def _check_layout(data: dict[str, Any], path: Path) -> None:
+    """CheckpointError naming the first entry of a state file that is missing or of the wrong type."""
+    for key, kind in _LAYOUT.items():
+        if not isinstance(data.get(key), kind) or (kind is int and isinstance(data[key], bool)):
+            raise CheckpointError(f"{path} is incomplete or corrupt: {key!r} is missing or not a {kind.__name__}")
+    modes = {mode.value for mode in Mode}
+    for name, entry in data["sites"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("spec"), dict) and entry.get("mode") in modes
+                and isinstance(entry.get("state"), dict)
+                and all(isinstance(v, torch.Tensor) for v in entry["state"].values())):
+            raise CheckpointError(f"{path} is incomplete or corrupt: the entry of site {name!r} is not a "
+                                  "{spec, mode, state} record")
+        if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in entry["state"].values()):
+            raise CheckpointError(f"{path} is corrupt: site {name!r} holds NaN or Inf parameters")

@@ -36,12 +36,15 @@ class Block:
       part: the part of the model it belongs to (one of :data:`PARTS`).
       kind: what the block is (see :data:`BlockKind`).
       global_attention: ViT blocks: attention over the whole image (not windowed).
+      channel_axis: the channel axis of the block's output tensor(s): -1 for tokens and ViT's
+        (B, H, W, C), 1 for (B, C, H, W) feature maps.
     """
 
     name: str
     part: str
     kind: BlockKind
     global_attention: bool = False
+    channel_axis: int = -1
 
     def contains(self, name: str) -> bool:
         """Whether the module or site ``name`` lies inside this block."""
@@ -68,19 +71,21 @@ def block_of(blocks: list[Block], name: str) -> Block | None:
 
 def _encoder_blocks(encoder) -> list[Block]:
     prefix = "image_encoder"
-    blocks = [Block(f"{prefix}.patch_embed", prefix, "patch_embed")]
     if isinstance(encoder, ImageEncoderViT):
+        blocks = [Block(f"{prefix}.patch_embed", prefix, "patch_embed")]  # SAM's PatchEmbed returns (B, H, W, C)
         blocks += [Block(f"{prefix}.blocks.{i}", prefix, "vit_block", global_attention=block.window_size == 0)
                    for i, block in enumerate(encoder.blocks)]
     elif isinstance(encoder, TinyViT):
+        blocks = [Block(f"{prefix}.patch_embed", prefix, "patch_embed", channel_axis=1)]
         for i, stage in enumerate(encoder.layers):
-            kind = "mbconv" if i == 0 else "tinyvit_block"
-            blocks += [Block(f"{prefix}.layers.{i}.blocks.{j}", prefix, kind) for j in range(len(stage.blocks))]
+            kind, axis = ("mbconv", 1) if i == 0 else ("tinyvit_block", -1)
+            blocks += [Block(f"{prefix}.layers.{i}.blocks.{j}", prefix, kind, channel_axis=axis)
+                       for j in range(len(stage.blocks))]
             if stage.downsample is not None:
                 blocks.append(Block(f"{prefix}.layers.{i}.downsample", prefix, "patch_merging"))
     else:
         raise PtqsamError(f"no block list is known for image encoder {type(encoder).__name__}")
-    return blocks + [Block(f"{prefix}.neck", prefix, "neck")]
+    return blocks + [Block(f"{prefix}.neck", prefix, "neck", channel_axis=1)]
 
 
 def _decoder_blocks(model: Sam) -> list[Block]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from ptqsam.errors import CheckpointError
+from ptqsam.fingerprint import file_sha256
 
 #: Entries under which training scripts commonly nest the state dict.
 WRAPPER_KEYS = ("model", "state_dict")
@@ -79,11 +79,7 @@ def checkpoint_sha256(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_sha256(path, 12)
 
 
 def _unwrap(content: Any) -> dict[str, torch.Tensor] | None:

@@ -83,6 +83,15 @@ def build_model(model_type: str, checkpoint: str | Path | None = None, seed: int
     return model.eval()
 
 
+def model_skeleton(model_type: str) -> Sam:
+    """The modules of ``model_type`` without weights (on the "meta" device: built in milliseconds,
+    no memory), for listing its sites and checking recipes before any work."""
+    if model_type not in BUILDERS:
+        raise PtqsamError(f"unknown model type {model_type!r}; known types: {', '.join(MODEL_TYPES)}")
+    with torch.device("meta"):
+        return BUILDERS[model_type]()
+
+
 def image_size(model: Sam) -> int:
     """Side of the square input the model's image encoder takes."""
     return model.image_encoder.img_size

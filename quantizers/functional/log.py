@@ -387,11 +387,12 @@ def _output_error(maps: torch.Tensor, values: torch.Tensor | None, weights: torc
     for start in range(0, n, rows):
         block = maps[:, start : start + rows]
         diff = log_fake_quantize(block, grid).sub_(block)
-        err = (diff if values is None else torch.bmm(diff, values)).abs_().pow_(p)
+        # float64: |err|^p overflows float32 for large values
+        err = (diff if values is None else torch.bmm(diff, values)).double().abs_().pow_(p)
         if weights is None:
-            total += float(err.sum(dtype=torch.float64))
+            total += float(err.sum())
         else:
-            total += float(err.sum(dim=2, dtype=torch.float64).mul_(weights[start : start + rows]).sum())
+            total += float(err.sum(dim=2).mul_(weights[start : start + rows]).sum())
     out_cols = m if values is None else values.shape[-1]
     represented = n if weights is None else float(weights.sum())
     return total / (heads * represented * out_cols)

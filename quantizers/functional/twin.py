@@ -184,7 +184,7 @@ def twin_errors(x: torch.Tensor, grids: Sequence[TwinGrid], objective: Objective
         for j, (grid, (scales, inverses)) in enumerate(zip(grids, tables)):
             index, high = _index(chunk, grid, inverses)
             diff = index.mul_(torch.where(high, scales[1], scales[0])).sub_(chunk)
-            sums[j] += float(diff.mul_(diff).sum(dtype=torch.float64))
+            sums[j] += float(torch.linalg.vector_norm(diff, dtype=torch.float64)) ** 2  # no float32 overflow
     return torch.tensor(sums, dtype=torch.float64, device=x.device) / x.numel()
 
 

@@ -73,8 +73,12 @@ def qparams_from_minmax(
         scale = torch.clamp(scale, min=eps)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
-        scale = torch.clamp((max_pos - min_neg) / float(qmax - qmin), min=eps)
+        span = max_pos - min_neg
+        # a span beyond float32's range (e.g. [-3e38, 3e38]) is divided in float64: the scale fits
+        wide = ((max_pos.double() - min_neg.double()) / float(qmax - qmin)).float()
+        scale = torch.clamp(torch.where(torch.isfinite(span), span / float(qmax - qmin), wide), min=eps)
         zero_point = torch.clamp(qmin - torch.round(min_neg / scale).to(torch.int32), qmin, qmax)
+    check_grid_ends(scale, zero_point, qmin, qmax)
     return scale, zero_point.to(torch.int32)
 
 
@@ -93,6 +97,23 @@ class RoundSTE(torch.autograd.Function):
 def round_ste(v: torch.Tensor) -> torch.Tensor:
     """Round to nearest (ties to even) with a straight-through gradient."""
     return RoundSTE.apply(v)
+
+
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, factor: float) -> torch.Tensor:  # noqa: D102
+        ctx.factor = factor
+        return v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: D102
+        return grad * ctx.factor, None
+
+
+def grad_scale(v: torch.Tensor, factor: float) -> torch.Tensor:
+    """``v`` unchanged forward; its gradient multiplied by ``factor`` backward (LSQ's step-size
+    gradient scale)."""
+    return _GradScale.apply(v, factor)
 
 
 def fake_quantize(
@@ -123,7 +144,7 @@ def fake_quantize(
         check_finite(x)
         return _fake_quantize_autograd(x, scale, zero_point, qmin, qmax, granularity, rounding)
     scale, zero_point = _check_qparams(scale, zero_point, qmin, qmax, num_groups(x, granularity))
-    if granularity.kind != "group" and _fused_uniform.wants(x) and not (torch.is_grad_enabled() and x.requires_grad):
+    if granularity.kind != "group" and _fused_uniform.wants(x) and _grad_free(x, scale):
         return _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrite)
     check_finite(x)
     out_dtype = x.dtype
@@ -131,13 +152,19 @@ def fake_quantize(
     if granularity.kind == "tensor":
         out = torch.fake_quantize_per_tensor_affine(xf, scale.reshape(()), zero_point.reshape(()), qmin, qmax)
     elif granularity.kind == "channel":
-        axis = granularity.axis % x.dim()
+        axis = channel_axis(x, granularity)
         out = torch.fake_quantize_per_channel_affine(xf, scale, zero_point, axis, qmin, qmax)
     else:
         rows = group_rows(xf, granularity)
         out = torch.fake_quantize_per_channel_affine(rows, scale, zero_point, 0, qmin, qmax)
         out = ungroup_rows(out, x.shape, granularity)
     return out if out_dtype == torch.float32 else out.to(out_dtype)
+
+
+def _grad_free(*tensors: torch.Tensor) -> bool:
+    """Whether no gradient flows through these tensors here (the fused kernel has no backward; where
+    one is needed, torch's op gives the input's or refuses a scale that requires it)."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 def _uniform(x: torch.Tensor, out: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor,
@@ -157,7 +184,7 @@ def _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrit
     if granularity.kind == "tensor":
         view, shape = x.view(-1), ()
     else:
-        axis = _axis(x, granularity)
+        axis = channel_axis(x, granularity)
         view = x.view(math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1 :]))
         shape = (1, -1, 1)
     step = scale.reshape(shape)
@@ -179,7 +206,7 @@ def fake_quantize_candidates(rows: torch.Tensor, scales: torch.Tensor, qmin: int
     flat = scales.reshape(-1)
     zero = torch.zeros(flat.shape, dtype=torch.int32, device=rows.device)
     flat, zero = _check_qparams(flat, zero, qmin, qmax, candidates * groups)
-    if _fused_uniform.wants(rows, passes=candidates) and not (torch.is_grad_enabled() and rows.requires_grad):
+    if _fused_uniform.wants(rows, passes=candidates) and _grad_free(rows, flat):
         step = flat.reshape(candidates, groups, 1)
         out = torch.empty((candidates, *rows.shape), dtype=torch.float32, device=rows.device)
         one, zero_f = (torch.full((), value, dtype=torch.float32, device=rows.device) for value in (1.0, 0.0))
@@ -214,7 +241,7 @@ def num_groups(x: torch.Tensor, granularity: Granularity) -> int:
     """How many (scale, zero_point) pairs ``x`` needs under ``granularity``."""
     if granularity.kind == "tensor":
         return 1
-    axis = _axis(x, granularity)
+    axis = channel_axis(x, granularity)
     if granularity.kind == "channel":
         return x.shape[axis]
     size = x.shape[axis]
@@ -229,7 +256,7 @@ def group_rows(x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     """2-D view ``(groups, elements)``: one row per (scale, zero_point) of ``granularity``."""
     if granularity.kind == "tensor":
         return x.reshape(1, -1)
-    axis = _axis(x, granularity)
+    axis = channel_axis(x, granularity)
     if granularity.kind == "channel":
         return x.movedim(axis, 0).reshape(x.shape[axis], -1)
     num_groups(x, granularity)  # divisibility check
@@ -248,8 +275,12 @@ def ungroup_rows(rows: torch.Tensor, shape: torch.Size, granularity: Granularity
     return rows.reshape(moved).movedim(-1, axis)
 
 
-def _axis(x: torch.Tensor, granularity: Granularity) -> int:
-    if not -x.dim() <= granularity.axis < max(x.dim(), 1):
+def channel_axis(x: torch.Tensor, granularity: Granularity) -> int:
+    """The axis of ``x`` that ``granularity`` (channel or group) runs along, made non-negative;
+    QuantizationError when ``x`` has no such axis."""
+    if x.dim() == 0:
+        raise QuantizationError(f"per-{granularity.kind} granularity needs a tensor with an axis, got a 0-D tensor")
+    if not -x.dim() <= granularity.axis < x.dim():
         raise QuantizationError(f"axis {granularity.axis} is out of range for a {x.dim()}-D tensor")
     return granularity.axis % x.dim()
 
@@ -269,4 +300,15 @@ def _check_qparams(
         raise QuantizationError("scale must be finite and positive")
     if bool(((zero_point < qmin) | (zero_point > qmax)).any()):
         raise QuantizationError(f"zero_point outside the grid [{qmin}, {qmax}]")
+    check_grid_ends(scale, zero_point, qmin, qmax)
     return scale, zero_point
+
+
+def check_grid_ends(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> None:
+    """QuantizationError when a grid's end points ``(q − z)·Δ`` overflow float32 (data within a
+    step of float32's largest magnitude), where fake quantization would return ±inf."""
+    zero = zero_point.to(torch.float32)
+    ends = torch.stack([(qmin - zero) * scale, (qmax - zero) * scale])
+    if not bool(torch.isfinite(ends).all()):
+        raise QuantizationError("the grid's end points overflow float32: the values are within one step of "
+                                "float32's largest magnitude")

@@ -6,13 +6,14 @@ from abc import abstractmethod
 from enum import Enum
 
 import torch
+from torch import nn
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
 from quantizers.levels import GridLevels
 from quantizers.modules.cache import ParameterCache, is_parameter
 from quantizers.options import Options
-from quantizers.spec import QuantSpec
+from quantizers.spec import GRANULARITY_KINDS, QuantSpec
 from quantizers.state import LazyStateModule
 
 
@@ -52,6 +53,8 @@ class Quantizer(LazyStateModule):
 
     kind: str = ""
     Options: type[Options] = Options
+    #: granularity kinds the kind implements; a spec asking for another is refused when it is made
+    GRANULARITIES: tuple[str, ...] = GRANULARITY_KINDS
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()
@@ -110,9 +113,18 @@ class Quantizer(LazyStateModule):
         return torch.where(keep_float, x, x_hat)
 
     def finalize(self) -> None:
-        """Turn the observed statistics into qparams; afterwards the quantizer can quantize."""
+        """Turn the observed statistics into qparams; afterwards the quantizer can quantize.
+        Qparams that come out NaN or Inf raise QuantizationError (the quantizer stays uncalibrated)."""
         self._finalize()
+        self.check_finite()
         self.calibrated.fill_(True)
+
+    def check_finite(self) -> None:
+        """QuantizationError naming the parameters or buffers of this quantizer that hold NaN or Inf."""
+        bad = [name for name, value in self.state_dict().items()
+               if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if bad:
+            raise QuantizationError(f"{type(self).__name__}: calibration produced non-finite {bad}")
 
     @abstractmethod
     def observe(self, x: torch.Tensor, *context: torch.Tensor) -> None:
@@ -130,6 +142,24 @@ class Quantizer(LazyStateModule):
         """:meth:`fake_quantize` of a tensor the caller hands over: kinds with an overwriting
         kernel write the result into ``x``; by default, the result is a new tensor."""
         return self.fake_quantize(x)
+
+    def learn(self) -> list[nn.Parameter]:
+        """Turn the calibrated parameters this kind can learn into ``nn.Parameter`` s (reconstruction)
+        and return them; a kind with nothing to learn returns ``[]``."""
+        return []
+
+    def freeze(self) -> None:
+        """Learned parameters back to buffers, keeping their values (after reconstruction)."""
+
+    def parts(self) -> dict[str, str]:
+        """The registered kinds of the swappable parts that differ from a freshly built quantizer
+        (saved with the state, see :meth:`use_parts`)."""
+        return {}
+
+    def use_parts(self, parts: dict[str, str]) -> None:
+        """Install parts of the given kinds (empty, ready for ``load_state_dict``)."""
+        if parts:
+            raise QuantizationError(f"{type(self).__name__} has no swappable parts, got {sorted(parts)}")
 
     def levels(self) -> GridLevels | None:
         """The calibrated grid, for drawing over a histogram; None when the kind cannot list it."""

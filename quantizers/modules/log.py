@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.log import MAX_TAU, LogGrid, agq_searches, attention_output_error, log_fake_quantize
@@ -65,6 +66,8 @@ class LogQuantizer(Quantizer):
       spec: ``quantizer="log"`` spec; ``bits`` is the code width (2^b levels plus the zero code).
     """
 
+    GRANULARITIES = ("tensor",)
+
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)
         options = spec.quantizer_config
@@ -79,8 +82,8 @@ class LogQuantizer(Quantizer):
 
     @property
     def grid(self) -> LogGrid:
-        """The calibrated grid (built once per ``(scale, tau)``)."""
-        key = (float(self.scale), float(self.tau), self.spec.bits)
+        """The calibrated grid (its lookup tables are rebuilt only when s or τ change)."""
+        key = (float(self.scale.detach()), float(self.tau), self.spec.bits)
         if self._grid is None or self._grid[0] != key:
             self._grid = (key, LogGrid.build(*key))
         return self._grid[1]
@@ -109,10 +112,32 @@ class LogQuantizer(Quantizer):
         self.tau.fill_(self.taus[best])
         self.scale.copy_(self.scale_sums[best] / batches)
 
+    def learn(self) -> list[nn.Parameter]:
+        """Learn s (τ stays as calibrated), as PTQ4SAM-L does. Through the rounding's
+        straight-through path ``∂x̂/∂s = 0`` inside the grid; only values above s (clipped to
+        the level s) pass gradient to it, so s moves little."""
+        if not self.is_calibrated:
+            raise QuantizationError("LogQuantizer.learn() needs a calibrated scale")
+        if "scale" not in self._parameters:
+            value = self.scale.detach().clone()
+            del self._buffers["scale"]
+            self.scale = nn.Parameter(value)
+        return [self._parameters["scale"]]
+
+    def freeze(self) -> None:
+        if "scale" in self._parameters:
+            self.register_buffer("scale", self._parameters.pop("scale").detach().clone())
+
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return log_fake_quantize(x, self.grid)
+        out = log_fake_quantize(x, self.grid)
+        if "scale" in self._parameters:  # zero-valued term carrying ∂x̂/∂s = 1 where x > s
+            s = self._parameters["scale"]
+            out = out + (s - s.detach()).to(out.dtype) * (x.detach() > float(s.detach())).to(out.dtype)
+        return out
 
     def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        if "scale" in self._parameters:  # the learned s needs the gradient term of fake_quantize
+            return self.fake_quantize(x)
         return log_fake_quantize(x, self.grid, overwrite=True)
 
     def levels(self) -> GridLevels:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from quantizers.errors import QuantizationError
+from quantizers.functional.checks import check_peak
 from quantizers.functional.twin import GELU_MIN, Objective, TwinGrid, twin_errors, twin_fake_quantize
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer
@@ -47,6 +48,8 @@ class _TwinSearchQuantizer(Quantizer):
     ``objective`` (an attribute, default ``None`` = mean squared error) is
     ``objective(x_hat, x) -> error``; a scale search may plug in e.g. a Hessian-weighted metric.
     """
+
+    GRANULARITIES = ("tensor",)
 
     #: whether the grid is best seen on a logarithmic axis
     log_axis = False
@@ -182,6 +185,7 @@ class TwinGeluQuantizer(_TwinSearchQuantizer):
 
 def _positive_max(x: torch.Tensor) -> float:
     top = float(x.max())
+    check_peak(top, "observed tensor")  # NaN and +Inf reach the max (-Inf is caught by twin_errors)
     if top <= 0.0:
         raise QuantizationError("post-GELU input has no positive value: the positive range cannot be fitted")
     return top

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.uniform import fake_quantize
+from quantizers.functional.uniform import fake_quantize, grad_scale, group_rows, num_groups, round_ste
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer, describe_values
 from quantizers.observers.base import Observer
-from quantizers.parts.rounding import NearestRounding, Rounding
+from quantizers.parts.adaround import AdaRoundRounding
+from quantizers.parts.rounding import ROUNDINGS, NearestRounding, Rounding
 from quantizers.registry import build_observer, register_quantizer
 from quantizers.spec import QuantSpec
 
@@ -24,9 +27,11 @@ class UniformQuantizer(Quantizer):
     directly by a scale search (:meth:`set_qparams`).
 
     Learnable parts (for reconstruction): :meth:`learn` turns the scale (and optionally the zero
-    point) into ``nn.Parameter`` s (LSQ); :attr:`rounding` is a swappable
-    :class:`~quantizers.parts.rounding.Rounding` part (nearest by default; AdaRound replaces it);
-    :meth:`freeze` turns the qparams back into buffers. With fixed qparams and nearest rounding the
+    point) into ``nn.Parameter`` s (LSQ, whose gradient is scaled by ``1/sqrt(N·qmax)``, N the
+    elements per scale, as LSQ and PTQ4SAM do); :attr:`rounding` is a swappable
+    :class:`~quantizers.parts.rounding.Rounding` part (nearest by default; :meth:`start_adaround`
+    installs AdaRound's soft rounding, :meth:`harden` its hard choice); :meth:`freeze` turns the
+    qparams back into buffers. With fixed qparams and nearest rounding the
     values are those of torch's fake-quantize op; otherwise the same arithmetic runs in autograd ops
     (:func:`~quantizers.functional.uniform.fake_quantize` with a rounding).
 
@@ -63,10 +68,12 @@ class UniformQuantizer(Quantizer):
             raise QuantizationError("set_qparams on learnable qparams: call freeze() first")
         self.scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).clone()
         self.zero_point = torch.as_tensor(zero_point).reshape(-1).to(torch.int32).clone()
+        self.check_finite()
         self.calibrated.fill_(True)
 
     def learn(self, scale: bool = True, zero_point: bool = False) -> list[nn.Parameter]:
-        """Turn the calibrated scale (and zero point, as a float) into parameters; returns them."""
+        """Turn the calibrated scale (and zero point, as a float) into parameters; returns them.
+        The zero point, once learnable, is rounded with a straight-through gradient."""
         if not self.is_calibrated:
             raise QuantizationError("learn() needs calibrated qparams to start from")
         made = []
@@ -88,6 +95,30 @@ class UniformQuantizer(Quantizer):
                     value = torch.round(value).to(torch.int32)
                 self.register_buffer(name, value)
 
+    def start_adaround(self, weight: torch.Tensor) -> AdaRoundRounding:
+        """Install AdaRound's soft rounding for ``weight`` (its ``h`` starts at ``frac(W/Δ)``, so the
+        soft-rounded weight starts equal to ``weight``); the qparams stay fixed. Returns the part."""
+        if not self.is_calibrated:
+            raise QuantizationError("AdaRound needs calibrated qparams to start from")
+        rows = group_rows(weight.detach().float(), self.spec.granularity)
+        self.rounding = AdaRoundRounding(rows * (1.0 / self.scale.detach().reshape(-1, 1).float()))
+        return self.rounding
+
+    def parts(self) -> dict[str, str]:
+        return {} if isinstance(self.rounding, NearestRounding) else {"rounding": self.rounding.kind}
+
+    def use_parts(self, parts: dict[str, str]) -> None:
+        unknown = sorted(set(parts) - {"rounding"})
+        if unknown:
+            raise QuantizationError(f"a uniform quantizer has no part {unknown}")
+        if "rounding" in parts:
+            self.rounding = ROUNDINGS.get(parts["rounding"]).cls()
+
+    def harden(self) -> None:
+        """Replace a soft AdaRound rounding by the hard rounding it chose (no-op otherwise)."""
+        if isinstance(self.rounding, AdaRoundRounding):
+            self.rounding = self.rounding.hardened()
+
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         return self._fake_quantize(x, overwrite=False)
 
@@ -96,8 +127,15 @@ class UniformQuantizer(Quantizer):
 
     def _fake_quantize(self, x: torch.Tensor, overwrite: bool) -> torch.Tensor:
         qmin, qmax = self.qrange
-        return fake_quantize(x, self.scale, self.zero_point, qmin, qmax, self.spec.granularity,
-                             None if self._fixed else self.rounding, overwrite)
+        if self._fixed:
+            return fake_quantize(x, self.scale, self.zero_point, qmin, qmax, self.spec.granularity, overwrite=overwrite)
+        scale = self.scale
+        if "scale" in self._parameters:  # LSQ gradient scale 1/sqrt(N·qmax), N = elements per scale
+            scale = grad_scale(scale, 1.0 / math.sqrt(x.numel() / num_groups(x, self.spec.granularity) * qmax))
+        zero_point = self.zero_point
+        if "zero_point" in self._parameters:
+            zero_point = round_ste(zero_point)
+        return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, self.rounding)
 
     @property
     def _fixed(self) -> bool:

@@ -34,9 +34,11 @@ def abs_histogram(rows: torch.Tensor, upper: torch.Tensor, bins: int) -> torch.T
     The rows are read in bounded blocks.
     """
     counts = torch.zeros(rows.shape[0], bins, dtype=torch.float64, device=rows.device)
-    per_unit = torch.where(upper > 0, bins / upper.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+    # |x| / upper, not |x| * (bins / upper): bins / upper overflows float32 for tiny or denormal
+    # ranges; an upper of 0 divides by inf (bin 0); clamping before the cast keeps inf in range.
+    upper = torch.where(upper > 0, upper, torch.inf)
     for groups, block in row_blocks(rows):
-        index = block.abs().mul_(per_unit[groups, None]).long().clamp_(max=bins - 1)
+        index = block.abs().div_(upper[groups, None]).mul_(bins).clamp_(max=bins - 1).long()
         index += torch.arange(index.shape[0], device=index.device).unsqueeze(1) * bins
         counts[groups] += torch.bincount(index.reshape(-1), minlength=index.shape[0] * bins).reshape(-1, bins)
     return counts

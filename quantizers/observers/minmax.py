@@ -9,7 +9,7 @@ import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_peak
-from quantizers.functional.uniform import group_rows, qparams_from_minmax
+from quantizers.functional.uniform import channel_axis, group_rows, qparams_from_minmax
 from quantizers.observers.base import Observer
 from quantizers.options import Options, check_number
 from quantizers.registry import register_observer
@@ -22,7 +22,7 @@ def batch_minmax(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tenso
         lo, hi = torch.aminmax(x)
         return lo.reshape(1), hi.reshape(1)
     if granularity.kind == "channel":
-        axis = granularity.axis % x.dim()
+        axis = channel_axis(x, granularity)
         dims = [d for d in range(x.dim()) if d != axis]
         if not dims:
             return x.clone(), x.clone()

@@ -8,21 +8,22 @@ with :func:`register_rounding` so saved states can name them.
 
 from __future__ import annotations
 
-from abc import ABCMeta, abstractmethod
+from abc import abstractmethod
 
 import torch
-from torch import nn
 
 from quantizers.functional.uniform import round_ste
 from quantizers.registry import Registry
+from quantizers.state import LazyStateModule
 
 ROUNDINGS: Registry[type["Rounding"]] = Registry("rounding")
 register_rounding = ROUNDINGS.register
 
 
-class Rounding(nn.Module, metaclass=ABCMeta):
+class Rounding(LazyStateModule):
     """``forward(v) -> indices``: ``v = x/Δ`` (rows of the quantizer's groups) to grid indices,
-    before the zero point is added and the result is clamped."""
+    before the zero point is added and the result is clamped. Its state (if any) loads into a
+    freshly built part of the same kind."""
 
     kind: str = ""
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
+from quantizers.options import check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,11 @@ class BimodalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("grid_points", "min_distance", "max_values"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise QuantizationError(f"{name} must be a positive integer, got {value!r}")
-        if self.grid_points < 3:
-            raise QuantizationError(f"grid_points must be at least 3, got {self.grid_points}")
-        if not 0.0 <= self.height_fraction < 1.0:
-            raise QuantizationError(f"height_fraction must be in [0, 1), got {self.height_fraction}")
+        check_int(self.grid_points, "grid_points", 3)
+        for name in ("min_distance", "max_values"):
+            check_int(getattr(self, name), name, 1)
+        check_int(self.seed, "seed", 0)
+        check_number(self.height_fraction, "height_fraction", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 @dataclass(frozen=True, eq=False)

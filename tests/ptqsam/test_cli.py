@@ -37,7 +37,12 @@ def test_calibrate_then_evaluate(run, tiny_dataset_dir, tmp_path):
     out = tmp_path / "metrics.json"
     result = run("evaluate", *data, "--state", str(state), "--out", str(out))
     assert result.exit_code == 0, result.output
-    best_of_three = json.loads(out.read_text())["metrics"]
+    written = json.loads(out.read_text())
+    assert written == json.loads(result.stdout)  # printed, then written
+    assert (written["state"], written["recipe"], written["bits"]) == (str(state), "minmax", "W8A8")
+    assert written["state_fingerprint"] and not written["weights_override"]
+    assert written["fingerprint"]["settings"]["state_fingerprint"] == written["state_fingerprint"]
+    best_of_three = written["metrics"]
     assert 0.0 <= best_of_three["miou"] <= 1.0
     single = run("evaluate", *data, "--state", str(state), "--single-mask")
     assert single.exit_code == 0 and json.loads(single.stdout)["metrics"]["count"] == best_of_three["count"]
@@ -56,8 +61,9 @@ def test_calibrate_then_evaluate(run, tiny_dataset_dir, tmp_path):
 def test_calibrate_without_images_generates_its_own_set(run, tmp_path):
     result = run("calibrate", "--recipe", "minmax", "--calib-images", "1", "--out", "s.pt")
     assert result.exit_code == 0, result.output
-    generated = json.loads((tmp_path / "results" / "calib_data" / "annotations.json").read_text())
-    assert len(generated["images"]) == 1 and not (tmp_path / "results" / "data").exists()
+    folders = list((tmp_path / "results" / "calib_data").glob("synthetic-n1-*"))
+    generated = json.loads((folders[0] / "annotations.json").read_text())
+    assert len(folders) == 1 and len(generated["images"]) == 1 and not (tmp_path / "results" / "data").exists()
 
 
 def test_sweep_and_plot(run, tmp_path):
@@ -67,12 +73,17 @@ def test_sweep_and_plot(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert "| testbed | minmax | W8A8 |" in result.output
     assert (tmp_path / "res" / "plots").is_dir()
+    cell = tmp_path / "res" / "cells" / "testbed__minmax__W8A8.json"
+    cell.write_bytes(b"")  # a zero-byte cell (a full disk, a crash) is computed again, not fatal
+    rerun = run("sweep", str(config))
+    assert rerun.exit_code == 0 and "Traceback" not in rerun.output and json.loads(cell.read_text())["metrics"]
     again = run("plot", str(tmp_path / "res"), "--out", str(tmp_path / "p"))
     assert again.exit_code == 0 and list((tmp_path / "p").glob("*.png"))
 
 
 def test_demo_reduced(run, tmp_path):
     result = run("demo", "--out", str(tmp_path), "--images", "2", "--calib-images", "1", "--recipes", "ptq4sam",
+                 "--recon-iterations", "5",
                  "--bits", "W8A8,W4A4")
     assert result.exit_code == 0, result.output
     assert "| testbed | float | float |" in result.output and (tmp_path / "report.md").is_file()
@@ -115,3 +126,45 @@ def test_wrong_model_type_and_malformed_annotations(run, tmp_path, random_testbe
 def test_debug_shows_traceback(random_testbed):
     result = CliRunner().invoke(main, ["--debug", "evaluate", "--checkpoint", "/nonexistent.pth"])
     assert result.exit_code == 1 and "Traceback" in result.output
+
+
+def test_a_state_applied_to_other_weights_is_refused_unless_allowed(run, tiny_dataset_dir, tmp_path, random_testbed,
+                                                                   caplog):
+    data = ["--images", str(tiny_dataset_dir / "images"), "--annotations", str(tiny_dataset_dir / "annotations.json")]
+    assert run("calibrate", *data, "--calib-images", "1", "--out", "s.pt").exit_code == 0
+    other = tmp_path / "other.pth"
+    torch.save(random_testbed(seed=1).state_dict(), other)
+    refused = CliRunner().invoke(main, ["evaluate", *data, "--state", "s.pt", "--checkpoint", str(other)])
+    assert refused.exit_code == 1 and "calibrated on other weights" in refused.stderr
+    allowed = run("evaluate", *data, "--state", "s.pt", "--checkpoint", str(other), "--eval-images", "1",
+                  "--allow-other-weights")
+    assert allowed.exit_code == 0 and json.loads(allowed.stdout)["weights_override"] is True
+    assert "applied anyway" in caplog.text
+
+
+def test_a_result_that_cannot_be_written_is_printed_and_kept_beside(run, tiny_dataset_dir, tmp_path, monkeypatch):
+    import ptqsam.io
+
+    real = ptqsam.io.write_atomic
+
+    def failing(path, write, mode="w"):
+        if path.name == "metrics.json":
+            raise OSError(28, "No space left on device")
+        return real(path, write, mode)
+
+    monkeypatch.setattr(ptqsam.io, "write_atomic", failing)
+    data = ["--images", str(tiny_dataset_dir / "images"), "--annotations", str(tiny_dataset_dir / "annotations.json")]
+    result = run("evaluate", *data, "--eval-images", "1", "--out", str(tmp_path / "metrics.json"))
+    assert result.exit_code == 1
+    printed = json.loads(result.stdout)
+    rescued = list(tmp_path.glob("metrics.rescued-*.json"))
+    assert len(rescued) == 1 and json.loads(rescued[0].read_text()) == printed
+    assert "No space left on device" in result.stderr and str(rescued[0]) in result.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_more_calibration_images_than_usable_ones_is_said(run, tiny_dataset_dir, tmp_path, caplog):
+    data = ["--images", str(tiny_dataset_dir / "images"), "--annotations", str(tiny_dataset_dir / "annotations.json")]
+    result = run("calibrate", *data, "--calib-images", "9", "--out", "s.pt")
+    assert result.exit_code == 0 and len(json.loads(result.stdout)["images"]) == 4
+    assert "9 calibration images asked for, 4 used" in caplog.text

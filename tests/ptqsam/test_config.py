@@ -38,3 +38,17 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("models: [testbed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         ExperimentConfig.from_yaml(bad)
+
+
+def test_empty_file_and_wrong_types_are_errors(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        ExperimentConfig.from_yaml(empty)
+    for data, message in (({"quantize_encoder": "no"}, "quantize_encoder must be true or false"),
+                          ({"bits": 8}, "bits must be a list of strings"),
+                          ({"checkpoints": "x.pth"}, "checkpoints must be a mapping"),
+                          ({"out": ["a"]}, "out must be a string")):
+        with pytest.raises(ConfigError, match=message):
+            ExperimentConfig.from_dict(data)
+    assert ExperimentConfig.from_dict({"quantize_encoder": False, "checkpoints": None, "bits": "W4A4"}).bits == ("W4A4",)

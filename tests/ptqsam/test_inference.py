@@ -62,3 +62,5 @@ def test_embedding_cache_memory_and_disk(random_testbed, image, tmp_path):
         got = cache.get("k")
         assert torch.equal(got.features, embedding.features) and got.original_size == (180, 240)
     assert EmbeddingCache(tmp_path).get("k") is not None  # survives on disk
+    (tmp_path / "k.pt").write_bytes(b"half")  # a corrupt file is a miss, computed again
+    assert EmbeddingCache(tmp_path).get("k") is None

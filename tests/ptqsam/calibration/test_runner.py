@@ -7,7 +7,7 @@ import torch
 from ptqsam.calibration import calibrate, calibration_samples, choose_image_ids, load_calibrated, save_calibrated
 from ptqsam.calibration.hessian import capture, search_units, task_loss
 from ptqsam.calibration import runner
-from ptqsam.calibration.passes import SampleLoop
+from ptqsam.passes import SampleLoop
 from ptqsam.evaluation.evaluator import evaluate
 from ptqsam.instrument.instrument import attach, attached_quantizers, instrument
 from ptqsam.instrument.modes import quantizing

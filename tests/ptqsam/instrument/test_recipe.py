@@ -13,7 +13,7 @@ from ptqsam.instrument import Recipe, Rule, Transform, instrument, load_recipe, 
 from ptqsam.models.zoo import build_tiny_vit_sam
 from quantizers import QuantSpec
 
-SHIPPED = ["log-sqrt2", "minmax", "ptq4sam", "ptq4vit"]
+SHIPPED = ["adaround", "brecq", "log-sqrt2", "minmax", "ptq4sam", "ptq4sam-l", "ptq4sam-l-reference-bug", "ptq4vit", "qdrop"]
 
 
 def toy_recipe(**changes) -> dict:

@@ -120,3 +120,59 @@ def test_every_shipped_recipe_calibrates_quantizes_and_round_trips(request, buil
     fresh = make()
     load_state(fresh, tmp_path / "state.pt", recipe=recipe, model_type=builder)
     sam_io.assert_identical(expected, sam_io.predict(fresh, img, points))
+
+
+def test_other_weights_are_refused_unless_allowed(calibrated, make_vit_sam, caplog):
+    _, path, _ = calibrated
+    with pytest.raises(CheckpointError, match="calibrated on other weights.*--allow-other-weights"):
+        load_state(make_vit_sam(seed=1), path)
+    nudged = make_vit_sam()
+    with torch.no_grad():
+        next(nudged.parameters()).view(-1)[0] += 1e-6  # one weight of millions
+    with pytest.raises(CheckpointError, match="other weights"):
+        load_state(nudged, path)
+    info = load_state(make_vit_sam(seed=1), path, allow_other_weights=True)
+    assert info.weights_override and "applied anyway" in caplog.text
+    same = load_state(make_vit_sam(), path)
+    assert not same.weights_override and same.fingerprint["hash"] and same.fingerprint["settings"]["recipe"]["name"] == "minmax"
+
+
+def _set(data, keys, value):
+    for key in keys[:-1]:
+        data = data[key]
+    if value is KeyError:
+        del data[keys[-1]]
+    else:
+        data[keys[-1]] = value
+
+
+SITE = "image_encoder.blocks.0.attn.qkv.weight"
+
+
+@pytest.mark.parametrize("keys, value, message", [
+    (("sites",), KeyError, "'sites' is missing"),
+    (("weights",), KeyError, "'weights' is missing"),
+    (("fingerprint",), "abc", "'fingerprint' is missing or not a dict"),
+    (("w_bits",), True, "'w_bits'"),
+    (("version",), 1, "version 1"),
+    (("sites", SITE), [1, 2], f"site {SITE!r}"),
+    (("sites", SITE, "mode"), "bogus", f"site {SITE!r}"),
+    (("sites", SITE, "state", "scale"), 3.0, f"site {SITE!r}"),
+    (("sites", SITE, "state", "scale"), torch.full((4,), float("nan")), "NaN or Inf"),
+])
+def test_incomplete_or_corrupt_state_files_are_refused(calibrated, make_vit_sam, tmp_path, keys, value, message):
+    _, path, _ = calibrated
+    data = torch.load(path, weights_only=True)
+    _set(data, keys, value)
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load_state(make_vit_sam(), tmp_path / "bad.pt")
+
+
+def test_truncated_state_file_is_refused(calibrated, make_vit_sam, tmp_path):
+    _, path, _ = calibrated
+    content = path.read_bytes()
+    for size in (0, 64, len(content) // 2):
+        (tmp_path / "cut.pt").write_bytes(content[:size])
+        with pytest.raises(CheckpointError, match="cannot read"):
+            load_state(make_vit_sam(), tmp_path / "cut.pt")

@@ -1,8 +1,10 @@
-"""The one loop over calibration samples: each image encoded, all its prompts decoded in one call.
+"""The one loop over calibration samples (each image encoded, all its prompts decoded in one call)
+and the task loss of the passes that need gradients.
 
 Every pass that runs a model over samples (calibration statistics, the bimodal fold, the Hessian
 search's capture, activation analysis, reconstruction) goes through :class:`SampleLoop`; it reuses
-the float embeddings when the image encoder stays float.
+the float embeddings when the image encoder stays float. :func:`task_loss` gives the Hessian-guided
+search and the Fisher-weighted reconstruction loss their output gradients.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from tqdm import tqdm
 
@@ -82,3 +85,13 @@ class SampleLoop:
 
     def _iterate(self, description: str) -> Iterable[CalibrationSample]:
         return tqdm(self.samples, desc=description, disable=not self.progress, leave=False)
+
+
+def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
+    """BCE + Dice of the mask logits against the (detached) binary masks they give."""
+    target = (low_res_logits > 0).float().detach()
+    bce = F.binary_cross_entropy_with_logits(low_res_logits, target)
+    p = low_res_logits.sigmoid().flatten(1)
+    t = target.flatten(1)
+    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    return bce + dice.mean()

@@ -1,0 +1,61 @@
+"""Which images a run evaluates and which it calibrates on (shared by sweeps, ``calibrate``,
+``evaluate`` and ``inspect``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+from ptqsam.config import ExperimentConfig
+from ptqsam.data.coco import CocoDataset
+from ptqsam.data.generated import cached_dataset
+from ptqsam.data.samples import CalibrationSample, calibration_samples
+from ptqsam.fingerprint import file_sha256, settings_hash
+
+log = logging.getLogger("ptqsam")
+#: generated calibration data uses ``seed`` + this: far from the evaluated data of any nearby seed
+CALIBRATION_SEED_OFFSET = 1_000_000
+
+
+def dataset_for(config: ExperimentConfig) -> CocoDataset:
+    """The configured COCO-format dataset, or the synthetic one generated under ``out/data``."""
+    if config.images is not None:
+        return CocoDataset(config.images, config.annotations)
+    return generated(Path(config.out) / "data", config.synthetic_images, config.seed)
+
+
+def calibration_dataset_for(config: ExperimentConfig) -> CocoDataset:
+    """Where the calibration images come from: the configured calibration set; for generated data,
+    a set generated apart under ``out/calib_data`` (so no evaluated image is a calibration image);
+    else the evaluated dataset itself, with a warning."""
+    if config.calib_images_dir is not None:
+        return CocoDataset(config.calib_images_dir, config.calib_annotations)
+    if config.images is None:
+        return generated(Path(config.out) / "calib_data", config.calib_images, config.seed + CALIBRATION_SEED_OFFSET)
+    log.warning("no calibration set given (calib_images_dir): calibrating on images of the evaluated dataset")
+    return dataset_for(config)
+
+
+def calibration_set(config: ExperimentConfig) -> tuple[CocoDataset, list[CalibrationSample]]:
+    """The calibration dataset of a run and the images (with their prompts) it calibrates on."""
+    dataset = calibration_dataset_for(config)
+    return dataset, calibration_samples(dataset, config.calib_images, config.seed, config.prompt, config.num_points)
+
+
+def generated(root: Path, count: int, seed: int) -> CocoDataset:
+    """The synthetic dataset of ``(count, seed)`` cached under ``root`` (see :mod:`.generated`)."""
+    folder = cached_dataset(root, count, seed)
+    return CocoDataset(folder / "images", folder / "annotations.json")
+
+
+def data_fingerprint(dataset: CocoDataset, image_ids: Iterable[int]) -> dict[str, Any]:
+    """What identifies the images a run reads: the annotations file's content (SHA-256) and each
+    image's id, file name and file size (sizes, not contents: hashing every image of a large set on
+    every run would cost more than the check is worth)."""
+    files = []
+    for image_id in image_ids:
+        info = dataset.image_info(image_id)
+        files.append([image_id, info.file_name, info.path.stat().st_size if info.path.is_file() else None])
+    return {"annotations": file_sha256(dataset.annotations_path), "images": settings_hash({"files": files}),
+            "count": len(files)}

@@ -1,0 +1,76 @@
+"""Fingerprints: a result bound to the settings that made it.
+
+A fingerprint is a short SHA-256 of named settings (plain data: strings, numbers, lists, dicts),
+recorded beside them in every sweep cell, calibrated state and ``evaluate --out`` file, so that a
+result computed under other settings is recognised and the message can say which settings changed.
+Content, not names, identifies inputs: a recipe by its ``to_dict()``, a file by its SHA-256, model
+weights by the SHA-256 of their tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from ptqsam import __version__
+
+#: hex digits kept of a SHA-256 (64 bits: collisions are not a concern for a results folder)
+HASH_DIGITS = 16
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """The fingerprint of ``settings``: the same plain data gives the same hash, key order aside."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_DIGITS]
+
+
+def fingerprint(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"hash": ..., "settings": ...}`` with ptqsam's version added to the settings."""
+    settings = {"ptqsam": __version__, **settings}
+    return {"hash": settings_hash(settings), "settings": json.loads(json.dumps(settings))}
+
+
+def changed_settings(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two settings mappings (nested mappings are
+    compared key by key; a value that is not a mapping is compared whole)."""
+    if not isinstance(recorded, Mapping) or not isinstance(current, Mapping):
+        return [] if recorded == current else [prefix or "settings"]
+    changed = []
+    for key in sorted(set(recorded) | set(current), key=str):
+        changed += changed_settings(recorded.get(key), current.get(key), f"{prefix}{key}.")
+    return [name.rstrip(".") for name in changed]
+
+
+def mismatch(recorded: Any, current: Mapping[str, Any]) -> list[str]:
+    """What differs between a recorded fingerprint and the current one (empty when they match);
+    a record without a valid fingerprint differs in ``fingerprint``."""
+    if not (isinstance(recorded, Mapping) and isinstance(recorded.get("settings"), Mapping)
+            and recorded.get("hash") == settings_hash(recorded["settings"])):
+        return ["fingerprint (missing or altered)"]
+    if recorded["hash"] == current["hash"]:
+        return []
+    return changed_settings(recorded["settings"], current["settings"]) or ["fingerprint"]
+
+
+def file_sha256(path: str | Path, digits: int = HASH_DIGITS) -> str:
+    """The first ``digits`` hex digits of the SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:digits]
+
+
+def tensors_sha256(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A hash of named tensors (names, dtypes, shapes and bytes), independent of their order and
+    device."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{data.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:HASH_DIGITS]

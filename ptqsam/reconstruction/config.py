@@ -1,0 +1,102 @@
+"""Settings of block reconstruction (AdaRound / BRECQ / QDrop / PTQ4SAM-L), as a recipe declares them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
+
+from ptqsam.errors import RecipeError
+from ptqsam.typed import check_fields, reject_unknown_keys
+
+UNITS = ("block", "layer")
+LOSSES = ("mse", "fisher")
+
+
+@dataclass(frozen=True)
+class ReconstructionConfig:
+    """How the quantized model is reconstructed after calibration, unit by unit in model order.
+
+    Defaults are PTQ4SAM-L's (QDrop's code): 20,000 iterations per unit, one calibration image
+    per iteration, AdaRound weight rounding with Adam at 1e-3, LSQ activation scales with Adam at
+    4e-5 (cosine to 0), λ = 0.01, β from 20 to 2 after a 20 % warm-up.
+
+    Arguments:
+      unit: ``block`` (the model's blocks: BRECQ, QDrop, PTQ4SAM-L) or ``layer`` (each Linear /
+        convolution alone: AdaRound).
+      iterations: optimisation steps per unit.
+      batch_size: calibration images per step (all their prompts), drawn with replacement.
+      weight_lr: Adam learning rate of AdaRound's rounding logits.
+      activation_lr: Adam learning rate of the learned activation scales (cosine schedule to 0).
+      learn_activations: learn the activation quantizers' scales (LSQ; log quantizers: s, τ fixed).
+      round_weights: learn the weight rounding (AdaRound) of uniform weight quantizers.
+      drop_prob: QDrop: probability that an activation element stays float during
+        reconstruction, and that a block input element comes from the float model instead of the
+        quantized prefix (0: no dropping, BRECQ).
+      loss: ``mse`` (block output against the float model's) or ``fisher`` (weighted by the squared
+        gradient of the task loss at the block output, BRECQ's Fisher diagonal).
+      round_loss_weight: λ of the rounding regulariser.
+      beta_start, beta_end: β of the regulariser, annealed linearly after the warm-up.
+      warmup: fraction of the iterations without the regulariser.
+      seed: seed of the image draws and of the drop masks.
+      cache_bytes: cached block inputs/targets kept in memory; the rest spills to disk.
+      reference_drop_bug: reproduce PTQ4SAM's evaluation bug deliberately: after each block its
+        layer-input quantizers keep dropping ``drop_prob`` of their elements, later blocks and the
+        evaluation included (for comparison with published numbers only; results are marked).
+    """
+
+    unit: str = field(default="block", metadata={"choices": UNITS})
+    iterations: int = field(default=20000, metadata={"min": 1})
+    batch_size: int = field(default=1, metadata={"min": 1})
+    weight_lr: float = field(default=1e-3, metadata={"min": 0.0})
+    activation_lr: float = field(default=4e-5, metadata={"min": 0.0})
+    learn_activations: bool = True
+    round_weights: bool = True
+    drop_prob: float = field(default=0.5, metadata={"min": 0.0})
+    loss: str = field(default="mse", metadata={"choices": LOSSES})
+    round_loss_weight: float = field(default=0.01, metadata={"min": 0.0})
+    beta_start: float = field(default=20.0, metadata={"min": 0.0})
+    beta_end: float = field(default=2.0, metadata={"min": 0.0})
+    warmup: float = field(default=0.2, metadata={"min": 0.0})
+    seed: int = field(default=0, metadata={"min": 0})
+    cache_bytes: int = field(default=2 * 2**30, metadata={"min": 1})
+    reference_drop_bug: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, RecipeError, "reconstruction")
+        for name in ("weight_lr", "activation_lr", "beta_start", "beta_end"):
+            if getattr(self, name) == 0:
+                raise RecipeError(f"reconstruction {name} must be > 0, got 0")
+        for name in ("drop_prob", "warmup"):
+            if getattr(self, name) >= 1.0:
+                raise RecipeError(f"reconstruction {name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.reference_drop_bug and self.drop_prob == 0.0:
+            raise RecipeError("reconstruction reference_drop_bug needs drop_prob > 0 (the bug leaves it on)")
+
+    def beta(self, step: int) -> float:
+        """β at step ``step`` (0-based): ``beta_start`` during the warm-up, then linear to ``beta_end``."""
+        start = self.warmup * self.iterations
+        if step < start:
+            return self.beta_start
+        progress = (step - start) / max(self.iterations - start, 1)
+        return self.beta_end + (self.beta_start - self.beta_end) * max(0.0, 1.0 - progress)
+
+    def regularised(self, step: int) -> bool:
+        """Whether the rounding regulariser counts at step ``step`` (after the warm-up)."""
+        return step >= self.warmup * self.iterations
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "ReconstructionConfig":
+        """A copy with some fields replaced (validated; unknown keys raise)."""
+        _known(overrides)
+        return replace(self, **dict(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ReconstructionConfig":
+        _known(data)
+        return cls(**dict(data))
+
+
+def _known(data: Any) -> None:
+    reject_unknown_keys(data, ReconstructionConfig, "reconstruction", RecipeError)
