@@ -11,6 +11,7 @@ import logging
 import pytest
 import torch
 
+from quantizers import Mode, QuantSpec, build_quantizer
 from quantizers.functional import fused
 from quantizers.functional.fused import MIN_NUMEL, FusedKernel, fused_kernels
 from quantizers.functional.log import LogGrid, log_fake_quantize
@@ -140,3 +141,47 @@ def test_the_binade_kernel_of_power_of_two_taus_equals_the_table_lookup(tau: int
         expected = log_fake_quantize(x, grid)
     with fused_kernels(min_numel=0):
         assert torch.equal(log_fake_quantize(x, grid), expected)
+
+
+def _learning_cases() -> list[tuple[str, callable]]:
+    """Quantizers whose qparams or rounding learn (reconstruction), each with its learned tensors."""
+    weights = torch.randn(64, 512, generator=torch.Generator().manual_seed(2))
+
+    def uniform(granularity: Granularity, adaround: bool):
+        def build():
+            q = build_quantizer(QuantSpec(bits=4, symmetric=True, granularity=granularity))
+            q.observe(weights)
+            q.finalize()
+            return q, list(q.start_adaround(weights).parameters()) if adaround else q.learn(scale=True)
+        return build
+
+    def log():
+        q = build_quantizer(QuantSpec(quantizer="log", bits=4))
+        q.observe(_attention("cpu")[:1])
+        q.finalize()
+        return q, q.learn()
+
+    return [("lsq per tensor", uniform(Granularity("tensor"), False)),
+            ("lsq per channel", uniform(Granularity("channel", axis=0), False)),
+            ("adaround", uniform(Granularity("channel", axis=0), True)),
+            ("learned log scale", log)]
+
+
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_learned_qparams_and_rounding_keep_their_gradients_on_the_fused_path(case: int, overwrite: bool) -> None:
+    name, build = _learning_cases()[case]
+    x = (torch.randn(64, 512, generator=torch.Generator().manual_seed(3)) if "log" not in name
+         else _attention("cpu")[:1].contiguous())
+    results = []
+    for enabled in (False, True):
+        with fused_kernels(enabled=enabled, min_numel=0):
+            quantizer, learned = build()
+            quantizer.mode = Mode.QUANTIZE
+            out = quantizer(x.clone(), overwrite=overwrite)
+            out.pow(2).sum().backward()
+            results.append((out.detach(), [p.grad for p in learned]))
+    (eager, eager_grads), (fused_out, fused_grads) = results
+    assert torch.equal(fused_out, eager), name
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in fused_grads), name
+    assert all(torch.equal(a, b) for a, b in zip(fused_grads, eager_grads)), name
