@@ -1,6 +1,6 @@
 """On a CUDA device (skipped elsewhere; ``pytest -m cuda`` runs only these and the other CUDA tests):
 every shipped recipe calibrates and evaluates the testbed without leaving the device, and the
-quantized model's outputs stay close to the same model on the CPU."""
+quantized model's outputs stay close to the same model on the CPU; block reconstruction learns there too."""
 
 from __future__ import annotations
 
@@ -41,3 +41,17 @@ def test_w8a8_on_cuda_matches_the_cpu(tiny_dataset, random_testbed):
             outputs[device] = runner.decode(embedding, p.boxes, p.points, p.point_labels).low_res_logits
     # different kernels round differently, and a rounding step can move one fake-quantized value a level
     torch.testing.assert_close(outputs["cuda"].cpu(), outputs["cpu"], rtol=0.05, atol=0.05)
+
+
+def test_block_reconstruction_learns_on_cuda(tiny_dataset, random_testbed):
+    """PTQ4SAM-L's reconstruction (AdaRound, LSQ and learned AGQ scales, QDrop) on the device: the
+    learned state stays there and the quantized model still agrees with the float one."""
+    samples = calibration_samples(tiny_dataset, 1, seed=0)
+    model = random_testbed().cuda()
+    calibrate(model, "ptq4sam-l", 8, 8, samples, progress=False, reconstruction={"iterations": 5})
+    for name, quantizer in attached_quantizers(model).items():
+        assert all(t.device.type == "cuda" for t in quantizer.state_dict().values()), name
+    reference = evaluate(model, tiny_dataset, progress=False)
+    with quantizing(model):
+        result = evaluate(model, tiny_dataset, reference=reference, progress=False)
+    assert result.metrics["agreement"] > 0.8
