@@ -296,19 +296,27 @@ def _check_qparams(
         )
     if not qmin < qmax:
         raise QuantizationError(f"empty integer grid [{qmin}, {qmax}]")
-    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
-        raise QuantizationError("scale must be finite and positive")
-    if bool(((zero_point < qmin) | (zero_point > qmax)).any()):
-        raise QuantizationError(f"zero_point outside the grid [{qmin}, {qmax}]")
-    check_grid_ends(scale, zero_point, qmin, qmax)
+    # one device-to-host read when everything is valid (each check below costs one on a GPU)
+    valid = ((torch.isfinite(scale) & (scale > 0)).all() & ((zero_point >= qmin) & (zero_point <= qmax)).all()
+             & torch.isfinite(_grid_ends(scale, zero_point, qmin, qmax)).all())
+    if not bool(valid):  # say which check fails
+        if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+            raise QuantizationError("scale must be finite and positive")
+        if bool(((zero_point < qmin) | (zero_point > qmax)).any()):
+            raise QuantizationError(f"zero_point outside the grid [{qmin}, {qmax}]")
+        check_grid_ends(scale, zero_point, qmin, qmax)
     return scale, zero_point
 
 
 def check_grid_ends(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> None:
     """QuantizationError when a grid's end points ``(q − z)·Δ`` overflow float32 (data within a
     step of float32's largest magnitude), where fake quantization would return ±inf."""
-    zero = zero_point.to(torch.float32)
-    ends = torch.stack([(qmin - zero) * scale, (qmax - zero) * scale])
-    if not bool(torch.isfinite(ends).all()):
+    if not bool(torch.isfinite(_grid_ends(scale, zero_point, qmin, qmax)).all()):
         raise QuantizationError("the grid's end points overflow float32: the values are within one step of "
                                 "float32's largest magnitude")
+
+
+def _grid_ends(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``(qmin − z)·Δ`` and ``(qmax − z)·Δ`` per group, in float32."""
+    zero = zero_point.to(torch.float32)
+    return torch.stack([(qmin - zero) * scale, (qmax - zero) * scale])
