@@ -52,20 +52,27 @@ class SampleLoop:
         p = sample.prompts
         return self.runner.decode(embedding, p.boxes, p.points, p.point_labels, multimask=True)
 
-    def run(self, description: str, before_each: Callable[[int], None] | None = None) -> None:
-        """One pass without gradients; ``before_each(i)`` is called before sample ``i``."""
-        for _ in self.predictions(description, before_each):
+    def run(self, description: str, before_each: Callable[[int], None] | None = None, decode: bool = True) -> None:
+        """One pass without gradients; ``before_each(i)`` is called before sample ``i``.
+        ``decode=False`` only embeds the images (a pass over the encoder alone)."""
+        for _ in self.predictions(description, before_each, decode):
             pass
 
-    def predictions(self, description: str, before_each: Callable[[int], None] | None = None
-                    ) -> Iterator[tuple[CalibrationSample, Prediction]]:
-        """One pass without gradients, yielding each sample with its prediction (the consumer runs
-        under ``torch.inference_mode`` too); ``before_each(i)`` is called before sample ``i``."""
+    def predictions(self, description: str, before_each: Callable[[int], None] | None = None, decode: bool = True
+                    ) -> Iterator[tuple[CalibrationSample, Prediction | None]]:
+        """One pass without gradients, yielding each sample with its prediction (``None`` without
+        ``decode``; the consumer runs under ``torch.inference_mode`` too); ``before_each(i)`` is
+        called before sample ``i``."""
         with torch.inference_mode():
             for i, sample in enumerate(self._iterate(description)):
                 if before_each is not None:
                     before_each(i)
-                yield sample, self.decode(self.embed(sample), sample)
+                embedding = self.embed(sample)
+                yield sample, self.decode(embedding, sample) if decode else None
+
+    def forget_embeddings(self) -> None:
+        """Drop the cached embeddings (the encoder's weights changed)."""
+        self.embeddings.clear()
 
     def run_with_grad(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], needs_encoder: bool,
                       description: str) -> None:

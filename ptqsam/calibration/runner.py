@@ -1,24 +1,29 @@
 """Calibrate a recipe on a few images: the passes the recipe needs, in order.
 
-1. Bimodal fold (recipes with a ``bimodal_fold`` transform): a float pass collects the decoder's
+1. Encoder statistics: observing mode on the image encoder's sites, one encoder forward per image
+   (weight sites on the first image only). Activation observers are streaming; the log quantizer
+   runs its per-batch AGQ search with each attention's v.
+2. Bimodal fold (recipes with a ``bimodal_fold`` transform): a float pass collects the decoder's
    token→image keys, detects bimodal ones and folds their signs into q_proj / k_proj.
-2. Statistics: observing mode over every image and prompt. Activation observers are streaming;
-   the log quantizer runs its per-batch AGQ search with each attention's v. Weight sites are
-   observed once (on the first image), not once per image.
-3. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
-4. ``finalize`` of every observed quantizer.
-5. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
+3. Statistics of the other sites (the mask decoder), observed after the fold.
+4. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
+5. ``finalize`` of every observed quantizer.
+6. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
 
-The image encoder runs once per image per pass (:class:`~ptqsam.passes.SampleLoop`);
-when the recipe leaves it in float, its embeddings are computed once and reused by every pass. What grows with the number of images: the images and
-their prompts (held in memory), those float embeddings, and the Hessian search's cached operands,
-outputs and gradients — of one transformer block at a time (one forward + backward pass over the
-images per block).
+No pass before reconstruction quantizes, so the image encoder's output is float in each of them: it
+runs once per image (:class:`~ptqsam.passes.SampleLoop` keeps the embeddings), observed on the way,
+and the other passes decode the kept embeddings. Only the Hessian search of encoder units runs it
+again (it needs gradients). A fold that changes the encoder itself would make the kept embeddings
+stale: then the encoder statistics wait for the fold and the embeddings are recomputed after it.
+What grows with the number of images: the images and their prompts (held in memory), the float
+embeddings, and the Hessian search's cached operands, outputs and gradients — of one transformer
+block at a time (one forward + backward pass over the images per block).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -30,6 +35,7 @@ from ptqsam.calibration.hessian import capture, search_unit, search_units
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
+from ptqsam.instrument.inventory import site_inventory
 from ptqsam.instrument.modes import observing
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.state import weights_fingerprint
@@ -95,16 +101,26 @@ def calibrate(
     recipe = load_recipe(recipe)
     weights = weights_fingerprint(model)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
-    encoder_float = not any(part_of(name) == "image_encoder" for name in quantizers)
-    passes = SampleLoop(model, samples, encoder_float, progress)
+    passes = SampleLoop(model, samples, encoder_float=True, progress=progress)  # no pass quantizes
     report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
                                weights=weights)
 
-    _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
     units = search_units(model)
     searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers}
     observed = [name for name in quantizers if name not in searched]
-    reached = _timed(report, "statistics", lambda: _statistics(model, passes, observed))
+    in_encoder = [name for name in observed if part_of(name) == "image_encoder"]
+    elsewhere = [name for name in observed if part_of(name) != "image_encoder"]
+    folds_encoder = _folds_encoder(model, recipe)
+
+    def encoder_statistics() -> set[str]:
+        return _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
+
+    reached = set() if folds_encoder else encoder_statistics()
+    _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
+    if folds_encoder:
+        passes.forget_embeddings()
+        reached = encoder_statistics()
+    reached |= _timed(report, "statistics", lambda: _statistics(model, passes, elsewhere))
     _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report, search_rows))
     for name in observed:
         if name in reached:
@@ -138,9 +154,18 @@ def _bimodal(model: Sam, recipe: Recipe, passes: SampleLoop, report: Calibration
                                                     transform.config()))
 
 
-def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]:
+def _folds_encoder(model: Sam, recipe: Recipe) -> bool:
+    """Whether a transform of ``recipe`` changes a module of the image encoder."""
+    return any(part_of(name) == "image_encoder" for transform in recipe.transforms
+               for name in attention_modules(model, transform.matches))
+
+
+def _statistics(model: Sam, passes: SampleLoop, observed: list[str], decode: bool = True) -> set[str]:
     """Observe activations on every image and weights on the first; returns the sites reached
-    (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated)."""
+    (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated).
+    ``decode=False``: a pass over the encoder alone (for encoder sites). No site: no pass."""
+    if not observed:
+        return set()
     model_sites = sites(model)
     weights = {name for name in observed if model_sites[name].kind == "weight"}
     activations = [name for name in observed if name not in weights]
@@ -151,15 +176,20 @@ def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]
             if index == 1:
                 for quantizer in weight_quantizers.values():
                     quantizer.mode = Mode.OFF
-        passes.run("statistics", before_each=weights_once)
+        passes.run("statistics" if decode else "encoder statistics", before_each=weights_once, decode=decode)
     return reached
+
+
+#: Bytes the Hessian search's cache of one capture pass may take (operands, outputs, gradients).
+CAPTURE_BUDGET = 2**30
 
 
 def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: CalibrationReport,
              search_rows: int | None) -> None:
-    """Capture and search block by block, so the cache holds one block's units at a time."""
-    for group_name, group in _by_block(model, units).items():
-        needs_encoder = part_of(group_name) == "image_encoder"
+    """Capture and search consecutive blocks together while their cache fits :data:`CAPTURE_BUDGET`
+    (one forward + backward pass over the images per group), a block at a time beyond it."""
+    for group_name, group in _capture_groups(model, units, passes.samples).items():
+        needs_encoder = any(part_of(unit.module) == "image_encoder" for unit in group)
         data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
         for unit in group:
             record = search_unit(unit, data.pop(unit.name), model, search_rows)
@@ -169,6 +199,38 @@ def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: Calibrat
     if fallbacks:
         log.warning("Hessian search: %d unit(s) searched on the unweighted output error (l2) instead: %s",
                     len(fallbacks), "; ".join(f"{name} ({reason})" for name, reason in fallbacks.items()))
+
+
+def _capture_groups(model: Sam, units: list[Unit], samples: Sequence[CalibrationSample]) -> dict[str, list[Unit]]:
+    """Blocks (see :func:`_by_block`) merged in forward order while their estimated cache fits."""
+    if not units:
+        return {}
+    shapes = {row.name: row.shape for row in site_inventory(model)}
+    prompts = max(len(sample.prompts) for sample in samples)
+    groups: dict[str, list[Unit]] = {}
+    name, size = "", 0
+    for block, block_units in _by_block(model, units).items():
+        block_size = len(samples) * sum(_cache_bytes(model, unit, shapes, prompts) for unit in block_units)
+        if name and size + block_size <= CAPTURE_BUDGET:
+            groups[name] += block_units
+            size += block_size
+        else:
+            name, size = block, block_size
+            groups[name] = list(block_units)
+    return groups
+
+
+def _cache_bytes(model: Sam, unit: Unit, shapes: dict, prompts: int) -> int:
+    """Estimated bytes one image adds to the cache of ``unit``: its operand(s), output and output
+    gradient (the shapes come from a one-prompt probe; decoder tensors grow with the prompts)."""
+    per_image = 1 if part_of(unit.module) == "image_encoder" else prompts
+    a = math.prod(shapes.get(unit.a) or (0,))
+    if unit.output is None:
+        layer = model.get_submodule(unit.module)
+        stored = a + 2 * a // max(layer.weight.shape[1], 1) * layer.weight.shape[0]
+    else:
+        stored = a + math.prod(shapes.get(unit.b) or (0,)) + 2 * math.prod(shapes.get(unit.output) or (0,))
+    return 4 * per_image * stored
 
 
 def _by_block(model: Sam, units: list[Unit]) -> dict[str, list[Unit]]:

@@ -120,9 +120,15 @@ class UniformQuantizer(Quantizer):
             self.rounding = self.rounding.hardened()
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fake_quantize(x, overwrite=False)
+
+    def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fake_quantize(x, overwrite=True)
+
+    def _fake_quantize(self, x: torch.Tensor, overwrite: bool) -> torch.Tensor:
         qmin, qmax = self.qrange
-        if not (self.learnable or not isinstance(self.rounding, NearestRounding)):
-            return fake_quantize(x, self.scale, self.zero_point, qmin, qmax, self.spec.granularity)
+        if self._fixed:
+            return fake_quantize(x, self.scale, self.zero_point, qmin, qmax, self.spec.granularity, overwrite=overwrite)
         scale = self.scale
         if "scale" in self._parameters:  # LSQ gradient scale 1/sqrt(N·qmax), N = elements per scale
             scale = grad_scale(scale, 1.0 / math.sqrt(x.numel() / num_groups(x, self.spec.granularity) * qmax))
@@ -130,6 +136,14 @@ class UniformQuantizer(Quantizer):
         if "zero_point" in self._parameters:
             zero_point = round_ste(zero_point)
         return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, self.rounding)
+
+    @property
+    def _fixed(self) -> bool:
+        """Fixed qparams and nearest rounding: torch's op (or the fused kernel) computes the values."""
+        return not self.learnable and isinstance(self.rounding, NearestRounding)
+
+    def _cacheable(self) -> bool:
+        return self._fixed and super()._cacheable()
 
     def levels(self) -> GridLevels:
         qmin, qmax = self.qrange

@@ -17,11 +17,16 @@ class Observer(LazyStateModule):
     """Sees tensors one batch at a time (``forward(x) -> x``) and never keeps them.
 
     Subclasses implement :meth:`_observe` (update buffers from one detached float tensor) and
-    :meth:`_calculate_qparams`. State lives in buffers, so ``state_dict`` round-trips.
+    :meth:`_calculate_qparams`. State lives in buffers, so ``state_dict`` round-trips. A subclass
+    whose statistics reveal NaN/Inf (a min and max do) sets :attr:`checks_values` and raises
+    itself, sparing the separate scan of the tensor.
 
     Arguments:
       spec: the quantization spec whose grid and granularity the qparams are for.
     """
+
+    #: whether :meth:`_observe` detects NaN/Inf itself
+    checks_values = False
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()
@@ -34,7 +39,7 @@ class Observer(LazyStateModule):
         return grid_range(self.spec.bits, self.spec.symmetric, self.spec.signed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_tensor(x, "observed tensor")
+        check_tensor(x, "observed tensor", finite=not self.checks_values)
         with torch.no_grad():
             self._observe(x.detach() if x.dtype == torch.float32 else x.detach().float())
         self.num_batches += 1
