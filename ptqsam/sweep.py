@@ -198,6 +198,7 @@ class _ModelContext:
                                      "num_prompts": report.num_prompts,
                                      "seconds": report.seconds, "unreached_sites": report.unreached,
                                      "bimodal": report.bimodal, "reconstruction": report.reconstruction,
+                                     "passes": report.passes,
                                      "state": str(saved)}
             if report.reference_drop_bug is not None:
                 record["reference_drop_bug"] = True

@@ -1,13 +1,18 @@
 """Calibrate a recipe on a few images: the passes the recipe needs, in order.
 
-1. Bimodal fold (recipes with a ``bimodal_fold`` transform): a float pass collects the decoder's
-   token→image keys, detects bimodal ones and folds their signs into q_proj / k_proj.
-2. Statistics: observing mode over every image and prompt. Activation observers are streaming;
-   the log quantizer runs its per-batch AGQ search with each attention's v. Weight sites are
-   observed once (on the first image), not once per image.
-3. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
-4. ``finalize`` of every observed quantizer.
-5. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
+1. Transforms, each after a float pass: ``bimodal_fold`` (the decoder's token→image keys; bimodal
+   ones get their signs folded into q_proj / k_proj) and ``repq_fold`` (RepQ-ViT: per-channel
+   post-LayerNorm ranges folded into the LayerNorm and the next Linear, :mod:`.repq`).
+2. PCC (SAQ-SAM) for the quantizers whose spec asks for ``search: pcc`` (:mod:`.pcc`).
+3. Statistics: observing mode over every image and prompt (PCC-clipped quantizers quantizing).
+   Activation observers are streaming; the log quantizer runs its per-batch AGQ search with each
+   attention's v. Weight sites are observed once (on the first image), not once per image.
+4. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
+5. HLUQ grids (AHCPTQ): every hybrid log-uniform quantizer scores its (r, g) candidates by the
+   output error of the Linear it feeds (:mod:`.hybrid`).
+6. ``finalize`` of every observed quantizer.
+7. GPTQ codes for the weight quantizers whose spec asks for ``search: gptq`` (:mod:`.gptq`).
+8. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
 
 The image encoder runs once per image per pass (:class:`~ptqsam.passes.SampleLoop`);
 when the recipe leaves it in float, its embeddings are computed once and reused by every pass. What grows with the number of images: the images and
@@ -24,16 +29,20 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from segment_anything.modeling import Sam
 
+from ptqsam.calibration import repq
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
+from ptqsam.calibration.gptq import gptq_pass, gptq_units
 from ptqsam.calibration.hessian import capture, search_unit, search_units
+from ptqsam.calibration.hybrid import hybrid_grid_pass, hybrid_sites
+from ptqsam.calibration.pcc import pcc_pass, pcc_sites
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
-from ptqsam.instrument.modes import observing
+from ptqsam.instrument.modes import observing, quantizing
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
-from ptqsam.models.blocks import block_of, model_blocks, part_of
+from ptqsam.models.blocks import group_by_block, model_blocks, part_of
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
@@ -42,7 +51,8 @@ from quantizers.modules.base import Mode, Quantizer
 @dataclass
 class CalibrationReport:
     """What calibration did: images, quantizers, per-pass seconds, BIG, Hessian and reconstruction
-    records, the selected sites no calibration pass reached (left uncalibrated), the fingerprint of
+    records, the records of the other passes (``passes``: ``repq_fold``, ``pcc``, ``hluq_grids``,
+    ``gptq``, by site or layer), the selected sites no calibration pass reached (left uncalibrated), the fingerprint of
     the weights it started from (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the
     reconstruction reproduces PTQ4SAM's drop bug on purpose, where and how it drops."""
 
@@ -53,6 +63,7 @@ class CalibrationReport:
     bimodal: dict[str, dict] = field(default_factory=dict)
     hessian: dict[str, dict] = field(default_factory=dict)
     reconstruction: dict[str, dict] = field(default_factory=dict)
+    passes: dict[str, dict[str, dict]] = field(default_factory=dict)
     unreached: list[str] = field(default_factory=list)
     weights: str = ""
     reference_drop_bug: dict[str, Any] | None = None
@@ -60,6 +71,8 @@ class CalibrationReport:
     def extra_state(self) -> dict[str, Any]:
         """The transform state to save beside the quantizers (re-applied when loading)."""
         extra: dict[str, Any] = {STATE_KEY: self.bimodal} if self.bimodal else {}
+        if self.passes.get(repq.STATE_KEY):
+            extra[repq.STATE_KEY] = self.passes[repq.STATE_KEY]
         if self.reference_drop_bug is not None:
             extra[REFERENCE_BUG_KEY] = self.reference_drop_bug
         return extra
@@ -96,17 +109,27 @@ def calibrate(
     report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
                                weights=weights)
 
-    _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
+    _timed(report, "transforms", lambda: _transforms(model, recipe, passes, report))
+    clipped = pcc_sites(model)
+    if clipped:
+        report.passes["pcc"] = _timed(report, "pcc", lambda: pcc_pass(model, list(samples), clipped))
     units = search_units(model)
-    searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers}
+    searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers} | set(clipped)
     observed = [name for name in quantizers if name not in searched]
-    reached = _timed(report, "statistics", lambda: _statistics(model, passes, observed))
+    with quantizing(model, clipped):
+        reached = _timed(report, "statistics", lambda: _statistics(model, passes, observed))
     _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report, search_rows))
+    hybrid = hybrid_sites(model, [name for name in observed if name in reached])
+    if hybrid:
+        report.passes["hluq_grids"] = _timed(report, "hluq_grids", lambda: hybrid_grid_pass(model, passes, hybrid))
     for name in observed:
         if name in reached:
             quantizers[name].finalize()
         else:
             report.unreached.append(name)
+    layers = gptq_units(model)
+    if layers:
+        report.passes["gptq"] = _timed(report, "gptq", lambda: gptq_pass(model, passes, layers))
     config = recipe.reconstruction_config()
     if config is not None:
         config = config.with_overrides(reconstruction or {})
@@ -124,12 +147,18 @@ def _timed(report: CalibrationReport, name: str, work: Callable[[], Any]) -> Any
     return result
 
 
-def _bimodal(model: Sam, recipe: Recipe, passes: SampleLoop, report: CalibrationReport) -> None:
+def _transforms(model: Sam, recipe: Recipe, passes: SampleLoop, report: CalibrationReport) -> None:
     for transform in recipe.transforms:
-        targets = attention_modules(model, transform.matches)
-        if targets:
-            report.bimodal.update(bimodal_fold_pass(targets, lambda: passes.run("bimodal fold (float)"),
-                                                    transform.config()))
+        if transform.kind == "bimodal_fold":
+            targets = attention_modules(model, transform.matches)
+            if targets:
+                report.bimodal.update(bimodal_fold_pass(targets, lambda: passes.run("bimodal fold (float)"),
+                                                        transform.config()))
+        else:  # repq_fold (the recipe checks the kind)
+            targets = repq.fold_targets(model, transform.matches)
+            if targets:
+                report.passes.setdefault(repq.STATE_KEY, {}).update(
+                    repq.repq_fold_pass(model, targets, lambda: passes.run("repq fold (float)")))
 
 
 def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]:
@@ -152,19 +181,8 @@ def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]
 def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: CalibrationReport,
              search_rows: int | None) -> None:
     """Capture and search block by block, so the cache holds one block's units at a time."""
-    for group_name, group in _by_block(model, units).items():
+    for group_name, group in group_by_block(model_blocks(model), units, lambda unit: unit.name).items():
         needs_encoder = part_of(group_name) == "image_encoder"
         data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
         for unit in group:
             report.hessian[unit.name] = search_unit(unit, data.pop(unit.name), model, search_rows)
-
-
-def _by_block(model: Sam, units: list[Unit]) -> dict[str, list[Unit]]:
-    """Units grouped by the model block that holds them (:func:`~ptqsam.models.blocks.model_blocks`);
-    a unit outside every block (e.g. in the IoU head) is grouped by the parent of its name."""
-    blocks = model_blocks(model)
-    groups: dict[str, list[Unit]] = {}
-    for unit in units:
-        block = block_of(blocks, unit.module)
-        groups.setdefault(block.name if block else unit.name.rpartition(".")[0], []).append(unit)
-    return groups

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from ptqsam.errors import RecipeError
 
-UNITS = ("block", "layer")
+UNITS = ("block", "layer", "stage")
 LOSSES = ("mse", "fisher")
 
 
@@ -20,8 +20,9 @@ class ReconstructionConfig:
     4e-5 (cosine to 0), λ = 0.01, β from 20 to 2 after a 20 % warm-up.
 
     Arguments:
-      unit: ``block`` (the model's blocks: BRECQ, QDrop, PTQ4SAM-L) or ``layer`` (each Linear /
-        convolution alone: AdaRound).
+      unit: ``block`` (the model's blocks: BRECQ, QDrop, PTQ4SAM-L), ``layer`` (each Linear /
+        convolution alone: AdaRound) or ``stage`` (SAQ-SAM: the ViT encoder's windowed blocks up
+        to and including each global-attention block as one unit, other blocks alone).
       iterations: optimisation steps per unit.
       batch_size: calibration images per step (all their prompts), drawn with replacement.
       weight_lr: Adam learning rate of AdaRound's rounding logits.
@@ -34,6 +35,9 @@ class ReconstructionConfig:
       loss: ``mse`` (block output against the float model's) or ``fisher`` (weighted by the squared
         gradient of the task loss at the block output, BRECQ's Fisher diagonal).
       round_loss_weight: λ of the rounding regulariser.
+      response_weight: α of SAQ-SAM's prompt-aware term (0: none): the error of the mask decoder's
+        response computed from the unit's output by the float rest of the model
+        (:mod:`ptqsam.reconstruction.response`), added to the unit's output error.
       beta_start, beta_end: β of the regulariser, annealed linearly after the warm-up.
       warmup: fraction of the iterations without the regulariser.
       seed: seed of the image draws and of the drop masks.
@@ -53,6 +57,7 @@ class ReconstructionConfig:
     drop_prob: float = 0.5
     loss: str = "mse"
     round_loss_weight: float = 0.01
+    response_weight: float = 0.0
     beta_start: float = 20.0
     beta_end: float = 2.0
     warmup: float = 0.2
@@ -68,7 +73,10 @@ class ReconstructionConfig:
         _number(self.seed, "seed", lambda v: v >= 0, ">= 0", integer=True)
         for name in ("weight_lr", "activation_lr", "beta_start", "beta_end"):
             _number(getattr(self, name), name, lambda v: v > 0, "> 0")
-        _number(self.round_loss_weight, "round_loss_weight", lambda v: v >= 0, ">= 0")
+        for name in ("round_loss_weight", "response_weight"):
+            _number(getattr(self, name), name, lambda v: v >= 0, ">= 0")
+        if self.response_weight > 0 and self.batch_size != 1:
+            raise RecipeError("reconstruction response_weight > 0 needs batch_size 1 (one image's prompts per step)")
         _number(self.drop_prob, "drop_prob", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         _number(self.warmup, "warmup", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
         for name in ("learn_activations", "round_weights", "reference_drop_bug"):
