@@ -1,12 +1,16 @@
-"""Block reconstruction: after calibration, each unit (a model block, or a layer) is tuned so its
-quantized output matches the float model's, in model order, the quantized prefix feeding the next.
+"""Block reconstruction: after calibration, each unit (a layer, a model block or a stage of blocks)
+is tuned so its quantized output matches the float model's, in model order, the quantized prefix
+feeding the next.
 
 Per unit: its inputs are cached from the quantized model (the units before it already
 reconstructed) and, for QDrop, from the float model; its targets are the float model's outputs
 on float inputs. The weight quantizers get AdaRound's soft rounding, the activation quantizers
 learnable scales (LSQ); Adam minimises the reconstruction loss plus λ·Σ(1 − |2h − 1|^β) after the
 warm-up. With QDrop each activation element stays float with probability ``drop_prob`` and each
-input element comes from the float model with that probability. At the end of the unit the
+input element comes from the float model with that probability. With ``response_weight`` (SAQ-SAM's
+PAR) the loss adds the error of the mask decoder's response computed from the unit's output
+(:mod:`.response`). Quantizers with milestones (AHCPTQ's channel groups) are called at their
+fractions of the iterations, and the optimiser takes their new parameters. At the end of the unit the
 rounding is hardened, the scales frozen and the dropping switched off (unless the PTQ4SAM
 reference bug is reproduced on purpose), so evaluation quantizes every element.
 """

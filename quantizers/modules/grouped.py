@@ -48,7 +48,8 @@ class ChannelGroupQuantizer(UniformQuantizer):
     observer's per-channel qparams); at each milestone of a reconstruction, k-means over the
     channels' current ``(scale, zero_point)`` (raw values, as AHCPTQ's code clusters them) merges
     them into fewer groups, each taking its cluster's mean scale and rounded mean zero point, until
-    ``groups`` remain. The learned scales are per group.
+    ``groups`` remain. The learned scales are per group. Without a reconstruction (nothing calls
+    the milestones) it stays a per-channel quantizer.
 
     Arguments:
       spec: ``quantizer="channel_groups"`` spec with per-channel granularity (the channel axis is

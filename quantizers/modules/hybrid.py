@@ -20,6 +20,8 @@ from quantizers.registry import register_quantizer
 from quantizers.spec import QuantSpec
 
 SCALES = ("scale_log", "scale_uni")
+#: while observing, candidates are scored on at most about this many evenly spaced elements per batch
+SELF_SCORED = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,14 @@ class HybridLogUniformQuantizer(Quantizer):
     """Log grid below ``s_log``, uniform grid above, on ``x − m`` (see
     :mod:`quantizers.functional.hybrid`); per tensor.
 
-    Calibration: observing keeps the running averages of each batch's minimum (``m``) and maximum.
-    Then every candidate ``(r, g)`` is scored on the calibration batches with :meth:`score_grids`
-    (the error of the following linear layer's output when its weight is given, else of the tensor
-    itself); :meth:`finalize` keeps the candidate with the lowest summed error. ``s_log`` and
-    ``s_uni`` can be learned (:meth:`learn`, reconstruction); ``m`` and ``g`` stay fixed.
+    Calibration: observing keeps the running averages of each batch's minimum (``m``) and maximum,
+    and scores every candidate ``(r, g)`` on the batch itself (evenly spaced elements, at most about
+    :data:`SELF_SCORED`) with the range averaged so far.
+    :meth:`score_grids` scores them again once the range is complete, by the error of the following
+    linear layer's output when its weight is given (AHCPTQ's criterion; a calibration pass does
+    it); :meth:`finalize` keeps the candidate with the lowest summed error, from
+    :meth:`score_grids` when it ran, else from observing. ``s_log`` and ``s_uni`` can be learned
+    (:meth:`learn`, reconstruction); ``m`` and ``g`` stay fixed.
 
     Options (:class:`HybridOptions`): ``range_rates``, ``grid_rates``. Candidates whose ``g`` does
     not split ``2^b`` codes into whole parts at this bit-width are left out.
@@ -72,6 +77,7 @@ class HybridLogUniformQuantizer(Quantizer):
         for name in ("min_sum", "max_sum"):
             self.register_buffer(name, torch.zeros((), dtype=torch.float64))
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("self_errors", torch.zeros(len(self.candidates), dtype=torch.float64))
         self.register_buffer("grid_errors", torch.zeros(len(self.candidates), dtype=torch.float64))
         self.register_buffer("scored_batches", torch.zeros((), dtype=torch.int64))
         for name in ("shift", "range_rate", "grid_rate", *SCALES):
@@ -82,6 +88,8 @@ class HybridLogUniformQuantizer(Quantizer):
         self.min_sum += lo.double()
         self.max_sum += hi.double()
         self.num_batches += 1
+        flat = x.reshape(-1)
+        self.self_errors += self._errors(flat[:: max(1, flat.numel() // SELF_SCORED)])
 
     def observed_range(self) -> tuple[float, float]:
         """``(m, range)``: the averaged minimum and the averaged maximum minus it."""
@@ -97,22 +105,28 @@ class HybridLogUniformQuantizer(Quantizer):
         """Add each candidate's error on batch ``x`` (with the observed ``m`` and range): the mean
         squared error of ``F.linear(x̂, weight, bias)`` against ``F.linear(x, weight, bias)``, or of
         ``x̂`` against ``x`` without a weight."""
+        self.grid_errors += self._errors(x, weight, bias)
+        self.scored_batches += 1
+
+    def _errors(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         shift, value_range = self.observed_range()
         x = x.detach().float()
-        reference = x if weight is None else F.linear(x, weight.float(), None if bias is None else bias.float())
+        layer = (lambda t: t) if weight is None else \
+            (lambda t: F.linear(t, weight.float(), None if bias is None else bias.float()))
+        reference = layer(x)
+        errors = torch.zeros(len(self.candidates), dtype=torch.float64, device=self.grid_errors.device)
         for i, (r, g) in enumerate(self.candidates):
             s_log, s_uni = hybrid_scales(value_range, r, g, self.spec.bits)
             x_hat = hybrid_fake_quantize(x, torch.tensor(shift), torch.tensor(s_log), torch.tensor(s_uni),
                                          self.spec.bits, g)
-            out = x_hat if weight is None else F.linear(x_hat, weight.float(), None if bias is None else bias.float())
-            self.grid_errors[i] += (out - reference).double().square().mean()
-        self.scored_batches += 1
+            errors[i] = (layer(x_hat) - reference).double().square().mean()
+        return errors
 
     def _finalize(self) -> None:
-        if int(self.scored_batches) == 0:
-            raise QuantizationError("hluq: finalize() before any candidate grid was scored (score_grids)")
         shift, value_range = self.observed_range()
-        r, g = self.candidates[int(torch.argmin(self.grid_errors))]
+        errors = self.grid_errors if int(self.scored_batches) else self.self_errors
+        r, g = self.candidates[int(torch.argmin(errors))]
         s_log, s_uni = hybrid_scales(value_range, r, g, self.spec.bits)
         for name, value in (("shift", shift), ("range_rate", r), ("grid_rate", g), ("scale_log", s_log),
                             ("scale_uni", s_uni)):

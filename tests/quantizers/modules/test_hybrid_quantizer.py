@@ -44,11 +44,18 @@ def test_the_grid_with_the_lowest_linear_output_error_is_chosen():
     assert len(quantizer.candidates) == 9
 
 
-def test_finalize_needs_scored_grids_and_low_bits_drop_impossible_rates():
+def test_without_a_linear_the_grid_with_the_lowest_own_error_is_chosen_and_low_bits_drop_impossible_rates():
     quantizer = build_quantizer(SPEC)
-    quantizer.observe(_batches()[0])
-    with pytest.raises(QuantizationError, match="score_grids"):
-        quantizer.finalize()
+    x = _batches()[0]
+    quantizer.observe(x)
+    quantizer.finalize()
+    shift, value_range = float(x.min()), float(x.max() - x.min())
+    errors = {}
+    for r, g in quantizer.candidates:
+        s_log, s_uni = hybrid_scales(value_range, r, g, 4)
+        x_hat = hybrid_fake_quantize(x, torch.tensor(shift), torch.tensor(s_log), torch.tensor(s_uni), 4, g)
+        errors[(r, g)] = float((x_hat - x).square().mean())
+    assert (float(quantizer.range_rate), float(quantizer.grid_rate)) == pytest.approx(min(errors, key=errors.get))
     assert {g for _, g in build_quantizer(QuantSpec(bits=2, quantizer="hluq")).candidates} == {0.25, 0.5}
     with pytest.raises(QuantizationError, match="no grid rate"):
         build_quantizer(QuantSpec(bits=2, quantizer="hluq", quantizer_options={"grid_rates": [0.125]}))
