@@ -45,5 +45,6 @@ def _scorer(quantizer: HybridLogUniformQuantizer, linear: nn.Module | None) -> C
         if linear is None:
             quantizer.score_grids(args[0])
         else:
-            quantizer.score_grids(args[0], linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
+            bias = None if linear.bias is None else linear.bias.detach()
+            quantizer.score_grids(args[0], linear.weight.detach(), bias)
     return hook

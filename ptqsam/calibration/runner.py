@@ -52,9 +52,10 @@ from quantizers.modules.base import Mode, Quantizer
 class CalibrationReport:
     """What calibration did: images, quantizers, per-pass seconds, BIG, Hessian and reconstruction
     records, the records of the other passes (``passes``: ``repq_fold``, ``pcc``, ``hluq_grids``,
-    ``gptq``, by site or layer), the selected sites no calibration pass reached (left uncalibrated), the fingerprint of
-    the weights it started from (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the
-    reconstruction reproduces PTQ4SAM's drop bug on purpose, where and how it drops."""
+    ``gptq``, by site or layer), the selected sites no calibration pass reached (left
+    uncalibrated), the fingerprint of the weights it started from
+    (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the reconstruction reproduces
+    PTQ4SAM's drop bug on purpose, where and how it drops."""
 
     image_ids: list[int]
     num_prompts: int

@@ -47,7 +47,8 @@ class GPTQSearch(ScaleSearch):
     @classmethod
     def check_spec(cls, spec) -> None:
         if spec.quantizer != "uniform":
-            raise QuantizationError(f"the gptq search chooses the codes of uniform weight quantizers, not {spec.quantizer!r}")
+            raise QuantizationError("the gptq search chooses the codes of uniform weight quantizers, "
+                                    f"not {spec.quantizer!r}")
 
 
 def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
@@ -85,7 +86,8 @@ def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor,
         block, errors = w[:, start:end].clone(), torch.zeros_like(w[:, start:end])
         for i in range(end - start):
             column = start + i
-            code = torch.clamp(torch.round(block[:, i] / step[:, column]) + zero[:, column], qmin, qmax) - zero[:, column]
+            zero_column = zero[:, column]
+            code = torch.clamp(torch.round(block[:, i] / step[:, column]) + zero_column, qmin, qmax) - zero_column
             codes[:, column] = code
             error = (block[:, i] - code * step[:, column]) / upper[column, column]
             block[:, i:] -= error[:, None] * upper[column, column:end][None, :]
