@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,17 +12,7 @@ from ptqsam.bits import parse_bits
 from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
 from ptqsam.errors import ConfigError, PtqsamError
 from ptqsam.reconstruction.config import ReconstructionConfig
-from ptqsam.typed import check_fields
-
-
-def reject_unknown_keys(data: Any, cls: type, what: str, error: type[PtqsamError] = ConfigError) -> None:
-    """Raise ``error`` unless ``data`` is a mapping whose keys are all fields of dataclass ``cls``."""
-    if not isinstance(data, Mapping):
-        raise error(f"{what} must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise error(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")
+from ptqsam.typed import check_fields, reject_unknown_keys
 
 
 @dataclass(frozen=True)

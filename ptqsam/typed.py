@@ -15,9 +15,9 @@ import math
 import types
 import typing
 from dataclasses import fields
-from typing import Any
+from typing import Any, Mapping
 
-from ptqsam.errors import PtqsamError
+from ptqsam.errors import ConfigError, PtqsamError
 
 
 def check_fields(obj: Any, error: type[PtqsamError], what: str) -> None:
@@ -81,3 +81,13 @@ def _plural(expected: Any) -> str:
 def _show(value: Any) -> str:
     text = repr(value)
     return f"{text[:77]}..." if len(text) > 80 else text
+
+
+def reject_unknown_keys(data: Any, cls: type, what: str, error: type[PtqsamError] = ConfigError) -> None:
+    """Raise ``error`` unless ``data`` is a mapping whose keys are all fields of dataclass ``cls``."""
+    if not isinstance(data, Mapping):
+        raise error(f"{what} must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"unknown {what} key(s) {unknown}; known keys: {sorted(known)}")

@@ -27,9 +27,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from ptqsam.bits import check_bit_width, parse_bits
-from ptqsam.config import reject_unknown_keys
 from ptqsam.errors import RecipeError
-from ptqsam.typed import check_fields
+from ptqsam.typed import check_fields, reject_unknown_keys
 from ptqsam.reconstruction.config import ReconstructionConfig
 from quantizers import QuantizationError, QuantSpec
 from quantizers.transforms.bimodal import BimodalConfig

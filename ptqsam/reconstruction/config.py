@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 from ptqsam.errors import RecipeError
+from ptqsam.typed import check_fields, reject_unknown_keys
 
 UNITS = ("block", "layer", "stage")
 LOSSES = ("mse", "fisher")
@@ -47,41 +48,34 @@ class ReconstructionConfig:
         evaluation included (for comparison with published numbers only; results are marked).
     """
 
-    unit: str = "block"
-    iterations: int = 20000
-    batch_size: int = 1
-    weight_lr: float = 1e-3
-    activation_lr: float = 4e-5
+    unit: str = field(default="block", metadata={"choices": UNITS})
+    iterations: int = field(default=20000, metadata={"min": 1})
+    batch_size: int = field(default=1, metadata={"min": 1})
+    weight_lr: float = field(default=1e-3, metadata={"min": 0.0})
+    activation_lr: float = field(default=4e-5, metadata={"min": 0.0})
     learn_activations: bool = True
     round_weights: bool = True
-    drop_prob: float = 0.5
-    loss: str = "mse"
-    round_loss_weight: float = 0.01
-    response_weight: float = 0.0
-    beta_start: float = 20.0
-    beta_end: float = 2.0
-    warmup: float = 0.2
-    seed: int = 0
-    cache_bytes: int = 2 * 2**30
+    drop_prob: float = field(default=0.5, metadata={"min": 0.0})
+    loss: str = field(default="mse", metadata={"choices": LOSSES})
+    round_loss_weight: float = field(default=0.01, metadata={"min": 0.0})
+    response_weight: float = field(default=0.0, metadata={"min": 0.0})
+    beta_start: float = field(default=20.0, metadata={"min": 0.0})
+    beta_end: float = field(default=2.0, metadata={"min": 0.0})
+    warmup: float = field(default=0.2, metadata={"min": 0.0})
+    seed: int = field(default=0, metadata={"min": 0})
+    cache_bytes: int = field(default=2 * 2**30, metadata={"min": 1})
     reference_drop_bug: bool = False
 
     def __post_init__(self) -> None:
-        _choice(self.unit, "unit", UNITS)
-        _choice(self.loss, "loss", LOSSES)
-        for name in ("iterations", "batch_size", "cache_bytes"):
-            _number(getattr(self, name), name, lambda v: v >= 1, ">= 1", integer=True)
-        _number(self.seed, "seed", lambda v: v >= 0, ">= 0", integer=True)
+        check_fields(self, RecipeError, "reconstruction")
         for name in ("weight_lr", "activation_lr", "beta_start", "beta_end"):
-            _number(getattr(self, name), name, lambda v: v > 0, "> 0")
-        for name in ("round_loss_weight", "response_weight"):
-            _number(getattr(self, name), name, lambda v: v >= 0, ">= 0")
+            if getattr(self, name) == 0:
+                raise RecipeError(f"reconstruction {name} must be > 0, got 0")
+        for name in ("drop_prob", "warmup"):
+            if getattr(self, name) >= 1.0:
+                raise RecipeError(f"reconstruction {name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.response_weight > 0 and self.batch_size != 1:
             raise RecipeError("reconstruction response_weight > 0 needs batch_size 1 (one image's prompts per step)")
-        _number(self.drop_prob, "drop_prob", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-        _number(self.warmup, "warmup", lambda v: 0.0 <= v < 1.0, "in [0, 1)")
-        for name in ("learn_activations", "round_weights", "reference_drop_bug"):
-            if not isinstance(getattr(self, name), bool):
-                raise RecipeError(f"reconstruction {name} must be true or false, got {getattr(self, name)!r}")
         if self.reference_drop_bug and self.drop_prob == 0.0:
             raise RecipeError("reconstruction reference_drop_bug needs drop_prob > 0 (the bug leaves it on)")
 
@@ -112,21 +106,4 @@ class ReconstructionConfig:
 
 
 def _known(data: Any) -> None:
-    if not isinstance(data, Mapping):
-        raise RecipeError(f"reconstruction must be a mapping, got {data!r}")
-    known = {f.name for f in fields(ReconstructionConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise RecipeError(f"unknown reconstruction key(s) {unknown}; known keys: {sorted(known)}")
-
-
-def _choice(value: Any, name: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise RecipeError(f"reconstruction {name} must be one of {choices}, got {value!r}")
-
-
-def _number(value: Any, name: str, valid, requirement: str, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not valid(value):
-        raise RecipeError(f"reconstruction {name} must be {'an integer' if integer else 'a number'} "
-                          f"{requirement}, got {value!r}")
+    reject_unknown_keys(data, ReconstructionConfig, "reconstruction", RecipeError)
