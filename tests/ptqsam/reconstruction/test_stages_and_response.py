@@ -3,16 +3,19 @@ prompt-aware response term (zero when nothing is quantized), and quantizer miles
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
 from ptqsam.calibration import calibrate
 from ptqsam.errors import RecipeError
-from ptqsam.instrument import attached_quantizers, disabled, quantizing
+from ptqsam.instrument import Recipe, attached_quantizers, disabled, load_recipe, quantizing
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction import ReconstructionConfig
 from ptqsam.reconstruction.reconstruct import _milestones, _UnitData, reconstruct
 from ptqsam.reconstruction.units import reconstruction_units, unit_module
+from quantizers.modules.grouped import ChannelGroupQuantizer
 
 STAGE = ReconstructionConfig(unit="stage", drop_prob=0.0, response_weight=1.0, iterations=4)
 
@@ -86,3 +89,40 @@ def test_milestones_fall_at_their_fraction_of_the_iterations_in_order():
     assert [(step, q is a, i) for step, q, i in events] == [
         (0, False, 0), (2, True, 0), (4, True, 1), (4, False, 1), (6, True, 2), (8, True, 3)]
     assert [step for step, _, _ in _milestones({"a": a}, 1)] == [0, 0, 0, 0]  # one step: all of them, in order
+
+
+def test_channel_groups_merge_at_20_40_60_80_percent_and_keep_learning(two_samples, random_testbed_module,
+                                                                        monkeypatch):
+    data = load_recipe("ahcptq").to_dict()
+    del data["reconstruction"]
+    model = random_testbed_module()
+    calibrate(model, Recipe.from_dict(data), 4, 4, two_samples, progress=False)
+    unit = "mask_decoder.transformer.layers.0"
+    grouped = {n: q for n, q in attached_quantizers(model).items()
+               if n.startswith(unit + ".") and isinstance(q, ChannelGroupQuantizer)}
+    assert len(grouped) == 3 * 3 + 1  # q/k/v projection inputs of its 3 attentions, the MLP's first Linear
+    steps: Counter = Counter()  # Adam steps per optimiser = iterations done
+    step = torch.optim.Adam.step
+
+    def counted(self, *args, **kwargs):
+        steps.update([id(self)])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counted)
+    seen, merged = [], {}
+    regroup = ChannelGroupQuantizer.at_milestone
+
+    def spy(self, index):
+        regroup(self, index)
+        seen.append((max(steps.values(), default=0), index, self.num_groups))
+        merged[id(self)] = self.scale.detach().clone()
+
+    monkeypatch.setattr(ChannelGroupQuantizer, "at_milestone", spy)
+    config = ReconstructionConfig(iterations=10, activation_lr=1e-2, drop_prob=0.0)
+    reconstruct(model, two_samples, config, progress=False, only=[unit])
+    channels = {q.channel_group.numel() for q in grouped.values()}
+    assert sorted(set(seen)) == [(2, 0, 32), (4, 1, 16), (6, 2, 8), (8, 3, 4)] and channels == {128}
+    assert len(seen) == 4 * len(grouped)
+    for quantizer in grouped.values():
+        assert set(quantizer.channel_group.tolist()) == {0, 1, 2, 3}
+        assert not torch.equal(quantizer.scale, merged[id(quantizer)])  # steps 8, 9 learned the merged scales

@@ -84,3 +84,36 @@ def test_codes_set_on_the_quantizer_give_codes_times_scale_and_save_and_load():
     assert quantizer.parts() == {"rounding": "codes"} and torch.equal(fresh(weight), quantizer(weight))
     with pytest.raises(QuantizationError, match="codes"):
         fresh(weight[:, :3])
+
+
+def _obs_codes(weight, hessian, scale, zero, qmin, qmax, damp, order):
+    """GPTQ written as the optimal-brain-surgeon update with an explicit inverse (Frantar et al.,
+    eq. 2-3): quantize column i, move the columns left by −err·H⁻¹[i, F]/H⁻¹[i, i], then remove i
+    from H⁻¹ by Gaussian elimination. No Cholesky factor, no blocks."""
+    w = weight.double().clone()
+    h = hessian.double().clone()
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=torch.float64)
+    inverse = torch.linalg.inv(h)
+    codes = torch.zeros_like(w)
+    left = list(order)
+    while left:
+        i = left.pop(0)
+        code = torch.clamp(torch.round(w[:, i] / scale[:, i]) + zero[:, i], qmin, qmax) - zero[:, i]
+        codes[:, i] = code
+        error = (w[:, i] - code * scale[:, i]) / inverse[i, i]
+        w[:, left] -= error[:, None] * inverse[i, left][None, :]
+        inverse = inverse - inverse[:, i:i + 1] @ inverse[i:i + 1, :] / inverse[i, i]
+    return codes
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_the_codes_are_those_of_the_direct_obs_update(act_order):
+    x, weight, quantizer, scale, zero, hessian = _layer(seed=5, rows=16, columns=30)
+    qmin, qmax = quantizer.qrange
+    options = GPTQOptions(block_size=8, act_order=act_order)
+    order = torch.argsort(torch.diag(hessian), descending=True).tolist() if act_order else range(30)
+    expected = _obs_codes(weight, hessian, scale, zero, qmin, qmax, options.damp, order)
+    codes = gptq_codes(weight, hessian, scale, zero, qmin, qmax, options)
+    assert torch.equal(codes, expected)
+    if act_order:  # the order matters: the other order gives other codes on this layer
+        assert not torch.equal(codes, gptq_codes(weight, hessian, scale, zero, qmin, qmax, GPTQOptions(block_size=8)))
