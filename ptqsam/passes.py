@@ -94,6 +94,19 @@ class SampleLoop:
         return tqdm(self.samples, desc=description, disable=not self.progress, leave=False)
 
 
+class StopForward(Exception):
+    """Raised by a hook to end a forward once it has seen what it needed (see :func:`each_sample`)."""
+
+
+def each_sample(loop: SampleLoop, run: Callable[[CalibrationSample], None]) -> None:
+    """``run(sample)`` for every sample of ``loop``; a :class:`StopForward` ends that sample's run."""
+    for sample in loop.samples:
+        try:
+            run(sample)
+        except StopForward:
+            pass
+
+
 def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
     """BCE + Dice of the mask logits against the (detached) binary masks they give."""
     target = (low_res_logits > 0).float().detach()

@@ -3,12 +3,18 @@
 1. Encoder statistics: observing mode on the image encoder's sites, one encoder forward per image
    (weight sites on the first image only). Activation observers are streaming; the log quantizer
    runs its per-batch AGQ search with each attention's v.
-2. Bimodal fold (recipes with a ``bimodal_fold`` transform): a float pass collects the decoder's
-   token→image keys, detects bimodal ones and folds their signs into q_proj / k_proj.
-3. Statistics of the other sites (the mask decoder), observed after the fold.
-4. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
-5. ``finalize`` of every observed quantizer.
-6. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
+2. Transforms, each after a float pass: ``bimodal_fold`` (the decoder's token→image keys; bimodal
+   ones get their signs folded into q_proj / k_proj) and ``repq_fold`` (RepQ-ViT: per-channel
+   post-LayerNorm ranges folded into the LayerNorm and the next Linear, :mod:`.repq`). A transform
+   that changes the encoder moves step 1 after it.
+3. PCC (SAQ-SAM) for the mask-decoder quantizers whose spec asks for ``search: pcc`` (:mod:`.pcc`).
+4. Statistics of the other sites (the mask decoder), PCC-clipped quantizers quantizing.
+5. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
+6. HLUQ grids (AHCPTQ): every hybrid log-uniform quantizer scores its (r, g) candidates by the
+   output error of the Linear it feeds (:mod:`.hybrid`).
+7. ``finalize`` of every observed quantizer.
+8. GPTQ codes for the weight quantizers whose spec asks for ``search: gptq`` (:mod:`.gptq`).
+9. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`).
 
 No pass before reconstruction quantizes, so the image encoder's output is float in each of them: it
 runs once per image (:class:`~ptqsam.passes.SampleLoop` keeps the embeddings), observed on the way,
@@ -30,17 +36,22 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from segment_anything.modeling import Sam
 
+from ptqsam.calibration import repq
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
+from ptqsam.calibration.gptq import gptq_pass, gptq_units
 from ptqsam.calibration.hessian import capture, search_unit, search_units
+from ptqsam.calibration.hybrid import hybrid_grid_pass, hybrid_sites
+from ptqsam.calibration.pcc import pcc_pass, pcc_sites
 from ptqsam.data.samples import CalibrationSample
+from ptqsam.errors import CalibrationError
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
 from ptqsam.instrument.inventory import site_inventory
-from ptqsam.instrument.modes import observing
+from ptqsam.instrument.modes import observing, quantizing
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
-from ptqsam.models.blocks import block_of, model_blocks, part_of
+from ptqsam.models.blocks import group_by_block, model_blocks, part_of
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
@@ -52,9 +63,11 @@ log = logging.getLogger("ptqsam")
 class CalibrationReport:
     """What calibration did: images, quantizers, per-pass seconds, BIG, Hessian (per unit: metric,
     objective history, ``fallback`` where the l2 metric replaced the Hessian one) and reconstruction
-    records, the selected sites no calibration pass reached (left uncalibrated), the fingerprint of
-    the weights it started from (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the
-    reconstruction reproduces PTQ4SAM's drop bug on purpose, where and how it drops."""
+    records, the records of the other passes (``passes``: ``repq_fold``, ``pcc``, ``hluq_grids``,
+    ``gptq``, by site or layer), the selected sites no calibration pass reached (left
+    uncalibrated), the fingerprint of the weights it started from
+    (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the reconstruction reproduces
+    PTQ4SAM's drop bug on purpose, where and how it drops."""
 
     image_ids: list[int]
     num_prompts: int
@@ -63,6 +76,7 @@ class CalibrationReport:
     bimodal: dict[str, dict] = field(default_factory=dict)
     hessian: dict[str, dict] = field(default_factory=dict)
     reconstruction: dict[str, dict] = field(default_factory=dict)
+    passes: dict[str, dict[str, dict]] = field(default_factory=dict)
     unreached: list[str] = field(default_factory=list)
     weights: str = ""
     reference_drop_bug: dict[str, Any] | None = None
@@ -70,6 +84,8 @@ class CalibrationReport:
     def extra_state(self) -> dict[str, Any]:
         """The transform state to save beside the quantizers (re-applied when loading)."""
         extra: dict[str, Any] = {STATE_KEY: self.bimodal} if self.bimodal else {}
+        if self.passes.get(repq.STATE_KEY):
+            extra[repq.STATE_KEY] = self.passes[repq.STATE_KEY]
         if self.reference_drop_bug is not None:
             extra[REFERENCE_BUG_KEY] = self.reference_drop_bug
         return extra
@@ -105,8 +121,9 @@ def calibrate(
     report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
                                weights=weights)
 
+    clipped = _pcc_sites(model)
     units = search_units(model)
-    searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers}
+    searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers} | set(clipped)
     observed = [name for name in quantizers if name not in searched]
     in_encoder = [name for name in observed if part_of(name) == "image_encoder"]
     elsewhere = [name for name in observed if part_of(name) != "image_encoder"]
@@ -116,12 +133,19 @@ def calibrate(
         return _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
 
     reached = set() if folds_encoder else encoder_statistics()
-    _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
+    _timed(report, "transforms", lambda: _transforms(model, recipe, passes, report))
     if folds_encoder:
         passes.forget_embeddings()
         reached = encoder_statistics()
-    reached |= _timed(report, "statistics", lambda: _statistics(model, passes, elsewhere))
+    if clipped:
+        report.passes["pcc"] = _timed(report, "pcc", lambda: pcc_pass(model, list(samples), clipped))
+    with quantizing(model, clipped):
+        reached |= _timed(report, "statistics", lambda: _statistics(model, passes, elsewhere))
     _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report, search_rows))
+    hybrid = hybrid_sites(model, [name for name in observed if name in reached])
+    if hybrid:
+        loop = _encoder_loop(model, samples, hybrid, progress)
+        report.passes["hluq_grids"] = _timed(report, "hluq_grids", lambda: hybrid_grid_pass(model, loop, hybrid))
     for name in observed:
         if name in reached:
             quantizers[name].finalize()
@@ -129,6 +153,10 @@ def calibrate(
             report.unreached.append(name)
     report.unreached += [name for unit in units if unit.name not in report.hessian
                          for name in (unit.a, unit.b) if name in quantizers]
+    layers = gptq_units(model)
+    if layers:
+        loop = _encoder_loop(model, samples, [unit.module for unit in layers], progress)
+        report.passes["gptq"] = _timed(report, "gptq", lambda: gptq_pass(model, loop, layers))
     config = recipe.reconstruction_config()
     if config is not None:
         config = config.with_overrides(reconstruction or {})
@@ -146,18 +174,45 @@ def _timed(report: CalibrationReport, name: str, work: Callable[[], Any]) -> Any
     return result
 
 
-def _bimodal(model: Sam, recipe: Recipe, passes: SampleLoop, report: CalibrationReport) -> None:
+def _transforms(model: Sam, recipe: Recipe, passes: SampleLoop, report: CalibrationReport) -> None:
     for transform in recipe.transforms:
-        targets = attention_modules(model, transform.matches)
-        if targets:
-            report.bimodal.update(bimodal_fold_pass(targets, lambda: passes.run("bimodal fold (float)"),
-                                                    transform.config()))
+        if transform.kind == "bimodal_fold":
+            targets = attention_modules(model, transform.matches)
+            if targets:
+                report.bimodal.update(bimodal_fold_pass(targets, lambda: passes.run("bimodal fold (float)"),
+                                                        transform.config()))
+        else:  # repq_fold (the recipe checks the kind)
+            targets = repq.fold_targets(model, transform.matches)
+            if targets:
+                report.passes.setdefault(repq.STATE_KEY, {}).update(
+                    repq.repq_fold_pass(model, targets, lambda: passes.run("repq fold (float)")))
 
 
 def _folds_encoder(model: Sam, recipe: Recipe) -> bool:
     """Whether a transform of ``recipe`` changes a module of the image encoder."""
-    return any(part_of(name) == "image_encoder" for transform in recipe.transforms
-               for name in attention_modules(model, transform.matches))
+    for transform in recipe.transforms:
+        targets = attention_modules(model, transform.matches) if transform.kind == "bimodal_fold" \
+            else repq.fold_targets(model, transform.matches)
+        if any(part_of(name) == "image_encoder" for name in targets):
+            return True
+    return False
+
+
+def _pcc_sites(model: Sam) -> list[str]:
+    """The PCC-clipped sites; they quantize during the decoder statistics, so they must be decoder sites
+    (the encoder statistics run on the float encoder, once)."""
+    clipped = pcc_sites(model)
+    in_encoder = [name for name in clipped if part_of(name) == "image_encoder"]
+    if in_encoder:
+        raise CalibrationError(f"search 'pcc' is for mask-decoder attentions (SAQ-SAM); {in_encoder[0]} is in the "
+                               "image encoder")
+    return clipped
+
+
+def _encoder_loop(model: Sam, samples: Sequence[CalibrationSample], names: list[str], progress: bool) -> SampleLoop:
+    """A loop whose passes run the image encoder when a hooked ``names`` entry is in it."""
+    return SampleLoop(model, samples, encoder_float=not any(part_of(n) == "image_encoder" for n in names),
+                      progress=progress)
 
 
 def _statistics(model: Sam, passes: SampleLoop, observed: list[str], decode: bool = True) -> set[str]:
@@ -202,14 +257,14 @@ def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: Calibrat
 
 
 def _capture_groups(model: Sam, units: list[Unit], samples: Sequence[CalibrationSample]) -> dict[str, list[Unit]]:
-    """Blocks (see :func:`_by_block`) merged in forward order while their estimated cache fits."""
+    """Blocks (:func:`~ptqsam.models.blocks.group_by_block`) merged in forward order while their estimated cache fits."""
     if not units:
         return {}
     shapes = {row.name: row.shape for row in site_inventory(model)}
     prompts = max(len(sample.prompts) for sample in samples)
     groups: dict[str, list[Unit]] = {}
     name, size = "", 0
-    for block, block_units in _by_block(model, units).items():
+    for block, block_units in group_by_block(model_blocks(model), units, lambda unit: unit.module).items():
         block_size = len(samples) * sum(_cache_bytes(model, unit, shapes, prompts) for unit in block_units)
         if name and size + block_size <= CAPTURE_BUDGET:
             groups[name] += block_units
@@ -231,14 +286,3 @@ def _cache_bytes(model: Sam, unit: Unit, shapes: dict, prompts: int) -> int:
     else:
         stored = a + math.prod(shapes.get(unit.b) or (0,)) + 2 * math.prod(shapes.get(unit.output) or (0,))
     return 4 * per_image * stored
-
-
-def _by_block(model: Sam, units: list[Unit]) -> dict[str, list[Unit]]:
-    """Units grouped by the model block that holds them (:func:`~ptqsam.models.blocks.model_blocks`);
-    a unit outside every block (e.g. in the IoU head) is grouped by the parent of its name."""
-    blocks = model_blocks(model)
-    groups: dict[str, list[Unit]] = {}
-    for unit in units:
-        block = block_of(blocks, unit.module)
-        groups.setdefault(block.name if block else unit.name.rpartition(".")[0], []).append(unit)
-    return groups

@@ -1,12 +1,16 @@
-"""Block reconstruction: after calibration, each unit (a model block, or a layer) is tuned so its
-quantized output matches the float model's, in model order, the quantized prefix feeding the next.
+"""Block reconstruction: after calibration, each unit (a layer, a model block or a stage of blocks)
+is tuned so its quantized output matches the float model's, in model order, the quantized prefix
+feeding the next.
 
 Per unit: its inputs are cached from the quantized model (the units before it already
 reconstructed) and, for QDrop, from the float model; its targets are the float model's outputs
 on float inputs. The weight quantizers get AdaRound's soft rounding, the activation quantizers
 learnable scales (LSQ); Adam minimises the reconstruction loss plus λ·Σ(1 − |2h − 1|^β) after the
 warm-up. With QDrop each activation element stays float with probability ``drop_prob`` and each
-input element comes from the float model with that probability. At the end of the unit the
+input element comes from the float model with that probability. With ``response_weight`` (SAQ-SAM's
+PAR) the loss adds the error of the mask decoder's response computed from the unit's output
+(:mod:`.response`). Quantizers with milestones (AHCPTQ's channel groups) are called at their
+fractions of the iterations, and the optimiser takes their new parameters. At the end of the unit the
 rounding is hardened, the scales frozen and the dropping switched off (unless the PTQ4SAM
 reference bug is reproduced on purpose), so evaluation quantizes every element.
 """
@@ -16,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -28,41 +31,19 @@ from ptqsam.data.samples import CalibrationSample
 from ptqsam.errors import CalibrationError
 from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.modes import disabled, dropping, quantizing
-from ptqsam.instrument.units import model_units
-from ptqsam.models.blocks import model_blocks, part_of
+from ptqsam.models.blocks import part_of
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.cache import TensorCache, capture_inputs, capture_outputs, tree_map, tree_tensors
 from ptqsam.reconstruction.config import ReconstructionConfig
+from ptqsam.reconstruction.response import continuation
+from ptqsam.reconstruction.units import ReconUnit, reconstruction_units, unit_module
 from quantizers import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
 from quantizers.parts.adaround import rounding_regulariser
+from quantizers.parts.rounding import NearestRounding
 
 #: key of the reference-bug settings in the saved calibration state's ``extra``
 REFERENCE_BUG_KEY = "reference_drop_bug"
-
-
-@dataclass(frozen=True)
-class ReconUnit:
-    """One reconstruction unit: a module path, the quantizers inside it and its output channel axis."""
-
-    name: str
-    quantizers: tuple[str, ...]
-    channel_axis: int
-
-
-def reconstruction_units(model: Sam, config: ReconstructionConfig) -> list[ReconUnit]:
-    """The units of ``config.unit`` that hold at least one calibrated quantizer, in model order."""
-    calibrated = [n for n, q in attached_quantizers(model).items() if q.is_calibrated]
-    if config.unit == "block":
-        candidates = [(b.name, b.channel_axis) for b in model_blocks(model)]
-    else:
-        candidates = [(u.module, 1 if u.kind.startswith("conv") else -1) for u in model_units(model) if u.output is None]
-    units = []
-    for name, axis in candidates:
-        inside = tuple(n for n in calibrated if n.startswith(name + "."))
-        if inside:
-            units.append(ReconUnit(name, inside, axis))
-    return units
 
 
 def reconstruct(model: Sam, samples: list[CalibrationSample], config: ReconstructionConfig,
@@ -110,18 +91,18 @@ def apply_reference_drop_bug(model: Sam, site_names: list[str], probability: flo
 def _reconstruct_unit(model: Sam, loop: SampleLoop, unit: ReconUnit, config: ReconstructionConfig,
                       index: int, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
-    module = model.get_submodule(unit.name)
+    module = unit_module(model, unit)
     quantizers = attached_quantizers(model)
     kinds = {name: site.kind for name, site in sites(model).items()}
     weights = {n: quantizers[n] for n in unit.quantizers if kinds[n] == "weight"}
     activations = {n: quantizers[n] for n in unit.quantizers if kinds[n] != "weight"}
-    data = _UnitData(loop, module, config)
+    data = _UnitData(loop, model, unit, config)
     try:
         before = _output_mse(module, unit, data)
         round_parts, w_params = _start_adaround(model, weights) if config.round_weights else ([], [])
         a_params = [p for q in activations.values() for p in q.learn()] if config.learn_activations else []
         loop_start = time.perf_counter()
-        losses = _optimise(module, unit, data, config, index, round_parts, w_params, a_params, list(activations),
+        losses = _optimise(module, unit, data, config, index, round_parts, w_params, a_params, activations,
                            progress)
         loop_seconds = time.perf_counter() - loop_start
         for quantizer in weights.values():
@@ -139,22 +120,51 @@ def _reconstruct_unit(model: Sam, loop: SampleLoop, unit: ReconUnit, config: Rec
 
 
 class _UnitData:
-    """The unit's cached inputs (quantized prefix; float prefix for QDrop), float targets and,
-    for the Fisher loss, the targets' gradients."""
+    """The unit's cached inputs (quantized prefix; float prefix for QDrop and the response term),
+    float targets, for the Fisher loss the targets' gradients and, for the response term
+    (:mod:`.response`), the float responses and the mask decoder's calls."""
 
-    def __init__(self, loop: SampleLoop, module: nn.Module, config: ReconstructionConfig) -> None:
+    def __init__(self, loop: SampleLoop, model: Sam, unit: ReconUnit, config: ReconstructionConfig) -> None:
         budget = config.cache_bytes
+        first, last = model.get_submodule(unit.modules[0]), model.get_submodule(unit.modules[-1])
         self.root = loop.runner.model
+        self.response, needs_decoder = continuation(model, unit) if config.response_weight > 0 else (None, False)
         with disabled(self.root):
-            self.float_inputs = capture_inputs(loop, module, budget) if config.drop_prob > 0 else None
-            self.targets, self.grads = capture_outputs(loop, module, budget, with_grad=config.loss == "fisher")
+            wants_float = config.drop_prob > 0 or self.response is not None
+            self.float_inputs = capture_inputs(loop, first, budget) if wants_float else None
+            self.targets, self.grads = capture_outputs(loop, last, budget, with_grad=config.loss == "fisher")
+            self.decoder_calls = capture_inputs(loop, model.mask_decoder, budget) if needs_decoder else None
         with quantizing(self.root, allow_drop=True):  # earlier units may drop on purpose (reference bug)
-            self.inputs = capture_inputs(loop, module, budget)
-        self.device = next(module.parameters(), torch.empty(0)).device
+            self.inputs = capture_inputs(loop, first, budget)
+        self.device = next(first.parameters(), torch.empty(0)).device
+        self.target_responses = self._float_responses(budget) if self.response is not None else None
+
+    @torch.no_grad()
+    def _float_responses(self, budget: int) -> TensorCache:
+        responses = TensorCache(budget)
+        with disabled(self.root):
+            for i in range(len(self.targets)):
+                args, kwargs = self.batch(self.float_inputs, [i])
+                responses.append(self.response(self.batch(self.targets, [i]), args, kwargs, self.decoder_call([i])))
+        return responses
+
+    def decoder_call(self, indices: list[int]) -> Any:
+        """The mask decoder's call for the sample at ``indices`` (one sample), or None."""
+        return None if self.decoder_calls is None else self.batch(self.decoder_calls, indices)
+
+    def response_loss(self, output: Any, args: tuple, kwargs: dict, indices: list[int]) -> torch.Tensor:
+        """The response of ``output`` against the float response of the same samples."""
+        response = self.response(output, args, kwargs, self.decoder_call(indices))
+        return reconstruction_loss(response, self.batch(self.target_responses, indices), None, -1)
+
+    @property
+    def caches(self) -> list[TensorCache]:
+        return [c for c in (self.float_inputs, self.targets, self.grads, self.inputs, self.decoder_calls,
+                            self.target_responses) if c is not None]
 
     @property
     def spilled(self) -> int:
-        return sum(c.spilled for c in (self.float_inputs, self.targets, self.grads, self.inputs) if c is not None)
+        return sum(c.spilled for c in self.caches)
 
     def batch(self, cache: TensorCache, indices: list[int]) -> Any:
         items = [cache[i] for i in indices]
@@ -163,33 +173,45 @@ class _UnitData:
         return _concatenate(items, self.device)
 
     def close(self) -> None:
-        for cache in (self.float_inputs, self.targets, self.grads, self.inputs):
-            if cache is not None:
-                cache.close()
+        for cache in self.caches:
+            cache.close()
 
 
 def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: ReconstructionConfig, index: int,
-              round_parts: list, w_params: list, a_params: list, activation_names: list[str],
+              round_parts: list, w_params: list, a_params: list, activations: dict[str, Quantizer],
               progress: bool) -> list[float]:
-    """The optimisation loop of one unit; returns the loss at every step."""
+    """The optimisation loop of one unit; returns the loss at every step. The activation
+    quantizers' milestones (:meth:`~quantizers.Quantizer.milestones`) are met at their fraction of
+    the iterations (all of them, in order, when nothing is learned)."""
+    events = _milestones(activations, config.iterations)
     if not (w_params or a_params):
+        for _, quantizer, number in events:
+            quantizer.at_milestone(number)
         return []
     w_opt = torch.optim.Adam(w_params, lr=config.weight_lr) if w_params else None
     a_opt = torch.optim.Adam(a_params, lr=config.activation_lr) if a_params else None
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(a_opt, T_max=config.iterations, eta_min=0.0) if a_opt else None
     generator = torch.Generator().manual_seed(_name_seed(config.seed, unit.name))
-    drop = dropping(data.root, config.drop_prob, activation_names, seed=config.seed + index) \
-        if config.drop_prob > 0 and activation_names else contextlib.nullcontext()
+    drop = dropping(data.root, config.drop_prob, list(activations), seed=config.seed + index) \
+        if config.drop_prob > 0 and activations else contextlib.nullcontext()
     losses = []
     steps = tqdm(range(config.iterations), desc=unit.name, disable=not progress, leave=False, mininterval=1.0)
     with drop, quantizing(data.root, list(unit.quantizers), allow_drop=True), torch.enable_grad():
         for step in steps:
+            while events and events[0][0] == step:
+                _, quantizer, number = events.pop(0)
+                quantizer.at_milestone(number)
+                if a_opt is not None and config.learn_activations:
+                    _replace_parameters(a_opt, [p for q in activations.values() for p in q.learn()])
             indices = torch.randint(len(data.inputs), (config.batch_size,), generator=generator).tolist()
             args, kwargs = _unit_inputs(data, indices, config, generator)
-            output_loss = reconstruction_loss(module(*args, **kwargs), data.batch(data.targets, indices),
+            output = module(*args, **kwargs)
+            output_loss = reconstruction_loss(output, data.batch(data.targets, indices),
                                               None if data.grads is None else data.batch(data.grads, indices),
                                               unit.channel_axis)
             loss = output_loss
+            if data.response is not None:
+                loss = loss + config.response_weight * data.response_loss(output, args, kwargs, indices)
             if round_parts and config.regularised(step):
                 beta = config.beta(step)
                 loss = loss + config.round_loss_weight * sum(rounding_regulariser(p.soft_values(), beta)
@@ -207,6 +229,26 @@ def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: Recon
             if progress and step % 50 == 0:
                 steps.set_postfix(loss=f"{losses[-1]:.4g}", output=f"{float(output_loss.detach()):.4g}")
     return losses
+
+
+def _milestones(quantizers: dict[str, Quantizer], iterations: int) -> list[tuple[int, Quantizer, int]]:
+    """``(step, quantizer, milestone index)`` for every milestone, in step order."""
+    events = [(int(fraction * iterations), n, q, i) for n, q in quantizers.items()
+              for i, fraction in enumerate(q.milestones())]
+    return [(step, q, i) for step, _, q, i in sorted(events, key=lambda e: (e[0], e[1], e[3]))]
+
+
+def _replace_parameters(optimiser: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+    """Optimise ``params`` from now on (one group); the state of parameters no longer optimised is
+    dropped, new ones start fresh, the learning rate (and its schedule) continues. AHCPTQ's code
+    instead builds a new Adam and a new cosine schedule over all the iterations at each regrouping,
+    so its learning rate jumps back to the start and never reaches 0."""
+    group = optimiser.param_groups[0]
+    kept = {id(p) for p in params}
+    for old in group["params"]:
+        if id(old) not in kept:
+            optimiser.state.pop(old, None)
+    group["params"] = list(params)
 
 
 def reconstruction_loss(output: Any, target: Any, grads: Any | None, channel_axis: int) -> torch.Tensor:
@@ -233,7 +275,7 @@ def _unit_inputs(data: _UnitData, indices: list[int], config: ReconstructionConf
     """The quantized-prefix inputs of the drawn samples; with QDrop each element is the float
     model's input instead with probability ``drop_prob``."""
     quantized = data.batch(data.inputs, indices)
-    if data.float_inputs is None:
+    if data.float_inputs is None or config.drop_prob == 0:
         return quantized
     float_side = data.batch(data.float_inputs, indices)
     mixed = [torch.where(torch.rand(q.shape, generator=generator).to(q.device) < config.drop_prob, f, q)
@@ -270,10 +312,11 @@ def _no_dropping(model: nn.Module, names: tuple[str, ...]) -> Iterator[None]:
 
 
 def _start_adaround(model: nn.Module, weights: dict[str, Quantizer]) -> tuple[list, list]:
-    """AdaRound's soft rounding on every uniform weight quantizer; returns the parts and logits."""
+    """AdaRound's soft rounding on every uniform weight quantizer still rounding to nearest (one
+    whose codes a calibration pass chose, GPTQ, keeps them); returns the parts and logits."""
     parts = []
     for name, quantizer in weights.items():
-        if isinstance(quantizer, UniformQuantizer):
+        if isinstance(quantizer, UniformQuantizer) and isinstance(quantizer.rounding, NearestRounding):
             layer = model.get_submodule(name.rpartition(".")[0])
             parts.append(quantizer.start_adaround(layer.site_weight()))
     return parts, [part.logits for part in parts]

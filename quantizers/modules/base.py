@@ -151,6 +151,17 @@ class Quantizer(LazyStateModule):
     def freeze(self) -> None:
         """Learned parameters back to buffers, keeping their values (after reconstruction)."""
 
+    def milestones(self) -> tuple[float, ...]:
+        """Fractions of a reconstruction's iterations (ascending, in [0, 1)) at which the
+        reconstruction calls :meth:`at_milestone`; none by default."""
+        return ()
+
+    def at_milestone(self, index: int) -> None:
+        """Called by reconstruction when it reaches ``milestones()[index]`` (every milestone is
+        reached, in order). It may replace the learned parameters: the caller takes them again from
+        :meth:`learn`."""
+        raise QuantizationError(f"{type(self).__name__} has no milestone {index}")
+
     def parts(self) -> dict[str, str]:
         """The registered kinds of the swappable parts that differ from a freshly built quantizer
         (saved with the state, see :meth:`use_parts`)."""

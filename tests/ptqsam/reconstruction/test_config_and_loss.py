@@ -23,7 +23,7 @@ def test_beta_is_constant_during_the_warm_up_then_linear_to_its_end():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"unit": "stage"}, "unit"), ({"iterations": 0}, "iterations"), ({"iterations": 2.5}, "iterations"),
+    ({"unit": "window"}, "unit"), ({"iterations": 0}, "iterations"), ({"iterations": 2.5}, "iterations"),
     ({"drop_prob": 1.0}, "drop_prob"), ({"weight_lr": 0}, "weight_lr"), ({"loss": "kl"}, "loss"),
     ({"learn_activations": "yes"}, "learn_activations"), ({"warmup": 1.0}, "warmup"),
     ({"reference_drop_bug": True, "drop_prob": 0.0}, "needs drop_prob"), ({"steps": 3}, "unknown reconstruction key"),

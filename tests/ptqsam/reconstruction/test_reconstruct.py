@@ -4,18 +4,13 @@ PTQ4SAM drop bug only when asked (marked, reloadable)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from ptqsam.calibration import (calibrate, calibrated_quantizing, calibration_samples, load_calibrated,
-                                save_calibrated)
-from ptqsam.data import CocoDataset, generate_dataset
+from ptqsam.calibration import calibrate, calibrated_quantizing, load_calibrated, save_calibrated
 from ptqsam.errors import RecipeError
 from ptqsam.inference import SamRunner
 from ptqsam.instrument import attached_quantizers, load_recipe, quantizing, sites
-from ptqsam.models import build_model, zoo
 from quantizers import Quantizer
 from quantizers.parts.adaround import FixedRounding
 
@@ -23,17 +18,13 @@ FAST = {"iterations": 80, "weight_lr": 1e-2, "activation_lr": 1e-3}
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recon_data")
-    generate_dataset(root, count=2, seed=5)
-    return calibration_samples(CocoDataset(root / "images", root / "annotations.json"), 2, seed=0)
+def samples(two_samples):
+    return two_samples
 
 
 @pytest.fixture(scope="module")
-def build():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(zoo.PACKAGED_WEIGHTS, "testbed", Path("/nonexistent/testbed.pt"))
-        yield lambda: build_model("testbed", seed=0)
+def build(random_testbed_module):
+    return random_testbed_module
 
 
 @pytest.fixture(scope="module")
