@@ -174,6 +174,22 @@ def _build(model_type: str, checkpoint: str | None, seed: int, device: str):
     return build_model(model_type, checkpoint, seed=seed).to(device)
 
 
+def _calibration_inputs(model_type: str, checkpoint: str | None, device: str, images: str | None,
+                        annotations: str | None, prompt: str, seed: int, recipe: str, calib_images: int,
+                        search_rows: int | None) -> tuple[Any, Any, Any, Any, list]:
+    """What a calibrating command starts from: its config, the float model, the recipe (checked
+    against the model's sites before any work), the calibration dataset and samples."""
+    from ptqsam.data.selection import calibration_set
+    from ptqsam.instrument.instrument import check_recipe_sites
+
+    config = _config(models=[model_type], calib_images_dir=images, calib_annotations=annotations, prompt=prompt,
+                     seed=seed, calib_images=calib_images, search_rows=search_rows)
+    model = _build(model_type, checkpoint, seed, device)
+    checked = check_recipe_sites(model, recipe)
+    dataset, samples = calibration_set(config)
+    return config, model, checked, dataset, samples
+
+
 def _config(**kwargs: Any):
     from ptqsam.config import ExperimentConfig
 
@@ -260,8 +276,7 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
     --images: a generated calibration set, apart from the images `evaluate` generates)."""
     from ptqsam.bits import parse_bits
     from ptqsam.calibration import calibrate as run_calibration, save_calibrated
-    from ptqsam.data.selection import calibration_set, data_fingerprint
-    from ptqsam.instrument.instrument import check_recipe_sites
+    from ptqsam.data.selection import data_fingerprint
     from ptqsam.models.blocks import ENCODER_SITES
     from ptqsam.preflight import check_output_file
 
@@ -269,11 +284,8 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
         raise PtqsamError("--images and --annotations go together: give both or neither")
     w, a = parse_bits(bits)
     check_output_file(state_path, "--out")
-    config = _config(models=[model_type], calib_images_dir=images, calib_annotations=annotations, prompt=prompt,
-                     seed=seed, calib_images=calib_images, search_rows=search_rows)
-    model = _build(model_type, checkpoint, seed, device)
-    recipe = check_recipe_sites(model, recipe)  # fail before any work
-    dataset, samples = calibration_set(config)
+    _, model, recipe, dataset, samples = _calibration_inputs(model_type, checkpoint, device, images, annotations,
+                                                             prompt, seed, recipe, calib_images, search_rows)
     exclude = (ENCODER_SITES,) if float_encoder else ()
     reconstruction = _reconstruction(**recon_options)
     report = run_calibration(model, recipe, w, a, samples, exclude, search_rows=search_rows,
@@ -444,5 +456,13 @@ def _with_statistics(model, config, rows: list[dict], count: int) -> list[dict]:
     return [{**r, "stats": table[r["name"]]} for r in rows if r["name"] in table]
 
 
+# the mixed-precision commands (sensitivity, allocate, accuracy-control, pareto) live in their own module
+import ptqsam.cli_precision  # noqa: E402,F401  (registers them with main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as a script this module is __main__, and cli_precision registered its commands with the
+    # main of the module imported as ptqsam.cli: run that one
+    from ptqsam.cli import main as registered_main
+
+    sys.exit(registered_main())

@@ -31,3 +31,7 @@ class AnalysisError(PtqsamError):
 
 class DistributedError(PtqsamError):
     """A process of a distributed run failed or was killed, or the run cannot be distributed."""
+
+
+class AllocationError(PtqsamError):
+    """A bit allocation cannot meet its budget, or its inputs cannot give what it is asked for."""

@@ -9,7 +9,7 @@ search and the Fisher-weighted reconstruction loss their output gradients.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,13 +63,27 @@ class SampleLoop:
         p = sample.prompts
         return self.runner.decode(embedding, p.boxes, p.points, p.point_labels, multimask=True)
 
-    def run(self, description: str, before_each: Callable[[int], None] | None = None) -> None:
-        """One pass without gradients; ``before_each(i)`` is called before sample ``i`` (whole-set index)."""
+    def run(self, description: str, before_each: Callable[[int], None] | None = None, decode: bool = True) -> None:
+        """One pass without gradients; ``before_each(i)`` is called before sample ``i`` (whole-set
+        index). ``decode=False`` only embeds the images (a pass over the encoder alone)."""
+        for _ in self.predictions(description, before_each, decode):
+            pass
+
+    def predictions(self, description: str, before_each: Callable[[int], None] | None = None, decode: bool = True
+                    ) -> Iterator[tuple[CalibrationSample, Prediction | None]]:
+        """One pass without gradients, yielding each sample with its prediction (``None`` without
+        ``decode``; the consumer runs under ``torch.inference_mode`` too); ``before_each(i)`` is
+        called before sample ``i`` (whole-set index)."""
         with torch.inference_mode():
             for i, sample in enumerate(self._iterate(description), start=self.first_index):
                 if before_each is not None:
                     before_each(i)
-                self.decode(self.embed(sample), sample)
+                embedding = self.embed(sample)
+                yield sample, self.decode(embedding, sample) if decode else None
+
+    def forget_embeddings(self) -> None:
+        """Drop the cached embeddings (the encoder's weights changed)."""
+        self.embeddings.clear()
 
     def run_with_grad(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], needs_encoder: bool,
                       description: str) -> None:
@@ -89,6 +103,19 @@ class SampleLoop:
 
     def _iterate(self, description: str) -> Iterable[CalibrationSample]:
         return tqdm(self.samples, desc=description, disable=not self.progress, leave=False)
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward once it has seen what it needed (see :func:`each_sample`)."""
+
+
+def each_sample(loop: SampleLoop, run: Callable[[CalibrationSample], None]) -> None:
+    """``run(sample)`` for every sample of ``loop``; a :class:`StopForward` ends that sample's run."""
+    for sample in loop.samples:
+        try:
+            run(sample)
+        except StopForward:
+            pass
 
 
 def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:

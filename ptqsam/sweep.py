@@ -356,7 +356,7 @@ class _ModelContext:
         calibration = {"images_dir": str(calibration_set.images_dir), "image_ids": report.image_ids,
                        "num_prompts": report.num_prompts, "seconds": report.seconds,
                        "unreached_sites": report.unreached, "bimodal": report.bimodal, "hessian": report.hessian,
-                       "reconstruction": report.reconstruction, "state": str(saved)}
+                       "reconstruction": report.reconstruction, "passes": report.passes, "state": str(saved)}
         quantized = len(report.quantizers) - len(report.unreached)
         run = {"calib_seed": seed, "metrics": result.metrics, "quantized_sites": quantized, "calibration": calibration,
                "instance_ious": result.instance_ious}

@@ -1,23 +1,32 @@
 """Per-image calibration and evaluation time, and calibration peak memory against float inference.
 
 Each measurement runs in a fresh subprocess on the same generated image(s), so the figures are
-side by side in one run. Peak memory is the process's resident-set high-water mark (Linux VmHWM,
-reset just before the measured work via /proc/self/clear_refs), minus the resident set right
-before the work (model built, images loaded).
+side by side in one run. With ``--baseline DIR`` (a checkout of the code before a change), every
+task also runs with ``DIR`` first on ``PYTHONPATH``, right before the same task on this tree: a
+before/after table from one run. ``--agq-rows N`` adds the ``ptq4sam`` recipe with its AGQ search
+scored on N query rows per head (``search_rows``), on this tree only.
+
+Peak memory is the process's resident-set high-water mark (Linux VmHWM, reset just before the
+measured work via /proc/self/clear_refs), minus the resident set right before the work (model
+built, images loaded). ``calib x float`` is calibration seconds per image over float inference
+seconds per image of the same tree.
 
     python experiments/benchmarks/bench_calibration.py --model testbed --recipes minmax,ptq4vit,ptq4sam
-    python experiments/benchmarks/bench_calibration.py --model vit_b --recipes ptq4sam --images 1
+    python experiments/benchmarks/bench_calibration.py --model vit_b --recipes ptq4sam --images 1 --agq-rows 512
+    python experiments/benchmarks/bench_calibration.py --model testbed --recipes ptq4vit --baseline ../main
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from trees import add_tree_arguments, run_worker, serve, trees
+
+SAMPLED = "ptq4sam-rows"
 
 
 def _rss_kib(field: str) -> int:
@@ -25,6 +34,19 @@ def _rss_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _recipe(task: str):
+    """A shipped recipe by name; ``ptq4sam-rowsN``: ptq4sam with ``search_rows: N`` on its log quantizer."""
+    if not task.startswith(SAMPLED):
+        return task
+    from ptqsam.instrument.recipe import Recipe, load_recipe
+
+    data = load_recipe("ptq4sam").to_dict()
+    for rule in data["rules"]:
+        if rule["spec"].get("quantizer") == "log":
+            rule["spec"].setdefault("quantizer_options", {})["search_rows"] = int(task[len(SAMPLED):])
+    return Recipe.from_dict(data)
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -38,22 +60,24 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     dataset = CocoDataset(Path(args.data) / "images", Path(args.data) / "annotations.json")
-    model = build_model(args.model, seed=0)
+    model = build_model(args.model, seed=0).to(args.device)
     samples = calibration_samples(dataset, args.images, seed=0)
     ids = [s.image_id for s in samples]
     Path("/proc/self/clear_refs").write_text("5")
     before = _rss_kib("VmRSS")
     start = time.perf_counter()
+    seconds = {}
     if args.task == "float":
         evaluate(model, dataset, ids, progress=False)
     else:
-        calibrate(model, args.task, args.bits, args.bits, samples, progress=False)
+        report = calibrate(model, _recipe(args.task), args.bits, args.bits, samples, progress=False)
+        seconds = report.seconds
         calibrated = time.perf_counter()
         with quantizing(model):
             evaluate(model, dataset, ids, progress=False)
     end = time.perf_counter()
     result = {"task": args.task, "images": len(ids), "prompts": sum(len(s.prompts) for s in samples),
-              "peak_extra_mib": (_rss_kib("VmHWM") - before) / 1024}
+              "peak_extra_mib": (_rss_kib("VmHWM") - before) / 1024, "passes": seconds}
     if args.task == "float":
         result["eval_s_per_image"] = (end - start) / len(ids)
     else:
@@ -68,34 +92,45 @@ def main() -> None:
     parser.add_argument("--recipes", default="minmax,ptq4vit,ptq4sam")
     parser.add_argument("--bits", type=int, default=8)
     parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--agq-rows", type=int, help="also run ptq4sam with search_rows N (this tree only)")
     parser.add_argument("--task", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
+    add_tree_arguments(parser)
     args = parser.parse_args()
-    if args.task:
-        print(json.dumps(worker(args)))
+    if serve(worker, args, args.task):
         return
     from ptqsam.data import generate_dataset
     from ptqsam.models import build_model
     from ptqsam.models.zoo import image_size
 
+    tasks = ["float"] + args.recipes.split(",") + ([f"{SAMPLED}{args.agq_rows}"] if args.agq_rows else [])
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         size = image_size(build_model(args.model, seed=0))
         generate_dataset(tmp, args.images, seed=0, image_size=size)
-        results = []
-        for task in ["float"] + args.recipes.split(","):
-            command = [sys.executable, __file__, "--model", args.model, "--bits", str(args.bits), "--images",
-                       str(args.images), "--threads", str(args.threads), "--task", task, "--data", tmp]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results.append(json.loads(out.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), flush=True)
-    float_peak = results[0]["peak_extra_mib"]
-    print(f"\nmodel {args.model}, {args.images} image(s) of {size}², W{args.bits}A{args.bits}, {args.threads} threads")
-    print(f"{'task':<10} {'calib s/img':>12} {'eval s/img':>11} {'peak extra MiB':>15} {'peak / float':>13}")
+        for task in tasks:
+            for label, tree in trees(args.baseline):
+                if task.startswith(SAMPLED) and label == "before":
+                    continue
+                arguments = ["--model", args.model, "--bits", str(args.bits), "--images", str(args.images),
+                             "--threads", str(args.threads), "--device", args.device, "--task", task, "--data", tmp]
+                results.append(dict(run_worker(__file__, tree, arguments), tree=label))
+                print(json.dumps(results[-1]), flush=True)
+    _table(results, args, size)
+
+
+def _table(results: list[dict], args: argparse.Namespace, size: int) -> None:
+    floats = {r["tree"]: r for r in results if r["task"] == "float"}
+    print(f"\nmodel {args.model}, {args.images} image(s) of {size}², W{args.bits}A{args.bits}, {args.threads} threads, "
+          f"device {args.device}")
+    print(f"{'task':<18} {'tree':<7} {'calib s/img':>12} {'calib x float':>14} {'eval s/img':>11} {'eval x float':>13} "
+          f"{'peak extra MiB':>15}")
     for r in results:
-        calib = f"{r['calib_s_per_image']:.2f}" if "calib_s_per_image" in r else "-"
-        print(f"{r['task']:<10} {calib:>12} {r['eval_s_per_image']:>11.2f} {r['peak_extra_mib']:>15.1f} "
-              f"{r['peak_extra_mib'] / float_peak:>13.2f}")
+        float_s = floats[r["tree"]]["eval_s_per_image"]
+        calib = r.get("calib_s_per_image")
+        calib_text = "-" if calib is None else f"{calib:.2f}"
+        ratio_text = "-" if calib is None else f"{calib / float_s:.2f}"
+        print(f"{r['task']:<18} {r['tree']:<7} {calib_text:>12} {ratio_text:>14} {r['eval_s_per_image']:>11.2f} "
+              f"{r['eval_s_per_image'] / float_s:>13.2f} {r['peak_extra_mib']:>15.1f}")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,11 @@ class _KeyStatistics:
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         k = output.detach().float().reshape(-1, output.shape[-1])
-        sums = k.sum(dim=0).cpu()
+        sums = k.sum(dim=0)
         self.sums = sums if self.sums is None else self.sums + sums
         self.count += k.shape[0]
-        flat = k.reshape(-1).cpu()
-        keep = torch.randperm(flat.numel(), generator=self.generator)[: self.max_values]
-        self.values.append(flat[keep])
+        keep = torch.randperm(k.numel(), generator=self.generator)[: self.max_values]
+        self.values.append(k.reshape(-1)[keep.to(k.device)].cpu())  # only the sample leaves the device
 
     def __getstate__(self) -> dict:  # a generator does not pickle; its state does (handed between processes)
         return {**self.__dict__, "generator": self.generator.get_state()}

@@ -35,7 +35,7 @@ from ptqsam.passes import task_loss
 from quantizers.modules.base import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
 from quantizers.search.conv import ConvGeometry, search_conv, subsample_batch
-from quantizers.search.hessian import HessianSearchConfig, objective, search_linear, search_matmul, subsample_rows
+from quantizers.search.hessian import HessianSearchConfig, output_objective, search_linear, search_matmul, subsample_rows
 
 #: bits at which a twin-quantized operand is re-quantized while its uniform partner is searched:
 #: the search functions quantize both operands; 16 bits adds at most max|x|/65535 of error.
@@ -56,7 +56,8 @@ def search_units(model: nn.Module) -> list[Unit]:
 
 
 class _Capture:
-    """Hooks caching each unit's operands, output and output gradient over the calibration set."""
+    """Hooks caching each unit's operands, output and output gradient over the calibration set (on
+    the model's device: the search runs there too)."""
 
     def __init__(self, model: nn.Module, units: Sequence[Unit]) -> None:
         self.data: dict[str, dict[str, list[torch.Tensor]]] = {u.name: {"a": [], "b": [], "out": [], "grad": []}
@@ -74,15 +75,15 @@ class _Capture:
     @staticmethod
     def _keep(bucket: list) -> Callable:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            bucket.append(output.detach().cpu())
+            bucket.append(output.detach())
         return hook
 
     @staticmethod
     def _output_hook(store: dict) -> Callable:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            store["out"].append(output.detach().cpu())
+            store["out"].append(output.detach())
             if output.requires_grad:
-                output.register_hook(lambda g: store["grad"].append(g.detach().cpu()))
+                output.register_hook(lambda g: store["grad"].append(g.detach()))
         return hook
 
     @classmethod
@@ -90,7 +91,7 @@ class _Capture:
         output_hook = cls._output_hook(store)
 
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            store["a"].append(args[0].detach().cpu())
+            store["a"].append(args[0].detach())
             output_hook(module, args, output)
         return hook
 
@@ -193,13 +194,13 @@ def _matmul_problem(a, b, out, grad, max_rows: int | None) -> _Problem:
 
 def _linear_problem(x, module: nn.Linear, out, grad, max_rows: int | None) -> _Problem:
     x, out, grad = subsample_rows(max_rows, x, out, grad, matmul=False)
-    bias = None if module.bias is None else module.bias.detach().cpu()
+    bias = None if module.bias is None else module.bias.detach()
 
     def search(x, w, x_bits, w_bits, w_channel, config):
         found = search_linear(x, w, bias, out, grad, w_bits, x_bits, "channel" if w_channel else "tensor",
                               config=config)
         return found.input_scale, found.weight_scale, found.history
-    return _Problem(x, module.weight.detach().cpu(), out, grad, lambda x, w: F.linear(x, w, bias), search)
+    return _Problem(x, module.weight.detach(), out, grad, lambda x, w: F.linear(x, w, bias), search)
 
 
 def _conv_problem(x, module: nn.Conv2d | nn.ConvTranspose2d, out, grad, max_rows: int | None) -> _Problem:
@@ -207,8 +208,8 @@ def _conv_problem(x, module: nn.Conv2d | nn.ConvTranspose2d, out, grad, max_rows
     ``(out/groups, in, kH, kW)``), whole batch elements subsampled."""
     x, out, grad = subsample_batch(max_rows, x, out, grad)
     geometry = ConvGeometry.of(module)
-    weight = module.weight.detach().cpu()
-    bias = None if module.bias is None else module.bias.detach().cpu()
+    weight = module.weight.detach()
+    bias = None if module.bias is None else module.bias.detach()
 
     def search(x, w, x_bits, w_bits, w_channel, config):
         found = search_conv(x, w, bias, out, grad, w_bits, x_bits, geometry, "channel" if w_channel else "tensor",
@@ -247,7 +248,8 @@ def _search_pair(qa, qb, problem: _Problem, cfg: HessianSearchConfig) -> dict:
 
 
 def _fit_twin(quantizer: Quantizer, x: torch.Tensor, make_output: Callable, out, grad, cfg) -> None:
-    quantizer.objective = lambda x_hat, x_ref: float(objective(make_output(x_hat), out, grad, cfg.metric))
+    score = output_objective(out, grad, cfg.metric)
+    quantizer.objective = lambda x_hat, x_ref: score(make_output(x_hat))
     try:
         quantizer.observe(x)
     finally:

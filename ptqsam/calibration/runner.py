@@ -1,25 +1,40 @@
 """Calibrate a recipe on a few images: the passes the recipe needs, in order.
 
-1. Bimodal fold (recipes with a ``bimodal_fold`` transform): a float pass collects the decoder's
-   token→image keys, detects bimodal ones and folds their signs into q_proj / k_proj.
-2. Statistics: observing mode over every image and prompt. Activation observers are streaming;
-   the log quantizer runs its per-batch AGQ search with each attention's v. Weight sites are
-   observed once (on the first image), not once per image.
-3. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
-4. ``finalize`` of every observed quantizer.
-5. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`; under ``torchrun``
+1. Encoder statistics: observing mode on the image encoder's sites, one encoder forward per image
+   (weight sites on the first image only). Activation observers are streaming; the log quantizer
+   runs its per-batch AGQ search with each attention's v.
+2. Transforms, each after a float pass: ``bimodal_fold`` (the decoder's token→image keys; bimodal
+   ones get their signs folded into q_proj / k_proj) and ``repq_fold`` (RepQ-ViT: per-channel
+   post-LayerNorm ranges folded into the LayerNorm and the next Linear, :mod:`.repq`). A transform
+   that changes the encoder moves step 1 after it.
+3. PCC (SAQ-SAM) for the mask-decoder quantizers whose spec asks for ``search: pcc`` (:mod:`.pcc`).
+4. Statistics of the other sites (the mask decoder), PCC-clipped quantizers quantizing.
+5. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
+6. HLUQ grids (AHCPTQ): every hybrid log-uniform quantizer scores its (r, g) candidates by the
+   output error of the Linear it feeds (:mod:`.hybrid`).
+7. ``finalize`` of every observed quantizer.
+8. GPTQ codes for the weight quantizers whose spec asks for ``search: gptq`` (:mod:`.gptq`).
+9. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`; under ``torchrun``
    each process captures its shard, one process computes each step and the others follow it).
 
-The image encoder runs once per image per pass (:class:`~ptqsam.passes.SampleLoop`);
-when the recipe leaves it in float, its embeddings are computed once and reused by every pass. What grows with the number of images: the images and
-their prompts (held in memory), those float embeddings, and the Hessian search's cached operands,
-outputs and gradients — of one transformer block at a time (one forward + backward pass over the
-images per block).
+Under ``torchrun`` each process runs the sample passes on its shard of the images and the
+statistics are folded in the one-process order (:mod:`.gathered`); the passes that cannot yet
+combine shards exactly (``repq_fold``, PCC, HLUQ, GPTQ) are refused before any work.
+
+No pass before reconstruction quantizes, so the image encoder's output is float in each of them: it
+runs once per image (:class:`~ptqsam.passes.SampleLoop` keeps the embeddings), observed on the way,
+and the other passes decode the kept embeddings. Only the Hessian search of encoder units runs it
+again (it needs gradients). A fold that changes the encoder itself would make the kept embeddings
+stale: then the encoder statistics wait for the fold and the embeddings are recomputed after it.
+What grows with the number of images: the images and their prompts (held in memory), the float
+embeddings, and the Hessian search's cached operands, outputs and gradients — of one transformer
+block at a time (one forward + backward pass over the images per block).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -27,17 +42,22 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from segment_anything.modeling import Sam
 
 from ptqsam import distributed
-from ptqsam.calibration import gathered
+from ptqsam.calibration import gathered, repq
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
+from ptqsam.calibration.gptq import gptq_pass, gptq_units
 from ptqsam.calibration.hessian import capture, search_unit, search_units
+from ptqsam.calibration.hybrid import hybrid_grid_pass, hybrid_sites
+from ptqsam.calibration.pcc import pcc_pass, pcc_sites
 from ptqsam.data.samples import CalibrationSample
+from ptqsam.errors import CalibrationError, DistributedError
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
-from ptqsam.instrument.modes import observing
+from ptqsam.instrument.inventory import site_inventory
+from ptqsam.instrument.modes import observing, quantizing
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
-from ptqsam.models.blocks import block_of, model_blocks, part_of
+from ptqsam.models.blocks import group_by_block, model_blocks, part_of
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
@@ -49,9 +69,11 @@ log = logging.getLogger("ptqsam")
 class CalibrationReport:
     """What calibration did: images, quantizers, per-pass seconds, BIG, Hessian (per unit: metric,
     objective history, ``fallback`` where the l2 metric replaced the Hessian one) and reconstruction
-    records, the selected sites no calibration pass reached (left uncalibrated), the fingerprint of
-    the weights it started from (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the
-    reconstruction reproduces PTQ4SAM's drop bug on purpose, where and how it drops."""
+    records, the records of the other passes (``passes``: ``repq_fold``, ``pcc``, ``hluq_grids``,
+    ``gptq``, by site or layer), the selected sites no calibration pass reached (left
+    uncalibrated), the fingerprint of the weights it started from
+    (:func:`~ptqsam.instrument.state.weights_fingerprint`) and, when the reconstruction reproduces
+    PTQ4SAM's drop bug on purpose, where and how it drops."""
 
     image_ids: list[int]
     num_prompts: int
@@ -60,6 +82,7 @@ class CalibrationReport:
     bimodal: dict[str, dict] = field(default_factory=dict)
     hessian: dict[str, dict] = field(default_factory=dict)
     reconstruction: dict[str, dict] = field(default_factory=dict)
+    passes: dict[str, dict[str, dict]] = field(default_factory=dict)
     unreached: list[str] = field(default_factory=list)
     weights: str = ""
     reference_drop_bug: dict[str, Any] | None = None
@@ -67,6 +90,8 @@ class CalibrationReport:
     def extra_state(self) -> dict[str, Any]:
         """The transform state to save beside the quantizers (re-applied when loading)."""
         extra: dict[str, Any] = {STATE_KEY: self.bimodal} if self.bimodal else {}
+        if self.passes.get(repq.STATE_KEY):
+            extra[repq.STATE_KEY] = self.passes[repq.STATE_KEY]
         if self.reference_drop_bug is not None:
             extra[REFERENCE_BUG_KEY] = self.reference_drop_bug
         return extra
@@ -99,18 +124,38 @@ def calibrate(
     config = recipe.reconstruction_config()
     weights = weights_fingerprint(model)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
-    encoder_float = not any(part_of(name) == "image_encoder" for name in quantizers)
+    _refuse_unsharded(model, recipe, quantizers)
     start, stop = distributed.shard_bounds(len(samples))
-    passes = SampleLoop(model, samples[start:stop], encoder_float, progress and distributed.is_main(), start)
+    # no pass before reconstruction quantizes the encoder: its embeddings are float and kept
+    passes = SampleLoop(model, samples[start:stop], True, progress and distributed.is_main(), start)
     report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
                                weights=weights)
 
-    _timed(report, "bimodal_fold", lambda: _bimodal(model, recipe, passes, report))
+    clipped = _pcc_sites(model)
     units = search_units(model)
-    searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers}
+    searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers} | set(clipped)
     observed = [name for name in quantizers if name not in searched]
-    reached = _timed(report, "statistics", lambda: _statistics(model, passes, observed))
-    _timed(report, "hessian_search", lambda: _hessian(model, passes, units, report, search_rows))
+    in_encoder = [name for name in observed if part_of(name) == "image_encoder"]
+    elsewhere = [name for name in observed if part_of(name) != "image_encoder"]
+    folds_encoder = _folds_encoder(model, recipe)
+
+    def encoder_statistics() -> set[str]:
+        return _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
+
+    reached = set() if folds_encoder else encoder_statistics()
+    _timed(report, "transforms", lambda: _transforms(model, recipe, passes, report))
+    if folds_encoder:
+        passes.forget_embeddings()
+        reached = encoder_statistics()
+    if clipped:
+        report.passes["pcc"] = _timed(report, "pcc", lambda: pcc_pass(model, list(samples), clipped))
+    with quantizing(model, clipped):
+        reached |= _timed(report, "statistics", lambda: _statistics(model, passes, elsewhere))
+    _timed(report, "hessian_search", lambda: _hessian(model, passes, samples, units, report, search_rows))
+    hybrid = hybrid_sites(model, [name for name in observed if name in reached])
+    if hybrid:
+        loop = _encoder_loop(model, samples, hybrid, progress)
+        report.passes["hluq_grids"] = _timed(report, "hluq_grids", lambda: hybrid_grid_pass(model, loop, hybrid))
     for name in observed:
         if name in reached:
             quantizers[name].finalize()
@@ -118,6 +163,10 @@ def calibrate(
             report.unreached.append(name)
     report.unreached += [name for unit in units if unit.name not in report.hessian
                          for name in (unit.a, unit.b) if name in quantizers]
+    layers = gptq_units(model)
+    if layers:
+        loop = _encoder_loop(model, samples, [unit.module for unit in layers], progress)
+        report.passes["gptq"] = _timed(report, "gptq", lambda: gptq_pass(model, loop, layers))
     if config is not None:
         config = config.with_overrides(reconstruction or {})
         report.reconstruction = _timed(report, "reconstruction", lambda: reconstruct(model, samples, config, progress))
@@ -127,6 +176,21 @@ def calibrate(
     return report
 
 
+def _refuse_unsharded(model: Sam, recipe: Recipe, quantizers: Mapping[str, Quantizer]) -> None:
+    """Under ``torchrun``: one DistributedError, before any work, for the passes whose results are not
+    yet combined across the processes' shards exactly."""
+    if not distributed.active():
+        return
+    used = [name for name, present in (
+        ("repq_fold", any(transform.kind == "repq_fold" for transform in recipe.transforms)),
+        ("search 'pcc'", pcc_sites(model)),
+        ("hluq quantizers", hybrid_sites(model, list(quantizers))),
+        ("search 'gptq'", any(q.spec.search == "gptq" for q in quantizers.values()))) if present]
+    if used:
+        raise DistributedError(f"recipe {recipe.name!r} uses {', '.join(used)}, which cannot be calibrated under "
+                               "torchrun yet; calibrate it in one process (without torchrun)")
+
+
 def _timed(report: CalibrationReport, name: str, work: Callable[[], Any]) -> Any:
     start = time.perf_counter()
     result = work()
@@ -134,24 +198,61 @@ def _timed(report: CalibrationReport, name: str, work: Callable[[], Any]) -> Any
     return result
 
 
-def _bimodal(model: Sam, recipe: Recipe, passes: SampleLoop, report: CalibrationReport) -> None:
-    """Under ``torchrun`` the processes embed their images at once, then observe the keys one
-    after the other (:func:`~ptqsam.distributed.in_rank_order`: the one-process statistics)."""
+def _transforms(model: Sam, recipe: Recipe, passes: SampleLoop, report: CalibrationReport) -> None:
+    """The recipe's folds, in order. Under ``torchrun`` the bimodal fold's processes embed their
+    images at once, then observe the keys one after the other (:func:`~ptqsam.distributed.
+    in_rank_order`: the one-process statistics)."""
     relay = distributed.in_rank_order if distributed.active() else None
     for transform in recipe.transforms:
-        targets = attention_modules(model, transform.matches)
-        if targets:
-            if relay is not None:
-                passes.embed_all()
-            report.bimodal.update(bimodal_fold_pass(targets, lambda: passes.run("bimodal fold (float)"),
-                                                    transform.config(), relay))
+        if transform.kind == "bimodal_fold":
+            targets = attention_modules(model, transform.matches)
+            if targets:
+                if relay is not None:
+                    passes.embed_all()
+                report.bimodal.update(bimodal_fold_pass(targets, lambda: passes.run("bimodal fold (float)"),
+                                                        transform.config(), relay))
+        else:  # repq_fold (the recipe checks the kind)
+            targets = repq.fold_targets(model, transform.matches)
+            if targets:
+                report.passes.setdefault(repq.STATE_KEY, {}).update(
+                    repq.repq_fold_pass(model, targets, lambda: passes.run("repq fold (float)")))
 
 
-def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]:
+def _folds_encoder(model: Sam, recipe: Recipe) -> bool:
+    """Whether a transform of ``recipe`` changes a module of the image encoder."""
+    for transform in recipe.transforms:
+        targets = attention_modules(model, transform.matches) if transform.kind == "bimodal_fold" \
+            else repq.fold_targets(model, transform.matches)
+        if any(part_of(name) == "image_encoder" for name in targets):
+            return True
+    return False
+
+
+def _pcc_sites(model: Sam) -> list[str]:
+    """The PCC-clipped sites; they quantize during the decoder statistics, so they must be decoder sites
+    (the encoder statistics run on the float encoder, once)."""
+    clipped = pcc_sites(model)
+    in_encoder = [name for name in clipped if part_of(name) == "image_encoder"]
+    if in_encoder:
+        raise CalibrationError(f"search 'pcc' is for mask-decoder attentions (SAQ-SAM); {in_encoder[0]} is in the "
+                               "image encoder")
+    return clipped
+
+
+def _encoder_loop(model: Sam, samples: Sequence[CalibrationSample], names: list[str], progress: bool) -> SampleLoop:
+    """A loop whose passes run the image encoder when a hooked ``names`` entry is in it."""
+    return SampleLoop(model, samples, encoder_float=not any(part_of(n) == "image_encoder" for n in names),
+                      progress=progress)
+
+
+def _statistics(model: Sam, passes: SampleLoop, observed: list[str], decode: bool = True) -> set[str]:
     """Observe activations on every image and weights on the first; returns the sites reached
     (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated).
+    ``decode=False``: a pass over the encoder alone (for encoder sites). No site: no pass.
     Under ``torchrun`` each process observes its shard and the statistics are folded in the
     one-process order (:mod:`.gathered`); the weights are observed by the process holding image 0."""
+    if not observed:
+        return set()
     model_sites = sites(model)
     weights = {name for name in observed if model_sites[name].kind == "weight"}
     activations = [name for name in observed if name not in weights]
@@ -164,17 +265,24 @@ def _statistics(model: Sam, passes: SampleLoop, observed: list[str]) -> set[str]
             if index >= 1:
                 for quantizer in weight_quantizers.values():
                     quantizer.mode = Mode.OFF
-        passes.run("statistics", before_each=weights_once)
+        passes.run("statistics" if decode else "encoder statistics", before_each=weights_once, decode=decode)
         summaries = gathered.take_summaries(quantizers)
     gathered.fold(quantizers, summaries, passes.runner.device)
     return {name for part in distributed.all_gather_parts([reached]) for name in part}
 
 
-def _hessian(model: Sam, passes: SampleLoop, units: list[Unit], report: CalibrationReport,
-             search_rows: int | None) -> None:
-    """Capture and search block by block, so the cache holds one block's units at a time."""
-    for group_name, group in _by_block(model, units).items():
-        needs_encoder = part_of(group_name) == "image_encoder"
+#: Bytes the Hessian search's cache of one capture pass may take (operands, outputs, gradients).
+CAPTURE_BUDGET = 2**30
+
+
+def _hessian(model: Sam, passes: SampleLoop, samples: Sequence[CalibrationSample], units: list[Unit],
+             report: CalibrationReport, search_rows: int | None) -> None:
+    """Capture and search consecutive blocks together while their cache fits :data:`CAPTURE_BUDGET`
+    (one forward + backward pass over the images per group), a block at a time beyond it. The
+    groups are sized on the whole set ``samples`` (``passes`` may hold a process's shard), so every
+    process under ``torchrun`` makes the same groups."""
+    for group_name, group in _capture_groups(model, units, samples).items():
+        needs_encoder = any(part_of(unit.module) == "image_encoder" for unit in group)
         data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
         data = _gathered_capture(data)
         for unit in group:
@@ -196,12 +304,34 @@ def _gathered_capture(data: dict[str, dict[str, list]]) -> dict[str, dict[str, l
     return {unit: {key: [t for part in parts for t in part[unit][key]] for key in store} for unit, store in data.items()}
 
 
-def _by_block(model: Sam, units: list[Unit]) -> dict[str, list[Unit]]:
-    """Units grouped by the model block that holds them (:func:`~ptqsam.models.blocks.model_blocks`);
-    a unit outside every block (e.g. in the IoU head) is grouped by the parent of its name."""
-    blocks = model_blocks(model)
+
+def _capture_groups(model: Sam, units: list[Unit], samples: Sequence[CalibrationSample]) -> dict[str, list[Unit]]:
+    """Blocks (:func:`~ptqsam.models.blocks.group_by_block`) merged in forward order while their estimated cache fits."""
+    if not units:
+        return {}
+    shapes = {row.name: row.shape for row in site_inventory(model)}
+    prompts = max(len(sample.prompts) for sample in samples)
     groups: dict[str, list[Unit]] = {}
-    for unit in units:
-        block = block_of(blocks, unit.module)
-        groups.setdefault(block.name if block else unit.name.rpartition(".")[0], []).append(unit)
+    name, size = "", 0
+    for block, block_units in group_by_block(model_blocks(model), units, lambda unit: unit.module).items():
+        block_size = len(samples) * sum(_cache_bytes(model, unit, shapes, prompts) for unit in block_units)
+        if name and size + block_size <= CAPTURE_BUDGET:
+            groups[name] += block_units
+            size += block_size
+        else:
+            name, size = block, block_size
+            groups[name] = list(block_units)
     return groups
+
+
+def _cache_bytes(model: Sam, unit: Unit, shapes: dict, prompts: int) -> int:
+    """Estimated bytes one image adds to the cache of ``unit``: its operand(s), output and output
+    gradient (the shapes come from a one-prompt probe; decoder tensors grow with the prompts)."""
+    per_image = 1 if part_of(unit.module) == "image_encoder" else prompts
+    a = math.prod(shapes.get(unit.a) or (0,))
+    if unit.output is None:
+        layer = model.get_submodule(unit.module)
+        stored = a + 2 * a // max(layer.weight.shape[1], 1) * layer.weight.shape[0]
+    else:
+        stored = a + math.prod(shapes.get(unit.b) or (0,)) + 2 * math.prod(shapes.get(unit.output) or (0,))
+    return 4 * per_image * stored

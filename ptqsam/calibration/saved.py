@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from segment_anything.modeling import Sam
 
+from ptqsam.calibration import repq
 from ptqsam.calibration.bimodal import STATE_KEY, reapply_folds
 from ptqsam.calibration.runner import CalibrationReport
 from ptqsam.instrument.modes import quantizing
@@ -22,10 +23,10 @@ def save_calibrated(
     model: Sam, path: str | Path, report: CalibrationReport, recipe: Recipe | str, model_type: str,
     w_bits: int, a_bits: int, settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Quantizer state, recipe, model type, bits, the transform state (BIG signs, a reproduced
-    reference drop bug) and the Hessian search's per-unit records (``extra["hessian"]``, with any l2
-    fallback) in one file, with the fingerprint of the weights calibration started from and of
-    ``settings`` (what else made the state: calibration data, prompts, ...); returns the state's
+    """Quantizer state, recipe, model type, bits, the transform state (BIG signs, RepQ-ViT folds, a
+    reproduced reference drop bug) and the Hessian search's per-unit records (``extra["hessian"]``,
+    with any l2 fallback) in one file, with the fingerprint of the weights calibration started from
+    and of ``settings`` (what else made the state: calibration data, prompts, ...); returns the state's
     fingerprint."""
     extra = {**report.extra_state(), "calibration_image_ids": report.image_ids, "hessian": report.hessian}
     return save_state(model, path, recipe, model_type, w_bits, a_bits, extra, report.weights or None,
@@ -37,12 +38,13 @@ def load_calibrated(
     allow_other_weights: bool = False,
 ) -> StateInfo:
     """Load a state saved by :func:`save_calibrated` into ``model`` (built with the same weights):
-    attaches the quantizers, re-applies the sign folds and, for a state that reproduces PTQ4SAM's
+    attaches the quantizers, re-applies the sign folds and RepQ-ViT folds and, for a state that reproduces PTQ4SAM's
     drop bug on purpose, the dropping. Mismatching recipe or model type is refused
     (:class:`~ptqsam.errors.RecipeError`), other weights too (:class:`~ptqsam.errors.CheckpointError`)
     unless ``allow_other_weights``."""
     info = load_state(model, path, recipe, model_type, allow_other_weights)
     reapply_folds(model, info.extra.get(STATE_KEY, {}))
+    repq.reapply_repq(model, info.extra.get(repq.STATE_KEY, {}))
     bug = info.extra.get(REFERENCE_BUG_KEY)
     if bug:
         log.warning("%s reproduces PTQ4SAM's QDrop evaluation bug: %d layer inputs keep %.0f%% of their elements "

@@ -32,12 +32,13 @@ from ptqsam.typed import check_fields, reject_unknown_keys
 from ptqsam.reconstruction.config import ReconstructionConfig
 from quantizers import QuantizationError, QuantSpec
 from quantizers.transforms.bimodal import BimodalConfig
+from quantizers.transforms.repq import RepQConfig
 
 #: Placeholders a rule's ``bits`` may hold: replaced by the weight or activation bit-width.
 BITS_PLACEHOLDERS = ("W", "A")
 
 #: Transforms a recipe may ask for (applied by the calibration runner) -> their options' config.
-TRANSFORM_CONFIGS: dict[str, type] = {"bimodal_fold": BimodalConfig}
+TRANSFORM_CONFIGS: dict[str, type] = {"bimodal_fold": BimodalConfig, "repq_fold": RepQConfig}
 
 
 def _patterns(value: Any, what: str) -> tuple[str, ...]:
@@ -165,7 +166,9 @@ class Recipe:
         reconstruction after calibration (AdaRound, BRECQ, QDrop, PTQ4SAM-L); None: none.
 
     In YAML, ``extends: <recipe name or path>`` starts from another recipe: the keys given replace
-    its keys, except ``reconstruction``, whose fields are merged into the base recipe's.
+    its keys, except ``reconstruction``, whose fields are merged into the base recipe's, and
+    ``prepend_rules``, rules put before the base recipe's (so they win where they match: GPTQ
+    weights over any activation recipe, a layer kept at 8 bits).
     """
 
     name: str
@@ -296,6 +299,8 @@ def _extended(data: Any, folder: Path | None, chain: tuple[str, ...]) -> Any:
     """``data`` with its ``extends`` resolved: the base recipe's keys, replaced by ``data``'s
     (``reconstruction`` fields merged)."""
     if not isinstance(data, Mapping) or "extends" not in data:
+        if isinstance(data, Mapping) and "prepend_rules" in data:
+            raise RecipeError("recipe prepend_rules needs extends: they go before the rules of the recipe extended")
         return data
     base_name = data["extends"]
     if not isinstance(base_name, str) or not base_name:
@@ -304,9 +309,14 @@ def _extended(data: Any, folder: Path | None, chain: tuple[str, ...]) -> Any:
         raise RecipeError(f"recipe extends forms a loop: {' -> '.join(chain + (base_name,))}")
     text, base_folder = _recipe_text(base_name, folder)
     base = _extended(yaml.safe_load(text), base_folder, chain + (base_name,))
-    merged = {**base, **{key: value for key, value in data.items() if key != "extends"}}
+    merged = {**base, **{key: value for key, value in data.items() if key not in ("extends", "prepend_rules")}}
     if isinstance(base.get("reconstruction"), Mapping) and isinstance(data.get("reconstruction"), Mapping):
         merged["reconstruction"] = {**base["reconstruction"], **data["reconstruction"]}
+    if "prepend_rules" in data:
+        first, rest = data["prepend_rules"], merged.get("rules", [])
+        if not isinstance(first, list) or not isinstance(rest, list):
+            raise RecipeError(f"recipe prepend_rules and rules must be lists, got {first!r} and {rest!r}")
+        merged["rules"] = first + rest
     return merged
 
 

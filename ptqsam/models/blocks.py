@@ -11,7 +11,7 @@ from the architecture (which encoder class, how many layers), never from matchin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Iterable, Literal, TypeVar
 
 from segment_anything.modeling import ImageEncoderViT, Sam
 
@@ -22,6 +22,8 @@ from ptqsam.models.tiny_vit import TinyViT
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 #: fnmatch pattern of every site of the image encoder (kept float with ``--float-encoder``).
 ENCODER_SITES = "image_encoder.*"
+
+ItemT = TypeVar("ItemT")
 
 BlockKind = Literal["patch_embed", "vit_block", "mbconv", "patch_merging", "tinyvit_block", "neck",
                     "two_way_layer", "final_attention"]
@@ -67,6 +69,16 @@ def model_blocks(model: Sam) -> list[Block]:
 def block_of(blocks: list[Block], name: str) -> Block | None:
     """The block that holds the module or site ``name``, or None (e.g. the IoU head)."""
     return next((block for block in blocks if block.contains(name)), None)
+
+
+def group_by_block(blocks: list[Block], items: Iterable[ItemT], path: Callable[[ItemT], str]) -> dict[str, list[ItemT]]:
+    """``items`` grouped by the block holding ``path(item)`` (in the order of the items); an item
+    outside every block (e.g. in the IoU head) is grouped by the parent of its path."""
+    groups: dict[str, list[ItemT]] = {}
+    for item in items:
+        block = block_of(blocks, path(item))
+        groups.setdefault(block.name if block else path(item).rpartition(".")[0], []).append(item)
+    return groups
 
 
 def _encoder_blocks(encoder) -> list[Block]:

@@ -273,19 +273,9 @@ def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, 
     if bad:
         raise AnalysisError(f"relative errors must be finite and >= 0; bad values at {bad}")
     ranked = sorted(errors_by_site.items(), key=lambda item: (-item[1], item[0]))[:top]
-    names, errors = [n for n, _ in ranked], np.array([e for _, e in ranked], dtype=np.float64)
+    names = [n for n, _ in ranked]
     kinds = [name.rpartition(".")[2] for name in names]
-    fig, ax = _single_axes((11.0, 1.6 + 0.28 * len(names)))
-    rows = np.arange(len(names))[::-1]
-    ax.barh(rows, errors, color=[SITE_KIND_COLOURS.get(k, "tab:gray") for k in kinds], height=0.7)
-    ax.set_yticks(rows, [_short(n) for n in names], fontsize=8)
-    ax.set_ylim(-0.6, len(names) - 0.4)
-    log_axis = errors.min() > 0 and errors.max() / errors.min() > 100
-    if log_axis:
-        ax.set_xscale("log")
-    for row, error in zip(rows, errors):
-        ax.annotate(f"{error:.2e}", (error, row), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
-    ax.margins(x=0.12)
+    fig, ax, log_axis = ranked_bars(ranked, [SITE_KIND_COLOURS.get(k, "tab:gray") for k in kinds], 11.0, ".2e")
     scale = " (log scale)" if log_axis else ""
     ax.set_xlabel(r"relative quantization error  $\|q(x) - x\|^2 / \|x\|^2$" + scale)
     ax.set_title(f"Per-site quantization error (top {len(names)} of {len(errors_by_site)} sites)")
@@ -293,6 +283,27 @@ def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, 
     ax.legend(handles, list(dict.fromkeys(kinds)), title="site kind", fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out_stem)
+
+
+def ranked_bars(ranked: Sequence[tuple[str, float]], colours: Sequence[str], width: float,
+                value_format: str) -> tuple[Figure, Axes, bool]:
+    """Horizontal bars of ``(name, value)`` pairs, the first on top, each annotated with its value
+    (``value_format``); the x axis is logarithmic when the values are positive and span more than
+    two decades. Returns the figure, its axes and whether the axis is logarithmic."""
+    names, values = [n for n, _ in ranked], np.array([v for _, v in ranked], dtype=np.float64)
+    fig, ax = _single_axes((width, 1.6 + 0.28 * len(names)))
+    rows = np.arange(len(names))[::-1]
+    ax.barh(rows, values, color=list(colours), height=0.7)
+    ax.set_yticks(rows, [_short(n) for n in names], fontsize=8)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    log_axis = bool(values.min() > 0 and values.max() / values.min() > 100)
+    if log_axis:
+        ax.set_xscale("log")
+    for row, value in zip(rows, values):
+        ax.annotate(format(value, value_format), (value, row), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=7)
+    ax.margins(x=0.12)
+    return fig, ax, log_axis
 
 
 # --------------------------------------------------------------------------- degradation

@@ -18,11 +18,7 @@ from torch import nn
 from ptqsam.errors import CalibrationError
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.io import write_atomic
-from ptqsam.passes import SampleLoop, task_loss
-
-
-class _Stop(Exception):
-    """Raised by a capture hook to end a forward once the unit has been seen."""
+from ptqsam.passes import SampleLoop, StopForward, each_sample, task_loss
 
 
 def tree_map(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
@@ -96,10 +92,10 @@ def capture_inputs(loop: SampleLoop, unit: nn.Module, budget: int) -> TensorCach
 
     def keep(module: nn.Module, args: tuple, kwargs: dict) -> None:
         cache.append((args, kwargs))
-        raise _Stop
+        raise StopForward
 
     with forward_hooks([(unit, keep)], pre=True, with_kwargs=True), torch.no_grad():
-        _each_sample(loop, lambda sample: loop.decode(loop.embed(sample), sample))
+        each_sample(loop, lambda sample: loop.decode(loop.embed(sample), sample))
     _check_count(cache, loop, "inputs")
     return cache
 
@@ -113,7 +109,7 @@ def capture_outputs(loop: SampleLoop, unit: nn.Module, budget: int, with_grad: b
     def keep(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         outputs.append(output)
         if not with_grad:
-            raise _Stop
+            raise StopForward
         leaf = tree_map(lambda t: t.detach().requires_grad_(True), output)
         leaves.append(leaf)
         return leaf
@@ -127,20 +123,12 @@ def capture_outputs(loop: SampleLoop, unit: nn.Module, budget: int, with_grad: b
 
     with forward_hooks([(unit, keep)], with_kwargs=True):
         if with_grad:
-            _each_sample(loop, run)
+            each_sample(loop, run)
         else:
             with torch.no_grad():
-                _each_sample(loop, lambda sample: loop.decode(loop.embed(sample), sample))
+                each_sample(loop, lambda sample: loop.decode(loop.embed(sample), sample))
     _check_count(outputs, loop, "outputs")
     return outputs, grads
-
-
-def _each_sample(loop: SampleLoop, run: Callable[[Any], None]) -> None:
-    for sample in loop.samples:
-        try:
-            run(sample)
-        except _Stop:
-            pass
 
 
 def _check_count(cache: TensorCache, loop: SampleLoop, what: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from ptqsam.errors import RecipeError
 from ptqsam.typed import check_fields, reject_unknown_keys
 
-UNITS = ("block", "layer")
+UNITS = ("block", "layer", "stage")
 LOSSES = ("mse", "fisher")
 
 
@@ -21,8 +21,9 @@ class ReconstructionConfig:
     4e-5 (cosine to 0), λ = 0.01, β from 20 to 2 after a 20 % warm-up.
 
     Arguments:
-      unit: ``block`` (the model's blocks: BRECQ, QDrop, PTQ4SAM-L) or ``layer`` (each Linear /
-        convolution alone: AdaRound).
+      unit: ``block`` (the model's blocks: BRECQ, QDrop, PTQ4SAM-L), ``layer`` (each Linear /
+        convolution alone: AdaRound) or ``stage`` (SAQ-SAM: the ViT encoder's windowed blocks up
+        to and including each global-attention block as one unit, other blocks alone).
       iterations: optimisation steps per unit.
       batch_size: calibration images per step (all their prompts), drawn with replacement.
       weight_lr: Adam learning rate of AdaRound's rounding logits.
@@ -35,6 +36,9 @@ class ReconstructionConfig:
       loss: ``mse`` (block output against the float model's) or ``fisher`` (weighted by the squared
         gradient of the task loss at the block output, BRECQ's Fisher diagonal).
       round_loss_weight: λ of the rounding regulariser.
+      response_weight: α of SAQ-SAM's prompt-aware term (0: none): the error of the mask decoder's
+        response computed from the unit's output by the float rest of the model
+        (:mod:`ptqsam.reconstruction.response`), added to the unit's output error.
       beta_start, beta_end: β of the regulariser, annealed linearly after the warm-up.
       warmup: fraction of the iterations without the regulariser.
       seed: seed of the image draws and of the drop masks.
@@ -55,6 +59,7 @@ class ReconstructionConfig:
     drop_prob: float = field(default=0.5, metadata={"min": 0.0})
     loss: str = field(default="mse", metadata={"choices": LOSSES})
     round_loss_weight: float = field(default=0.01, metadata={"min": 0.0})
+    response_weight: float = field(default=0.0, metadata={"min": 0.0})
     beta_start: float = field(default=20.0, metadata={"min": 0.0})
     beta_end: float = field(default=2.0, metadata={"min": 0.0})
     warmup: float = field(default=0.2, metadata={"min": 0.0})
@@ -70,6 +75,8 @@ class ReconstructionConfig:
         for name in ("drop_prob", "warmup"):
             if getattr(self, name) >= 1.0:
                 raise RecipeError(f"reconstruction {name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.response_weight > 0 and self.batch_size != 1:
+            raise RecipeError("reconstruction response_weight > 0 needs batch_size 1 (one image's prompts per step)")
         if self.reference_drop_bug and self.drop_prob == 0.0:
             raise RecipeError("reconstruction reference_drop_bug needs drop_prob > 0 (the bug leaves it on)")
 

@@ -1,12 +1,16 @@
-"""Block reconstruction: after calibration, each unit (a model block, or a layer) is tuned so its
-quantized output matches the float model's, in model order, the quantized prefix feeding the next.
+"""Block reconstruction: after calibration, each unit (a layer, a model block or a stage of blocks)
+is tuned so its quantized output matches the float model's, in model order, the quantized prefix
+feeding the next.
 
 Per unit: its inputs are cached from the quantized model (the units before it already
 reconstructed) and, for QDrop, from the float model; its targets are the float model's outputs
 on float inputs. The weight quantizers get AdaRound's soft rounding, the activation quantizers
 learnable scales (LSQ); Adam minimises the reconstruction loss plus λ·Σ(1 − |2h − 1|^β) after the
 warm-up. With QDrop each activation element stays float with probability ``drop_prob`` and each
-input element comes from the float model with that probability. At the end of the unit the
+input element comes from the float model with that probability. With ``response_weight`` (SAQ-SAM's
+PAR) the loss adds the error of the mask decoder's response computed from the unit's output
+(:mod:`.response`). Quantizers with milestones (AHCPTQ's channel groups) are called at their
+fractions of the iterations, and the optimiser takes their new parameters. At the end of the unit the
 rounding is hardened, the scales frozen and the dropping switched off (unless the PTQ4SAM
 reference bug is reproduced on purpose), so evaluation quantizes every element.
 
@@ -19,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
@@ -29,45 +32,23 @@ from tqdm import tqdm
 
 from ptqsam import distributed
 from ptqsam.data.samples import CalibrationSample
-from ptqsam.errors import CalibrationError
+from ptqsam.errors import CalibrationError, DistributedError
 from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.modes import disabled, dropping, quantizing
-from ptqsam.instrument.units import model_units
-from ptqsam.models.blocks import model_blocks, part_of
+from ptqsam.models.blocks import part_of
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.cache import TensorCache, capture_inputs, capture_outputs, tree_map, tree_tensors
 from ptqsam.reconstruction.config import ReconstructionConfig
+from ptqsam.reconstruction.response import continuation
 from ptqsam.reconstruction.sharded import SampleShard, fetch, share_step
+from ptqsam.reconstruction.units import ReconUnit, reconstruction_units, unit_module
 from quantizers import Quantizer
 from quantizers.modules.uniform import UniformQuantizer
 from quantizers.parts.adaround import rounding_regulariser
+from quantizers.parts.rounding import NearestRounding
 
 #: key of the reference-bug settings in the saved calibration state's ``extra``
 REFERENCE_BUG_KEY = "reference_drop_bug"
-
-
-@dataclass(frozen=True)
-class ReconUnit:
-    """One reconstruction unit: a module path, the quantizers inside it and its output channel axis."""
-
-    name: str
-    quantizers: tuple[str, ...]
-    channel_axis: int
-
-
-def reconstruction_units(model: Sam, config: ReconstructionConfig) -> list[ReconUnit]:
-    """The units of ``config.unit`` that hold at least one calibrated quantizer, in model order."""
-    calibrated = [n for n, q in attached_quantizers(model).items() if q.is_calibrated]
-    if config.unit == "block":
-        candidates = [(b.name, b.channel_axis) for b in model_blocks(model)]
-    else:
-        candidates = [(u.module, 1 if u.kind.startswith("conv") else -1) for u in model_units(model) if u.output is None]
-    units = []
-    for name, axis in candidates:
-        inside = tuple(n for n in calibrated if n.startswith(name + "."))
-        if inside:
-            units.append(ReconUnit(name, inside, axis))
-    return units
 
 
 def reconstruct(model: Sam, samples: list[CalibrationSample], config: ReconstructionConfig,
@@ -76,6 +57,10 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
     ``only``); returns a record per unit: iterations, seconds (all) and seconds per optimisation
     step, output MSE against float before and after, first and last loss. Under ``torchrun`` each
     process holds its shard of ``samples`` (all of them given on every process)."""
+    if config.reference_drop_bug and distributed.active():
+        # each process would draw the dropped elements of its shard's captures from a fresh generator
+        raise DistributedError("reference_drop_bug cannot be reproduced under torchrun (the dropped elements "
+                               "depend on the one-process order of the captures); reconstruct in one process")
     quantizers = attached_quantizers(model)
     encoder_float = not any(part_of(n) == "image_encoder" for n in quantizers)
     shard = SampleShard(len(samples))
@@ -92,7 +77,9 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
         progress = progress and distributed.is_main()
         for index, unit in enumerate(tqdm(units, desc="reconstruction", disable=not progress, leave=False)):
             records[unit.name] = _reconstruct_unit(model, loop, shard, unit, config, index, progress)
-    if config.reference_drop_bug:
+            if config.reference_drop_bug:  # as the reference: the later units' inputs are cached with it on
+                apply_reference_drop_bug(model, reference_bug_sites(model, [unit]), config.drop_prob, config.seed)
+    if config.reference_drop_bug:  # fresh generators: the masks a loaded state draws
         apply_reference_drop_bug(model, reference_bug_sites(model, units), config.drop_prob, config.seed)
     return records
 
@@ -117,18 +104,18 @@ def apply_reference_drop_bug(model: Sam, site_names: list[str], probability: flo
 def _reconstruct_unit(model: Sam, loop: SampleLoop, shard: SampleShard, unit: ReconUnit,
                       config: ReconstructionConfig, index: int, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
-    module = model.get_submodule(unit.name)
+    module = unit_module(model, unit)
     quantizers = attached_quantizers(model)
     kinds = {name: site.kind for name, site in sites(model).items()}
     weights = {n: quantizers[n] for n in unit.quantizers if kinds[n] == "weight"}
     activations = {n: quantizers[n] for n in unit.quantizers if kinds[n] != "weight"}
-    data = _UnitData(loop, shard, module, config)
+    data = _UnitData(loop, shard, model, unit, config)
     try:
         before = _output_mse(module, unit, data)
         round_parts, w_params = _start_adaround(model, weights) if config.round_weights else ([], [])
         a_params = [p for q in activations.values() for p in q.learn()] if config.learn_activations else []
         loop_start = time.perf_counter()
-        losses = _optimise(module, unit, data, config, index, round_parts, w_params, a_params, list(activations),
+        losses = _optimise(module, unit, data, config, index, round_parts, w_params, a_params, activations,
                            progress)
         loop_seconds = time.perf_counter() - loop_start
         for quantizer in weights.values():
@@ -140,7 +127,8 @@ def _reconstruct_unit(model: Sam, loop: SampleLoop, shard: SampleShard, unit: Re
     finally:
         data.close()
     return {"iterations": config.iterations, "seconds": round(time.perf_counter() - start, 3),
-            "seconds_per_iteration": round(loop_seconds / config.iterations, 5), "mse_before": before, "mse_after": after, "loss_first": losses[0] if losses else None,
+            "seconds_per_iteration": round(loop_seconds / config.iterations, 5), "mse_before": before,
+            "mse_after": after, "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None, "weights_rounded": len(round_parts),
             "scales_learned": len(a_params), "spilled_to_disk": spilled}
 
@@ -152,34 +140,65 @@ class _Batch(NamedTuple):
     float_inputs: Any
     targets: Any
     grads: Any
+    decoder_calls: Any
+    target_responses: Any
 
 
 class _UnitData:
-    """The unit's cached inputs (quantized prefix; float prefix for QDrop), float targets and,
-    for the Fisher loss, the targets' gradients, of this process's shard of the samples."""
+    """The unit's cached inputs (quantized prefix; float prefix for QDrop and the response term),
+    float targets, for the Fisher loss the targets' gradients and, for the response term
+    (:mod:`.response`), the float responses and the mask decoder's calls, of this process's shard
+    of the samples (each sample's response is computed by the process holding it)."""
 
-    def __init__(self, loop: SampleLoop, shard: SampleShard, module: nn.Module, config: ReconstructionConfig) -> None:
+    def __init__(self, loop: SampleLoop, shard: SampleShard, model: Sam, unit: ReconUnit,
+                 config: ReconstructionConfig) -> None:
         budget = config.cache_bytes
         self.shard = shard
+        first, last = model.get_submodule(unit.modules[0]), model.get_submodule(unit.modules[-1])
         self.root = loop.runner.model
+        self.response, needs_decoder = continuation(model, unit) if config.response_weight > 0 else (None, False)
         with disabled(self.root):
-            self.float_inputs = capture_inputs(loop, module, budget) if config.drop_prob > 0 else None
-            self.targets, self.grads = capture_outputs(loop, module, budget, with_grad=config.loss == "fisher")
+            wants_float = config.drop_prob > 0 or self.response is not None
+            self.float_inputs = capture_inputs(loop, first, budget) if wants_float else None
+            self.targets, self.grads = capture_outputs(loop, last, budget, with_grad=config.loss == "fisher")
+            self.decoder_calls = capture_inputs(loop, model.mask_decoder, budget) if needs_decoder else None
         with quantizing(self.root, allow_drop=True):  # earlier units may drop on purpose (reference bug)
-            self.inputs = capture_inputs(loop, module, budget)
-        self.device = next(module.parameters(), torch.empty(0)).device
+            self.inputs = capture_inputs(loop, first, budget)
+        self.device = next(first.parameters(), torch.empty(0)).device
+        self.target_responses: TensorCache | None = None
+        self.target_responses = self._float_responses(budget) if self.response is not None else None
 
-    def _caches(self) -> tuple[TensorCache | None, ...]:
-        return self.inputs, self.float_inputs, self.targets, self.grads
+    @torch.no_grad()
+    def _float_responses(self, budget: int) -> TensorCache:
+        responses = TensorCache(budget)
+        with disabled(self.root):
+            for i in range(self.shard.start, self.shard.stop):
+                batch = self.batch([i])
+                args, kwargs = batch.float_inputs
+                responses.append(self.response(batch.targets, args, kwargs, batch.decoder_calls))
+        return responses
+
+    def response_loss(self, output: Any, args: tuple, kwargs: dict, batch: _Batch) -> torch.Tensor:
+        """The response of ``output`` against the float response of the same samples (``batch``)."""
+        response = self.response(output, args, kwargs, batch.decoder_calls)
+        return reconstruction_loss(response, batch.target_responses, None, -1)
+
+    def _columns(self) -> tuple[TensorCache | None, ...]:
+        return (self.inputs, self.float_inputs, self.targets, self.grads, self.decoder_calls,
+                self.target_responses)
+
+    @property
+    def caches(self) -> list[TensorCache]:
+        return [c for c in self._columns() if c is not None]
 
     @property
     def spilled(self) -> int:
-        return sum(c.spilled for c in self._caches() if c is not None)
+        return sum(c.spilled for c in self.caches)
 
     def item(self, index: int) -> tuple:
         """The cached items of sample ``index`` (held by this process), in :class:`_Batch` order."""
         local = self.shard.local(index)
-        return tuple(None if cache is None else cache[local] for cache in self._caches())
+        return tuple(None if cache is None else cache[local] for cache in self._columns())
 
     def batch(self, indices: list[int], worker: int | None = None) -> _Batch | None:
         """Samples ``indices`` (whole-set indices) joined, on the process ``worker`` (default: this
@@ -198,58 +217,94 @@ class _UnitData:
         return _concatenate(items, self.device)
 
     def close(self) -> None:
-        for cache in self._caches():
-            if cache is not None:
-                cache.close()
+        for cache in self.caches:
+            cache.close()
 
 
 def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: ReconstructionConfig, index: int,
-              round_parts: list, w_params: list, a_params: list, activation_names: list[str],
+              round_parts: list, w_params: list, a_params: list, activations: dict[str, Quantizer],
               progress: bool) -> list[float]:
     """The optimisation loop of one unit; returns the loss at every step. Each step is computed by
-    the process holding its first drawn sample, the others following (:mod:`.sharded`)."""
+    the process holding its first drawn sample, the others following (:mod:`.sharded`). The
+    activation quantizers' milestones (:meth:`~quantizers.Quantizer.milestones`) are met at their
+    fraction of the iterations on every process (all of them, in order, when nothing is learned)."""
+    events = _milestones(activations, config.iterations)
     if not (w_params or a_params):
+        for _, quantizer, number in events:
+            quantizer.at_milestone(number)
         return []
     optimisers = [torch.optim.Adam(params, lr=lr) for params, lr in
                   ((w_params, config.weight_lr), (a_params, config.activation_lr)) if params]
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimisers[-1], T_max=config.iterations, eta_min=0.0) \
         if a_params else None
     generator = torch.Generator().manual_seed(_name_seed(config.seed, unit.name))
-    drop = dropping(data.root, config.drop_prob, activation_names, seed=config.seed + index) \
-        if config.drop_prob > 0 and activation_names else contextlib.nullcontext({})
+    drop = dropping(data.root, config.drop_prob, list(activations), seed=config.seed + index) \
+        if config.drop_prob > 0 and activations else contextlib.nullcontext({})
     losses = []
     steps = tqdm(range(config.iterations), desc=unit.name, disable=not progress, leave=False, mininterval=1.0)
     with drop as dropped, quantizing(data.root, list(unit.quantizers), allow_drop=True), torch.enable_grad():
         generators = [generator] + [q.drop_generator for q in dropped.values()]
         for step in steps:
+            while events and events[0][0] == step:
+                _, quantizer, number = events.pop(0)
+                quantizer.at_milestone(number)
+                if a_params and config.learn_activations:
+                    a_params = [p for q in activations.values() for p in q.learn()]
+                    _replace_parameters(optimisers[-1], a_params)
             indices = torch.randint(data.shard.count, (config.batch_size,), generator=generator).tolist()
             worker = data.shard.owner(indices[0])
             batch = data.batch(indices, worker)
             for optimiser in optimisers:
                 optimiser.zero_grad(set_to_none=True)
-            loss = None
+            step_losses = None
             if batch is not None:
-                loss = _step_loss(module, unit, batch, config, step, round_parts, generator)
-                loss.backward()
-            losses.append(share_step(w_params + a_params, loss, worker, generators))
+                step_losses = _step_loss(module, unit, data, batch, config, step, round_parts, generator)
+                step_losses[0].backward()
+            loss, output_loss = share_step(w_params + a_params, step_losses, worker, generators)
+            losses.append(loss)
             for optimiser in optimisers:
                 optimiser.step()
             if schedule is not None:
                 schedule.step()
             if progress and step % 50 == 0:
-                steps.set_postfix(loss=f"{losses[-1]:.4g}")
+                steps.set_postfix(loss=f"{losses[-1]:.4g}", output=f"{output_loss:.4g}")
     return losses
 
 
-def _step_loss(module: nn.Module, unit: ReconUnit, batch: _Batch, config: ReconstructionConfig, step: int,
-               round_parts: list, generator: torch.Generator) -> torch.Tensor:
-    """The reconstruction loss of one step's batch, plus the rounding regulariser after the warm-up."""
+def _step_loss(module: nn.Module, unit: ReconUnit, data: _UnitData, batch: _Batch, config: ReconstructionConfig,
+               step: int, round_parts: list, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, output loss)`` of one step's batch: the output loss, plus the weighted response term
+    and, after the warm-up, the rounding regulariser."""
     args, kwargs = _unit_inputs(batch, config, generator)
-    loss = reconstruction_loss(module(*args, **kwargs), batch.targets, batch.grads, unit.channel_axis)
+    output = module(*args, **kwargs)
+    output_loss = reconstruction_loss(output, batch.targets, batch.grads, unit.channel_axis)
+    loss = output_loss
+    if data.response is not None:
+        loss = loss + config.response_weight * data.response_loss(output, args, kwargs, batch)
     if round_parts and config.regularised(step):
         beta = config.beta(step)
         loss = loss + config.round_loss_weight * sum(rounding_regulariser(p.soft_values(), beta) for p in round_parts)
-    return loss
+    return loss, output_loss
+
+
+def _milestones(quantizers: dict[str, Quantizer], iterations: int) -> list[tuple[int, Quantizer, int]]:
+    """``(step, quantizer, milestone index)`` for every milestone, in step order."""
+    events = [(int(fraction * iterations), n, q, i) for n, q in quantizers.items()
+              for i, fraction in enumerate(q.milestones())]
+    return [(step, q, i) for step, _, q, i in sorted(events, key=lambda e: (e[0], e[1], e[3]))]
+
+
+def _replace_parameters(optimiser: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+    """Optimise ``params`` from now on (one group); the state of parameters no longer optimised is
+    dropped, new ones start fresh, the learning rate (and its schedule) continues. AHCPTQ's code
+    instead builds a new Adam and a new cosine schedule over all the iterations at each regrouping,
+    so its learning rate jumps back to the start and never reaches 0."""
+    group = optimiser.param_groups[0]
+    kept = {id(p) for p in params}
+    for old in group["params"]:
+        if id(old) not in kept:
+            optimiser.state.pop(old, None)
+    group["params"] = list(params)
 
 
 def reconstruction_loss(output: Any, target: Any, grads: Any | None, channel_axis: int) -> torch.Tensor:
@@ -274,7 +329,7 @@ def reconstruction_loss(output: Any, target: Any, grads: Any | None, channel_axi
 def _unit_inputs(batch: _Batch, config: ReconstructionConfig, generator: torch.Generator) -> tuple[tuple, dict]:
     """The quantized-prefix inputs of the drawn samples; with QDrop each element is the float
     model's input instead with probability ``drop_prob``."""
-    if batch.float_inputs is None:
+    if batch.float_inputs is None or config.drop_prob == 0:
         return batch.inputs
     mixed = [torch.where(torch.rand(q.shape, generator=generator).to(q.device) < config.drop_prob, f, q)
              for q, f in zip(tree_tensors(batch.inputs), tree_tensors(batch.float_inputs))]
@@ -315,10 +370,11 @@ def _no_dropping(model: nn.Module, names: tuple[str, ...]) -> Iterator[None]:
 
 
 def _start_adaround(model: nn.Module, weights: dict[str, Quantizer]) -> tuple[list, list]:
-    """AdaRound's soft rounding on every uniform weight quantizer; returns the parts and logits."""
+    """AdaRound's soft rounding on every uniform weight quantizer still rounding to nearest (one
+    whose codes a calibration pass chose, GPTQ, keeps them); returns the parts and logits."""
     parts = []
     for name, quantizer in weights.items():
-        if isinstance(quantizer, UniformQuantizer):
+        if isinstance(quantizer, UniformQuantizer) and isinstance(quantizer.rounding, NearestRounding):
             layer = model.get_submodule(name.rpartition(".")[0])
             parts.append(quantizer.start_adaround(layer.site_weight()))
     return parts, [part.logits for part in parts]

@@ -8,7 +8,8 @@ sample (:class:`SampleShard`); it receives the other drawn samples from their ho
 ``batch_size > 1``), so the batch, the QDrop masks and the loss are one process's. Its gradients,
 its loss and the states of the random generators it drew from are then sent to every process
 (:func:`share_step`): each applies the same optimiser step, so the learned parameters stay equal on
-every rank and equal to one process, bit for bit, for any batch size, QDrop and the Fisher loss.
+every rank and equal to one process, bit for bit, for any batch size, QDrop, the Fisher loss and
+the response term (the response items are cached with the samples: the worker gets them too).
 
 The optimisation steps are therefore no faster than in one process: with one image per step (the
 reference setting) a step cannot be split without changing its numbers, and splitting a larger
@@ -61,14 +62,16 @@ def fetch(shard: SampleShard, indices: Sequence[int], worker: int, item: Any) ->
     return fetched
 
 
-def share_step(params: list[nn.Parameter], loss: torch.Tensor | None, worker: int,
-               generators: list[torch.Generator]) -> float:
-    """After ``worker`` computed a step's ``loss`` and gradients: every rank gets its gradients
-    (None where the worker's is None), and the states of ``generators``; returns the loss value."""
+def share_step(params: list[nn.Parameter], losses: Sequence[torch.Tensor] | None, worker: int,
+               generators: list[torch.Generator]) -> tuple[float, ...]:
+    """After ``worker`` computed a step's ``losses`` (the loss and the terms shown beside it) and
+    gradients: every rank gets its gradients (None where the worker's is None), and the states of
+    ``generators``; returns the values of ``losses``."""
+    values = None if losses is None else tuple(float(loss.detach()) for loss in losses)
     if not distributed.active():
-        return float(loss.detach())  # type: ignore[union-attr]
+        return values  # type: ignore[return-value]
     mine = distributed.rank() == worker
-    meta = distributed.broadcast({"loss": float(loss.detach()), "present": [p.grad is not None for p in params],
+    meta = distributed.broadcast({"losses": values, "present": [p.grad is not None for p in params],
                                   "generators": [g.get_state() for g in generators]} if mine else None, worker)
     present = [p for p, has in zip(params, meta["present"]) if has]
     for group in _by_device(present):
@@ -84,7 +87,7 @@ def share_step(params: list[nn.Parameter], loss: torch.Tensor | None, worker: in
                 param.grad = None
         for generator, state in zip(generators, meta["generators"]):
             generator.set_state(state)
-    return meta["loss"]
+    return meta["losses"]
 
 
 def _by_device(params: list[nn.Parameter]) -> list[list[nn.Parameter]]:

@@ -51,8 +51,12 @@ def fake_quantize_chunks(x: torch.Tensor, kernel: ChunkKernel) -> torch.Tensor:
     """Fake-quantize with a float32 ``kernel``: ``x``'s dtype is kept (computed in float32) and
     gradients pass straight through (identity), as no chunk op is recorded by autograd."""
     x32 = x.detach().to(torch.float32)
-    out = map_chunks(x32, kernel, torch.float32).to(x.dtype)
-    return _StraightThrough.apply(x, out) if x.requires_grad else out
+    return straight_through(x, map_chunks(x32, kernel, torch.float32).to(x.dtype))
+
+
+def straight_through(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """``x_hat`` (computed without autograd), with the gradient passed to ``x`` unchanged."""
+    return _StraightThrough.apply(x, x_hat) if x.requires_grad else x_hat
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -17,6 +17,7 @@ from 0, its last level is GELU's minimum), non-negative inputs use ``Δ_high = �
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.checks import check_tensor
-from quantizers.functional.chunked import ROUND_MAGIC, fake_quantize_chunks, iter_chunks, map_chunks
+from quantizers.functional.checks import check_peak, check_tensor
+from quantizers.functional.chunked import ROUND_MAGIC, fake_quantize_chunks, iter_chunks, map_chunks, straight_through
+from quantizers.functional.fused import FusedKernel, constant
 from quantizers.spec import check_bits
 
 #: GELU's minimum value: min of x·Φ(x), reached at x = −0.7517915246935641 (root of the
@@ -102,17 +104,39 @@ class TwinGrid:
         return cls(bits=bits, split=0.0, scale_low=gelu_min / (2 ** (bits - 1) - 1), scale_high=float(scale_pos))
 
 
-def twin_fake_quantize(x: torch.Tensor, grid: TwinGrid) -> torch.Tensor:
-    """Fake-quantize ``x`` on ``grid``; computed in float32 chunk by chunk (``x``'s dtype is kept),
-    gradients pass straight through."""
-    check_tensor(x)
+def twin_fake_quantize(x: torch.Tensor, grid: TwinGrid, overwrite: bool = False) -> torch.Tensor:
+    """Fake-quantize ``x`` on ``grid``; computed in float32 (``x``'s dtype is kept), gradients pass
+    straight through. Large float32 tensors take a fused kernel, the others a chunked one (same
+    values). ``overwrite=True`` says the caller hands ``x`` over: the result may be written into it."""
     scales, inverses = _scale_tables(grid, x.device)
+    if _fused_twin.wants(x):
+        check_tensor(x, finite=False)
+        out = x.detach() if overwrite and not x.requires_grad else torch.empty_like(x)
+        peak = _fused_twin(x.detach().view(-1), out.view(-1), constant((grid.split, 0.0, grid.qmax), x.device),
+                           scales, inverses)
+        check_peak(peak)
+        return straight_through(x, out)
+    check_tensor(x)
 
     def kernel(chunk: torch.Tensor, out: torch.Tensor) -> None:
         index, high = _index(chunk, grid, inverses)
         torch.mul(index, torch.where(high, scales[1], scales[0]), out=out)
 
     return fake_quantize_chunks(x, kernel)
+
+
+def _twin(x: torch.Tensor, out: torch.Tensor, split_range: torch.Tensor, scales: torch.Tensor,
+          inverses: torch.Tensor) -> torch.Tensor:
+    """Fused kernel: ``out`` = ``x`` on the twin grid (``split_range = [split, 0, qmax]``); returns
+    max |x|."""
+    peak = torch.amax(torch.abs(x))  # read before ``out`` (which may be ``x``) is written
+    high = x >= split_range[0]
+    index = torch.round(torch.clamp(torch.where(high, inverses[1], inverses[0]) * x, split_range[1], split_range[2]))
+    out.copy_(index * torch.where(high, scales[1], scales[0]))
+    return peak
+
+
+_fused_twin = FusedKernel(_twin)
 
 
 def twin_encode(x: torch.Tensor, grid: TwinGrid) -> torch.Tensor:
@@ -160,7 +184,7 @@ def twin_errors(x: torch.Tensor, grids: Sequence[TwinGrid], objective: Objective
         raise QuantizationError("twin_errors needs at least one candidate grid")
     if objective is not None:
         values = [_objective_value(objective, twin_fake_quantize(x, g), x) for g in grids]
-        return torch.tensor(values, dtype=torch.float64)
+        return torch.tensor(values, dtype=torch.float64, device=x.device)
     tables = [_scale_tables(g, x.device) for g in grids]
     sums = [0.0] * len(grids)
     for chunk in iter_chunks(x.detach().to(torch.float32)):
@@ -168,9 +192,10 @@ def twin_errors(x: torch.Tensor, grids: Sequence[TwinGrid], objective: Objective
             index, high = _index(chunk, grid, inverses)
             diff = index.mul_(torch.where(high, scales[1], scales[0])).sub_(chunk)
             sums[j] += float(torch.linalg.vector_norm(diff, dtype=torch.float64)) ** 2  # no float32 overflow
-    return torch.tensor(sums, dtype=torch.float64) / x.numel()
+    return torch.tensor(sums, dtype=torch.float64, device=x.device) / x.numel()
 
 
+@functools.lru_cache(maxsize=256)
 def _scale_tables(grid: TwinGrid, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``[Δ_low, Δ_high]`` and their float32 reciprocals (as torch's fake_quantize computes them)."""
     scales = torch.tensor([grid.scale_low, grid.scale_high], dtype=torch.float32, device=device)

@@ -2,18 +2,24 @@
 
 Grids (b bits): signed ``[-2^(b-1), 2^(b-1) - 1]``, unsigned ``[0, 2^b - 1]``.
 ``x̂ = (clamp(round(x / Δ) + z, qmin, qmax) - z) · Δ`` with round-half-to-even, computed exactly as
-torch's ``fake_quantize_per_{tensor,channel}_affine`` (which are used as the kernels: they are fused,
-exact, and their backward is the clipped straight-through estimator).
+torch's ``fake_quantize_per_{tensor,channel}_affine``: ``x·(1/Δ)`` in float32, rounded, plus z,
+clamped, minus z, times Δ. Large float32 tensors that need no gradient take a fused kernel
+(:mod:`quantizers.functional.fused`: one read, one write, no mask); the others take torch's ops
+(exact, and their backward is the clipped straight-through estimator). The two agree bit for bit
+except where ``|x/Δ| >= 2^63``, which torch's CPU per-channel op sends to ``qmin`` (an undefined
+float-to-int64 conversion) while the fused kernel clamps it to the nearer end of the grid.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.checks import check_tensor
+from quantizers.functional.checks import check_finite, check_peak, check_tensor
+from quantizers.functional.fused import FusedKernel, constant
 from quantizers.spec import PER_TENSOR, Granularity, check_bits
 
 #: Smallest scale ever produced (an all-zero tensor gets this, never a zero scale).
@@ -118,11 +124,13 @@ def fake_quantize(
     qmax: int,
     granularity: Granularity = PER_TENSOR,
     rounding: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    overwrite: bool = False,
 ) -> torch.Tensor:
     """Fake-quantize ``x``; gradients follow the clipped straight-through estimator.
 
     ``scale``/``zero_point`` hold one entry per quantization group (see :func:`num_groups`).
-    Non-float32 inputs are computed in float32 and cast back.
+    Non-float32 inputs are computed in float32 and cast back. ``overwrite=True`` says the caller
+    hands ``x`` over: the result may be written into it (the fused kernel does; use the result).
 
     Without ``rounding``, torch's fused ``fake_quantize_per_{tensor,channel}_affine`` ops compute
     it (exact; gradient for ``x`` only). With a ``rounding`` (e.g. :func:`round_ste`, or a learned
@@ -131,10 +139,14 @@ def fake_quantize(
     clamped to ``[qmin, qmax]`` with the op's gradient mask, minus ``z``, times ``Δ``. With
     ``round_ste`` and integer zero points the values equal the fused ops' bit for bit.
     """
-    check_tensor(x)
+    check_tensor(x, finite=False)
     if rounding is not None:
+        check_finite(x)
         return _fake_quantize_autograd(x, scale, zero_point, qmin, qmax, granularity, rounding)
     scale, zero_point = _check_qparams(scale, zero_point, qmin, qmax, num_groups(x, granularity))
+    if granularity.kind != "group" and _fused_uniform.wants(x) and _grad_free(x, scale):
+        return _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrite)
+    check_finite(x)
     out_dtype = x.dtype
     xf = x if x.dtype == torch.float32 else x.float()
     if granularity.kind == "tensor":
@@ -147,6 +159,63 @@ def fake_quantize(
         out = torch.fake_quantize_per_channel_affine(rows, scale, zero_point, 0, qmin, qmax)
         out = ungroup_rows(out, x.shape, granularity)
     return out if out_dtype == torch.float32 else out.to(out_dtype)
+
+
+def _grad_free(*tensors: torch.Tensor) -> bool:
+    """Whether no gradient flows through these tensors here (the fused kernel has no backward; where
+    one is needed, torch's op gives the input's or refuses a scale that requires it)."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _uniform(x: torch.Tensor, out: torch.Tensor, inv_scale: torch.Tensor, scale: torch.Tensor,
+             zero_point: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """Fused kernel: ``out = fake_quantize(x)`` (qparams broadcast against ``x``); returns max |x|."""
+    peak = torch.amax(torch.abs(x))  # read before ``out`` (which may be ``x``) is written
+    index = torch.clamp(torch.round(x * inv_scale) + zero_point, bounds[0], bounds[1])
+    out.copy_((index - zero_point) * scale)
+    return peak
+
+
+_fused_uniform = FusedKernel(_uniform)
+
+
+def _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrite) -> torch.Tensor:
+    """Per-tensor (``x`` as one row) or per-channel (``x`` as ``(outer, channels, inner)``)."""
+    if granularity.kind == "tensor":
+        view, shape = x.view(-1), ()
+    else:
+        axis = channel_axis(x, granularity)
+        view = x.view(math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1 :]))
+        shape = (1, -1, 1)
+    step = scale.reshape(shape)
+    out = x if overwrite else torch.empty_like(x)
+    peak = _fused_uniform(view, out.view(view.shape), torch.ones((), dtype=torch.float32, device=x.device) / step, step,
+                          zero_point.reshape(shape).to(torch.float32), constant((qmin, qmax), x.device))
+    check_peak(peak)
+    return out
+
+
+def fake_quantize_candidates(rows: torch.Tensor, scales: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``rows`` ``(groups, E)`` fake-quantized at every candidate: ``scales`` ``(c, groups)`` gives
+    one scale per candidate and row (zero point 0). Entry ``[k]`` is, bit for bit,
+    ``fake_quantize(rows, scales[k], 0, qmin, qmax, per row)``; shape ``(c, groups, E)``.
+
+    The fused kernel writes the ``c`` copies in one pass over ``rows`` (no expanded input)."""
+    check_tensor(rows, finite=False)
+    candidates, groups = scales.shape
+    flat = scales.reshape(-1)
+    zero = torch.zeros(flat.shape, dtype=torch.int32, device=rows.device)
+    flat, zero = _check_qparams(flat, zero, qmin, qmax, candidates * groups)
+    if _fused_uniform.wants(rows, passes=candidates) and _grad_free(rows, flat):
+        step = flat.reshape(candidates, groups, 1)
+        out = torch.empty((candidates, *rows.shape), dtype=torch.float32, device=rows.device)
+        one, zero_f = (torch.full((), value, dtype=torch.float32, device=rows.device) for value in (1.0, 0.0))
+        peak = _fused_uniform(rows.unsqueeze(0), out, one / step, step, zero_f, constant((qmin, qmax), rows.device))
+        check_peak(peak)
+        return out
+    check_finite(rows)
+    expanded = rows.unsqueeze(0).expand(candidates, -1, -1).reshape(candidates * groups, -1)
+    return torch.fake_quantize_per_channel_affine(expanded, flat, zero, 0, qmin, qmax).reshape(candidates, groups, -1)
 
 
 def _fake_quantize_autograd(x, scale, zero_point, qmin, qmax, granularity, rounding) -> torch.Tensor:
@@ -227,19 +296,27 @@ def _check_qparams(
         )
     if not qmin < qmax:
         raise QuantizationError(f"empty integer grid [{qmin}, {qmax}]")
-    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
-        raise QuantizationError("scale must be finite and positive")
-    if bool(((zero_point < qmin) | (zero_point > qmax)).any()):
-        raise QuantizationError(f"zero_point outside the grid [{qmin}, {qmax}]")
-    check_grid_ends(scale, zero_point, qmin, qmax)
+    # one device-to-host read when everything is valid (each check below costs one on a GPU)
+    valid = ((torch.isfinite(scale) & (scale > 0)).all() & ((zero_point >= qmin) & (zero_point <= qmax)).all()
+             & torch.isfinite(_grid_ends(scale, zero_point, qmin, qmax)).all())
+    if not bool(valid):  # say which check fails
+        if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+            raise QuantizationError("scale must be finite and positive")
+        if bool(((zero_point < qmin) | (zero_point > qmax)).any()):
+            raise QuantizationError(f"zero_point outside the grid [{qmin}, {qmax}]")
+        check_grid_ends(scale, zero_point, qmin, qmax)
     return scale, zero_point
 
 
 def check_grid_ends(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> None:
     """QuantizationError when a grid's end points ``(q − z)·Δ`` overflow float32 (data within a
     step of float32's largest magnitude), where fake quantization would return ±inf."""
-    zero = zero_point.to(torch.float32)
-    ends = torch.stack([(qmin - zero) * scale, (qmax - zero) * scale])
-    if not bool(torch.isfinite(ends).all()):
+    if not bool(torch.isfinite(_grid_ends(scale, zero_point, qmin, qmax)).all()):
         raise QuantizationError("the grid's end points overflow float32: the values are within one step of "
                                 "float32's largest magnitude")
+
+
+def _grid_ends(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``(qmin − z)·Δ`` and ``(qmax − z)·Δ`` per group, in float32."""
+    zero = zero_point.to(torch.float32)
+    return torch.stack([(qmin - zero) * scale, (qmax - zero) * scale])

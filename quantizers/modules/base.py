@@ -12,6 +12,7 @@ from torch import nn
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
 from quantizers.levels import GridLevels
+from quantizers.modules.cache import ParameterCache, is_parameter
 from quantizers.options import Options
 from quantizers.spec import GRANULARITY_KINDS, QuantSpec
 from quantizers.state import LazyStateModule
@@ -41,6 +42,12 @@ class Quantizer(LazyStateModule):
     QDrop (:attr:`drop_prob`, 0 by default): while quantizing, each element is left in float with
     this probability (drawn from :attr:`drop_generator`); :attr:`dropped_elements` counts them.
 
+    Speed: the fake-quantized value of a parameter (a weight) is cached while gradients are off
+    and reused until the parameter or the quantizer's state changes
+    (:class:`~quantizers.modules.cache.ParameterCache`); kinds with learnable state
+    (:meth:`_cacheable`) are never cached. ``forward(x, overwrite=True)`` says the caller hands
+    ``x`` over (a temporary nobody else reads): :meth:`fake_quantize_` may then write into it.
+
     Arguments:
       spec: the :class:`~quantizers.spec.QuantSpec` this quantizer implements.
     """
@@ -60,16 +67,17 @@ class Quantizer(LazyStateModule):
         #: while a list: observed batches are summarized into it instead of folded (:meth:`summarize`)
         self.deferred: list | None = None
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.parameter_cache = ParameterCache()
 
     @property
     def is_calibrated(self) -> bool:
         return bool(self.calibrated)
 
-    def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *context: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         if self.mode is Mode.OFF:
             return x
         if self.mode is Mode.OBSERVE:
-            check_tensor(x, "observed tensor")
+            check_tensor(x, "observed tensor", finite=False)  # the observers' kernels check the values
             with torch.no_grad():
                 args = (x.detach(), *(c.detach() for c in context))
                 if self.deferred is None:
@@ -82,9 +90,28 @@ class Quantizer(LazyStateModule):
                 f"{type(self).__name__} is asked to quantize but was never calibrated "
                 "(observe data and call finalize() first)"
             )
-        check_tensor(x)
-        x_hat = self.fake_quantize(x)
+        check_tensor(x, finite=False)  # the kernels check the values
+        x_hat = self._quantize(x, overwrite and self.drop_prob == 0.0)
         return self._drop(x, x_hat) if self.drop_prob > 0.0 else x_hat
+
+    def _quantize(self, x: torch.Tensor, overwrite: bool) -> torch.Tensor:
+        """``fake_quantize(x)``, from the parameter cache where it applies."""
+        cached = ParameterCache.applies(x) and self._cacheable()
+        if cached:
+            x_hat = self.parameter_cache.get(x, self)
+            if x_hat is not None:
+                return x_hat
+        if overwrite and not (torch.is_grad_enabled() and x.requires_grad) and not is_parameter(x):
+            x_hat = self.fake_quantize_(x)
+        else:
+            x_hat = self.fake_quantize(x)
+        if cached:
+            self.parameter_cache.put(x, self, x_hat)
+        return x_hat
+
+    def _cacheable(self) -> bool:
+        """Whether a parameter's result may be cached: not when the quantizer learns (holds parameters)."""
+        return next(self.parameters(), None) is None
 
     def _drop(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """QDrop: each element is ``x`` with probability :attr:`drop_prob`, else ``x_hat``."""
@@ -139,6 +166,11 @@ class Quantizer(LazyStateModule):
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         ...
 
+    def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`fake_quantize` of a tensor the caller hands over: kinds with an overwriting
+        kernel write the result into ``x``; by default, the result is a new tensor."""
+        return self.fake_quantize(x)
+
     def learn(self) -> list[nn.Parameter]:
         """Turn the calibrated parameters this kind can learn into ``nn.Parameter`` s (reconstruction)
         and return them; a kind with nothing to learn returns ``[]``."""
@@ -146,6 +178,17 @@ class Quantizer(LazyStateModule):
 
     def freeze(self) -> None:
         """Learned parameters back to buffers, keeping their values (after reconstruction)."""
+
+    def milestones(self) -> tuple[float, ...]:
+        """Fractions of a reconstruction's iterations (ascending, in [0, 1)) at which the
+        reconstruction calls :meth:`at_milestone`; none by default."""
+        return ()
+
+    def at_milestone(self, index: int) -> None:
+        """Called by reconstruction when it reaches ``milestones()[index]`` (every milestone is
+        reached, in order). It may replace the learned parameters: the caller takes them again from
+        :meth:`learn`."""
+        raise QuantizationError(f"{type(self).__name__} has no milestone {index}")
 
     def parts(self) -> dict[str, str]:
         """The registered kinds of the swappable parts that differ from a freshly built quantizer

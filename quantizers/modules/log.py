@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.log import MAX_TAU, LogGrid, agq_search, attention_output_error, log_fake_quantize
+from quantizers.functional.log import MAX_TAU, LogGrid, agq_searches, attention_output_error, log_fake_quantize
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer
-from quantizers.options import Options
+from quantizers.options import Options, check_int
 from quantizers.registry import register_quantizer
 from quantizers.spec import QuantSpec
 
@@ -21,11 +21,15 @@ from quantizers.spec import QuantSpec
 @dataclass(frozen=True)
 class LogOptions(Options):
     """``taus``: candidate τ values, each in (0, 64] (default 1, 2, 4); ``p``: error exponent
-    (default 2.4); ``scale``: a fixed s (no search), or None."""
+    (default 2.4); ``scale``: a fixed s (no search), or None; ``search_rows``: query rows per head
+    the search scores s on (a sample stratified by row maximum, see
+    :func:`~quantizers.functional.log.row_sample`; e.g. 512 searches SAM's 64×64-token maps on an
+    eighth of their rows, at an eighth of the cost), or None (default) for every row."""
 
     taus: tuple[float, ...] = (1.0, 2.0, 4.0)
     p: float = 2.4
     scale: float | None = None
+    search_rows: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.taus, (str, bytes)) or not hasattr(self.taus, "__iter__"):
@@ -36,6 +40,8 @@ class LogOptions(Options):
         object.__setattr__(self, "p", _positive(self.p, "p"))
         if self.scale is not None:
             object.__setattr__(self, "scale", _positive(self.scale, "scale"))
+        if self.search_rows is not None:
+            check_int(self.search_rows, "log quantizer search_rows", 4)
 
 
 @register_quantizer("log", LogOptions)
@@ -44,7 +50,8 @@ class LogQuantizer(Quantizer):
 
     Per observed batch ``forward(attn, v)`` and for each τ, the scale minimising the attention
     output error ``mean |Â·V − A·V|^p`` is found by bounded 1-D search
-    (:func:`~quantizers.functional.log.agq_search`); the per-τ best scale and error are summed.
+    (:func:`~quantizers.functional.log.agq_search`, on ``search_rows`` query rows per head); the
+    per-τ best scale and error are summed.
     :meth:`finalize` picks τ = argmin of the summed errors and s = that τ's mean best scale.
     Without ``v`` (a batch observed as ``forward(attn)``) the error is measured on the attention
     map itself, ``mean |Â − A|^p``.
@@ -65,33 +72,32 @@ class LogQuantizer(Quantizer):
         super().__init__(spec)
         options = spec.quantizer_config
         self.taus, self.p, self.fixed_scale = options.taus, options.p, options.scale
+        self.search_rows = options.search_rows
         self.register_buffer("scale", torch.zeros((), dtype=torch.float64))
         self.register_buffer("tau", torch.zeros((), dtype=torch.float64))
         self.register_buffer("scale_sums", torch.zeros(len(self.taus), dtype=torch.float64))
         self.register_buffer("error_sums", torch.zeros(len(self.taus), dtype=torch.float64))
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
+        self._grid: tuple[tuple, LogGrid] | None = None
 
     @property
     def grid(self) -> LogGrid:
         """The calibrated grid (its lookup tables are rebuilt only when s or τ change)."""
         key = (float(self.scale.detach()), float(self.tau), self.spec.bits)
-        cached = getattr(self, "_grid", None)
-        if cached is None or cached[0] != key:
+        if self._grid is None or self._grid[0] != key:
             self._grid = (key, LogGrid.build(*key))
         return self._grid[1]
 
     def summarize(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per τ, the batch's best scale and its error (float64, one entry per τ)."""
         v = context[0] if context else None
-        scales, errors = [], []
-        for tau in self.taus:
-            if self.fixed_scale is None:
-                scale, error = agq_search(x, v, self.spec.bits, tau, self.p)
-            else:
-                scale = self.fixed_scale
-                error = attention_output_error(x, v, LogGrid.build(scale, tau, self.spec.bits), self.p)
-            scales.append(torch.as_tensor(scale, dtype=torch.float64).reshape(()))
-            errors.append(torch.as_tensor(error, dtype=torch.float64).reshape(()))
+        if self.fixed_scale is None:
+            found = agq_searches(x, v, self.spec.bits, self.taus, self.p, self.search_rows)
+        else:
+            found = [(self.fixed_scale, attention_output_error(x, v, LogGrid.build(self.fixed_scale, tau, self.spec.bits),
+                                                               self.p)) for tau in self.taus]
+        scales = [torch.as_tensor(scale, dtype=torch.float64).reshape(()) for scale, _ in found]
+        errors = [torch.as_tensor(error, dtype=torch.float64).reshape(()) for _, error in found]
         return torch.stack(scales), torch.stack(errors)
 
     def absorb(self, summary: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -134,6 +140,11 @@ class LogQuantizer(Quantizer):
             s = self._parameters["scale"]
             out = out + (s - s.detach()).to(out.dtype) * (x.detach() > float(s.detach())).to(out.dtype)
         return out
+
+    def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        if "scale" in self._parameters:  # the learned s needs the gradient term of fake_quantize
+            return self.fake_quantize(x)
+        return log_fake_quantize(x, self.grid, overwrite=True)
 
     def levels(self) -> GridLevels:
         grid = self.grid

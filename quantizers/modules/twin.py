@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from quantizers.errors import QuantizationError
+from quantizers.functional.checks import check_peak
 from quantizers.functional.twin import GELU_MIN, Objective, TwinGrid, twin_errors, twin_fake_quantize
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer
@@ -94,6 +95,9 @@ class _TwinSearchQuantizer(Quantizer):
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         return twin_fake_quantize(x, self.grid)
+
+    def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        return twin_fake_quantize(x, self.grid, overwrite=True)
 
     def levels(self) -> GridLevels:
         grid = self.grid
@@ -198,6 +202,7 @@ class TwinGeluQuantizer(_TwinSearchQuantizer):
 
 def _positive_max(x: torch.Tensor) -> float:
     top = float(x.max())
+    check_peak(top, "observed tensor")  # NaN and +Inf reach the max (-Inf is caught by twin_errors)
     if top <= 0.0:
         raise QuantizationError("post-GELU input has no positive value: the positive range cannot be fitted")
     return top

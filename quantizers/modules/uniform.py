@@ -15,6 +15,7 @@ from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer, describe_values
 from quantizers.observers.base import Observer
 from quantizers.parts.adaround import AdaRoundRounding
+from quantizers.parts.codes import CodeRounding
 from quantizers.parts.rounding import ROUNDINGS, NearestRounding, Rounding
 from quantizers.registry import build_observer, register_quantizer
 from quantizers.spec import QuantSpec
@@ -132,17 +133,42 @@ class UniformQuantizer(Quantizer):
         if isinstance(self.rounding, AdaRoundRounding):
             self.rounding = self.rounding.hardened()
 
+    def set_codes(self, codes: torch.Tensor) -> None:
+        """Fix every element's integer code relative to the zero point (chosen elsewhere, e.g. by
+        GPTQ), laid out as the quantizer's rows; the qparams stay as they are."""
+        if not self.is_calibrated:
+            raise QuantizationError("set_codes needs calibrated qparams")
+        self.rounding = CodeRounding(codes)
+
+    def group_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero_point)`` with one entry per quantization group of the granularity (a
+        subclass may share one pair between several groups)."""
+        return self.scale, self.zero_point
+
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fake_quantize(x, overwrite=False)
+
+    def fake_quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fake_quantize(x, overwrite=True)
+
+    def _fake_quantize(self, x: torch.Tensor, overwrite: bool) -> torch.Tensor:
         qmin, qmax = self.qrange
-        if not (self.learnable or not isinstance(self.rounding, NearestRounding)):
-            return fake_quantize(x, self.scale, self.zero_point, qmin, qmax, self.spec.granularity)
-        scale = self.scale
+        scale, zero_point = self.group_qparams()
+        if self._fixed:
+            return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, overwrite=overwrite)
         if "scale" in self._parameters:  # LSQ gradient scale 1/sqrt(N·qmax), N = elements per scale
             scale = grad_scale(scale, 1.0 / math.sqrt(x.numel() / num_groups(x, self.spec.granularity) * qmax))
-        zero_point = self.zero_point
         if "zero_point" in self._parameters:
             zero_point = round_ste(zero_point)
         return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, self.rounding)
+
+    @property
+    def _fixed(self) -> bool:
+        """Fixed qparams and nearest rounding: torch's op (or the fused kernel) computes the values."""
+        return not self.learnable and isinstance(self.rounding, NearestRounding)
+
+    def _cacheable(self) -> bool:
+        return self._fixed and super()._cacheable()
 
     def levels(self) -> GridLevels:
         qmin, qmax = self.qrange

@@ -21,11 +21,16 @@ class Observer(LazyStateModule):
     touching the state), :meth:`_absorb` (fold that into the buffers) and :meth:`_calculate_qparams`.
     State lives in buffers, so ``state_dict`` round-trips. A kind whose batches cannot be summarized
     apart from its state sets :attr:`splits` to False (its summary is then the batch itself) and may
-    implement :meth:`merge` instead.
+    implement :meth:`merge` instead. A subclass whose statistics reveal NaN/Inf (a min and max do)
+    sets :attr:`checks_values` and raises itself in :meth:`_summarize`, sparing the separate scan of
+    the tensor.
 
     Arguments:
       spec: the quantization spec whose grid and granularity the qparams are for.
     """
+
+    #: whether :meth:`_summarize` detects NaN/Inf itself
+    checks_values = False
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()
@@ -47,7 +52,7 @@ class Observer(LazyStateModule):
     def summarize(self, x: torch.Tensor) -> Any:
         """What batch ``x`` contributes; folding summaries with :meth:`absorb` in the batches' order
         gives exactly the state ``forward`` would."""
-        check_tensor(x, "observed tensor")
+        check_tensor(x, "observed tensor", finite=not self.checks_values)
         with torch.no_grad():
             return self._summarize(x.detach() if x.dtype == torch.float32 else x.detach().float())
 

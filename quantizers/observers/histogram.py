@@ -33,13 +33,13 @@ def abs_histogram(rows: torch.Tensor, upper: torch.Tensor, bins: int) -> torch.T
     Values at or above ``upper`` count in the last bin; a row with ``upper == 0`` counts in bin 0.
     The rows are read in bounded blocks.
     """
-    counts = torch.zeros(rows.shape[0], bins, dtype=torch.float64)
+    counts = torch.zeros(rows.shape[0], bins, dtype=torch.float64, device=rows.device)
     # |x| / upper, not |x| * (bins / upper): bins / upper overflows float32 for tiny or denormal
     # ranges; an upper of 0 divides by inf (bin 0); clamping before the cast keeps inf in range.
     upper = torch.where(upper > 0, upper, torch.inf)
     for groups, block in row_blocks(rows):
         index = block.abs().div_(upper[groups, None]).mul_(bins).clamp_(max=bins - 1).long()
-        index += torch.arange(index.shape[0]).unsqueeze(1) * bins
+        index += torch.arange(index.shape[0], device=index.device).unsqueeze(1) * bins
         counts[groups] += torch.bincount(index.reshape(-1), minlength=index.shape[0] * bins).reshape(-1, bins)
     return counts
 
@@ -52,7 +52,7 @@ def rebin(counts: torch.Tensor, old_range: torch.Tensor, new_range: torch.Tensor
     """
     bins = counts.shape[1]
     ratio = (old_range.double() / new_range.double().clamp(min=torch.finfo(torch.float64).tiny)).unsqueeze(1)
-    edges = torch.arange(bins + 1, dtype=torch.float64) * ratio  # old edges in units of new bins
+    edges = torch.arange(bins + 1, dtype=torch.float64, device=counts.device) * ratio  # old edges in units of new bins
     low, high = edges[:, :-1], edges[:, 1:]
     first = low.floor().clamp_(max=bins - 1)
     share = torch.where(high > low, (torch.minimum(high, first + 1) - low) / (high - low), 1.0)
@@ -114,7 +114,7 @@ class HistogramObserver(Observer):
         amax = torch.maximum(-lo, hi)
         if self.hist.numel() == 0:
             self.min_val, self.max_val, self.hist_range = lo, hi, amax
-            self.hist = torch.zeros(lo.numel(), self.bins, dtype=torch.float64)
+            self.hist = torch.zeros(lo.numel(), self.bins, dtype=torch.float64, device=lo.device)
         else:
             if lo.numel() != self.min_val.numel():
                 raise QuantizationError(
@@ -203,14 +203,14 @@ def kl_cut(counts: torch.Tensor, levels: int, start_bin: int) -> int:
     first = max(start_bin, levels)
     if first > end:
         return end
-    cuts = torch.arange(first, end + 1)
+    cuts = torch.arange(first, end + 1, device=counts.device)
     mass_below, occupied_below = _prefix(counts), _prefix((counts > 0).double())
     total = mass_below[-1]
     tail = total - mass_below[cuts]
     last = counts[cuts - 1] + tail  # the last kept bin with the outliers folded in
 
     width = (cuts // levels).unsqueeze(1)
-    starts = torch.arange(levels) * width
+    starts = torch.arange(levels, device=counts.device) * width
     stops = torch.cat([starts[:, 1:], cuts.unsqueeze(1)], dim=1)
     chunk_mass = mass_below[stops] - mass_below[starts]
     occupied = occupied_below[stops] - occupied_below[starts]
@@ -242,5 +242,6 @@ class KLObserver(HistogramObserver):
 
     def _histogram_amax(self) -> torch.Tensor:
         levels = 2 ** (self.spec.bits - 1)
-        cuts = torch.tensor([kl_cut(row, levels, self.options.start_bin) for row in self.hist], dtype=torch.float64)
+        cuts = torch.tensor([kl_cut(row, levels, self.options.start_bin) for row in self.hist], dtype=torch.float64,
+                            device=self.hist.device)
         return cuts * self.bin_width

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from quantizers.errors import QuantizationError
+from quantizers.functional.checks import check_peak
 from quantizers.functional.uniform import channel_axis, group_rows, qparams_from_minmax
 from quantizers.observers.base import Observer
 from quantizers.options import Options, check_number
@@ -31,7 +32,10 @@ def batch_minmax(x: torch.Tensor, granularity: Granularity) -> tuple[torch.Tenso
 
 
 class _MinMaxState(Observer):
-    """Per-group (min, max) buffers; subclasses say how a batch's range merges into them."""
+    """Per-group (min, max) buffers; subclasses say how a batch's range merges into them. A batch
+    holding NaN/Inf raises (both propagate into its min or max)."""
+
+    checks_values = True
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)
@@ -39,7 +43,9 @@ class _MinMaxState(Observer):
         self.register_buffer("max_val", torch.empty(0))
 
     def _summarize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._batch_range(x)
+        lo, hi = self._batch_range(x)
+        check_peak(torch.maximum(lo.abs().max(), hi.abs().max()), "observed tensor")
+        return lo, hi
 
     def _absorb(self, summary: tuple[torch.Tensor, torch.Tensor]) -> None:
         lo, hi = summary

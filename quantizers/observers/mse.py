@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from quantizers.functional.fused import FusedKernel, constant
 from quantizers.functional.uniform import group_rows, qparams_from_minmax
 from quantizers.observers.blocks import row_blocks
 from quantizers.observers.minmax import AvgMinMaxObserver, batch_minmax
@@ -23,13 +24,23 @@ def candidate_errors(
 ) -> torch.Tensor:
     """``Σ |x − x̂|^p`` per candidate and row (float64, ``(candidates, groups)``).
 
+    Large float32 inputs take one fused kernel for all candidates (the rows are read from cache, the
+    quantized copies never exist); the others are read in bounded blocks, one candidate at a time.
+    The two sum in different orders, so their errors agree to float32 rounding (a candidate whose
+    error ties another's to that precision may be picked by one and not the other).
+
     Arguments:
-      rows: ``(groups, elements)`` data, read in bounded blocks.
+      rows: ``(groups, elements)`` data.
       scales, zero_points: ``(candidates, groups)`` qparams to try.
       qmin, qmax: the integer grid.
       p: the error exponent.
     """
-    errors = torch.zeros(scales.shape, dtype=torch.float64)
+    if _fused_errors.wants(rows, passes=scales.shape[0]):
+        step = scales.to(rows.device, torch.float32).unsqueeze(-1)
+        inverse = torch.ones((), dtype=torch.float32, device=rows.device) / step
+        zero = zero_points.to(rows.device, torch.float32).unsqueeze(-1)
+        return _fused_errors(rows, inverse, step, zero, constant((qmin, qmax, p), rows.device)).double()
+    errors = torch.zeros(scales.shape, dtype=torch.float64, device=rows.device)
     for groups, block in row_blocks(rows):
         for k in range(scales.shape[0]):
             error = torch.fake_quantize_per_channel_affine(
@@ -37,6 +48,17 @@ def candidate_errors(
             ).sub_(block)
             errors[k, groups] += torch.linalg.vector_norm(error, ord=p, dim=1).double() ** p
     return errors
+
+
+def _errors(rows: torch.Tensor, inverse: torch.Tensor, step: torch.Tensor, zero: torch.Tensor,
+            grid_p: torch.Tensor) -> torch.Tensor:
+    """Fused kernel: ``Σ |x − x̂|^p`` for every candidate (``(c, groups, 1)`` qparams) and row;
+    ``x̂`` is torch's fake-quantize arithmetic, ``grid_p = [qmin, qmax, p]``."""
+    index = torch.clamp(torch.round(rows * inverse) + zero, grid_p[0], grid_p[1])
+    return torch.sum(torch.exp2(grid_p[2] * torch.log2(torch.abs((index - zero) * step - rows))), dim=-1)
+
+
+_fused_errors = FusedKernel(_errors)
 
 
 @dataclass(frozen=True)
@@ -76,11 +98,11 @@ class MSEObserver(AvgMinMaxObserver):
 
     def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = batch_minmax(x, self.spec.granularity)
-        factors = self.factors.unsqueeze(1)
+        factors = self.factors.to(x.device).unsqueeze(1)
         scales, zero_points = qparams_from_minmax(
             lo * factors, hi * factors, self.spec.bits, self.spec.symmetric, self.spec.signed
         )
         qmin, qmax = self.qrange
         errors = candidate_errors(group_rows(x, self.spec.granularity), scales, zero_points, qmin, qmax, self.options.p)
-        best = self.factors[errors.argmin(0)]
+        best = factors[errors.argmin(0), 0]
         return lo * best, hi * best

@@ -1,1 +1,2 @@
-"""Parts a quantizer is made of and that can be swapped: rounding (nearest, soft or fixed)."""
+"""Parts a quantizer is made of and that can be swapped: rounding (nearest, soft, fixed, or codes
+chosen by a calibration pass)."""

@@ -23,13 +23,12 @@ from torch import nn
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
+from quantizers.search.candidates import Operand, Output
 from quantizers.search.hessian import (
     HessianSearchConfig,
     LinearScales,
     _alternate,
     _grad_weight,
-    _Operand,
-    _Output,
     _row_subset,
     _split,
     _split_or_none,
@@ -177,11 +176,11 @@ def search_conv(
         return by_rows(y if b is None else y + b)
 
     operands = (
-        _Operand(weight.detach().float(), check_bits(w_bits), axis=0, groups=groups),
-        _Operand(x.detach().float(), check_bits(a_bits), axis=0, groups=1),
+        Operand(weight.detach().float(), check_bits(w_bits), axis=0, groups=groups),
+        Operand(x.detach().float(), check_bits(a_bits), axis=0, groups=1),
     )
     ref, weight_sq = by_rows(out.detach().float()), None if grad_sq is None else by_rows(grad_sq)
-    output = _Output(_split(ref, 2, groups), _split_or_none(weight_sq, 2, groups), axis=2, groups=groups)
+    output = Output(_split(ref, 2, groups), _split_or_none(weight_sq, 2, groups), axis=2, groups=groups)
     (w_scale, x_scale), history = _alternate(operands, forward, output, config)
     return LinearScales(w_scale, x_scale, history)
 

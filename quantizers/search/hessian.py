@@ -16,8 +16,9 @@ block its output columns, a head its output head), so every group picks its own 
 vectorised pass. The layer objective is the mean over those output slices of each slice's metric (for
 ``hessian`` and ``l2`` this is the metric of the whole output); an operand with a single scale (the
 linear input) minimises that mean. Candidates are evaluated in chunks that fit ``memory_budget``
-bytes. With ``max_rows`` the objective is estimated on a seeded random subset of the output rows
-(a Linear's tokens, the rows of a matmul's ``A``): the cost of a search is proportional to them.
+bytes, each chunk with one batched product (:mod:`quantizers.search.candidates`). With
+``max_rows`` the objective is estimated on a seeded random subset of the output rows (a Linear's
+tokens, the rows of a matmul's ``A``): the cost of a search is proportional to them.
 """
 
 from __future__ import annotations
@@ -29,18 +30,22 @@ import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
-from quantizers.functional.uniform import SCALE_EPS, fake_quantize, quant_range
+from quantizers.functional.uniform import SCALE_EPS
 from quantizers.options import Options
 from quantizers.registry import register_search
 from quantizers.search.base import ScaleSearch
-from quantizers.spec import Granularity, check_bits
+from quantizers.search.candidates import Operand as _Operand
+from quantizers.search.candidates import Output as _Output
+from quantizers.search.candidates import flat_score as _flat_score
+from quantizers.search.candidates import quantize_groups as _quantize_groups
+from quantizers.search.candidates import score_candidates as _score_candidates
+from quantizers.spec import check_bits
 
 if TYPE_CHECKING:
     from quantizers.spec import QuantSpec
 
 METRICS = ("hessian", "l2", "cosine", "pearson")
 WEIGHT_GRANULARITIES = ("tensor", "block", "channel")
-_PER_ROW = Granularity("channel", axis=0)
 
 
 def _check_metric(metric: str) -> None:
@@ -145,28 +150,6 @@ class MatmulScales:
     history: tuple[float, ...]
 
 
-@dataclass(frozen=True)
-class _Operand:
-    """One operand: ``groups`` equal contiguous slices along ``axis``, each with its own scale."""
-
-    tensor: torch.Tensor
-    bits: int
-    axis: int
-    groups: int
-
-
-@dataclass(frozen=True)
-class _Output:
-    """The float output scored in ``groups`` equal slices along ``axis`` (the layer objective is the
-    mean over them). An operand has one scale per output group (each touches only its slice) or
-    one scale for all; ``ref`` and ``weight`` are ``(groups, E)``."""
-
-    ref: torch.Tensor
-    weight: torch.Tensor | None
-    axis: int
-    groups: int
-
-
 def initial_scale(t: torch.Tensor, bits: int, axis: int = 0, groups: int = 1) -> torch.Tensor:
     """``Δ = max|·| / (2^(b−1) − 0.5)`` of each of ``groups`` contiguous slices of ``t`` along ``axis``.
 
@@ -183,7 +166,7 @@ def candidate_scales(base: torch.Tensor, alpha: float = 0.01, beta: float = 1.2,
 
     The fractions are formed in float64 so each entry is the correctly rounded product.
     """
-    fractions = alpha + torch.arange(n + 1, dtype=torch.float64) * (beta - alpha) / n
+    fractions = alpha + torch.arange(n + 1, dtype=torch.float64, device=base.device) * (beta - alpha) / n
     return (base.to(torch.float64).unsqueeze(-1) * fractions).to(torch.float32)
 
 
@@ -199,6 +182,22 @@ def objective(
     if out_hat.shape != out.shape:
         raise QuantizationError(f"output shapes differ: {tuple(out_hat.shape)} vs {tuple(out.shape)}")
     return _flat_score(out_hat, out, _grad_weight(grad, out, metric), metric)
+
+
+def output_objective(
+    out: torch.Tensor, grad: torch.Tensor | None = None, metric: str = "hessian"
+) -> Callable[[torch.Tensor], float]:
+    """``out_hat -> objective(out_hat, out, grad, metric)`` as a float, with ``out`` and ``grad``
+    validated (and ``grad²`` formed) once: for scoring many candidate outputs of one layer."""
+    check_tensor(out, "reference output")
+    weight = _grad_weight(grad, out, metric)
+
+    def score(out_hat: torch.Tensor) -> float:
+        if out_hat.shape != out.shape:
+            raise QuantizationError(f"output shapes differ: {tuple(out_hat.shape)} vs {tuple(out.shape)}")
+        return float(_flat_score(out_hat, out, weight, metric))
+
+    return score
 
 
 def best_candidate(
@@ -350,7 +349,7 @@ def _alternate(
             if not history:
                 history.append(float(scores[:, 0].mean()))
             best = scores.argmin(dim=1)
-            rows = torch.arange(op.groups)
+            rows = torch.arange(op.groups, device=candidates.device)
             scales[k] = candidates[rows, best]
             history.append(float(scores[rows, best].mean()))
     return scales, tuple(history)
@@ -375,6 +374,7 @@ def subsample_rows(
         dim, rows = 0, _row_subset(a.shape[0], max_rows)
     if rows is None:
         return a, out, grad
+    rows = rows.to(a.device)
     return a.index_select(dim, rows), out.index_select(dim, rows), None if grad is None else grad.index_select(dim, rows)
 
 
@@ -385,40 +385,6 @@ def _row_subset(rows: int, keep: int) -> torch.Tensor | None:
     return torch.randperm(rows, generator=torch.Generator().manual_seed(0))[:keep].sort().values
 
 
-def _score_candidates(
-    op: _Operand,
-    candidates: torch.Tensor,
-    candidate_output: Callable[[torch.Tensor], torch.Tensor],
-    output: _Output,
-    config: HessianSearchConfig,
-) -> torch.Tensor:
-    """``(op.groups, candidates)`` objective, chunk by chunk: each operand group's own output slice,
-    or the mean over all output groups for an operand with one scale."""
-    # Per candidate: the operand copy and its fake-quantized copy, the output and about two
-    # output-sized temporaries of the metric.
-    per_candidate = 4 * (2 * op.tensor.numel() + 3 * output.ref.numel())
-    chunk = max(1, config.memory_budget // per_candidate)
-    scores = []
-    for start in range(0, candidates.shape[1], chunk):
-        q = _quantize_groups(op.tensor, op.axis, op.groups, candidates[:, start : start + chunk], op.bits)
-        out_hat = candidate_output(q).movedim(output.axis + 1, 1).reshape(q.shape[0], output.groups, -1)
-        group_scores = _group_scores(out_hat, output.ref, output.weight, config.metric)
-        scores.append((group_scores if op.groups == output.groups else group_scores.mean(1, keepdim=True)).T)
-    return torch.cat(scores, dim=1)
-
-
-def _quantize_groups(t: torch.Tensor, axis: int, groups: int, scales: torch.Tensor, bits: int) -> torch.Tensor:
-    """Fake-quantize ``t`` once per column of ``scales`` ``(groups, c)``: shape ``(c, *t.shape)``."""
-    qmin, qmax = quant_range(bits, signed=True)
-    moved = t.movedim(axis, 0)
-    c = scales.shape[1]
-    rows = moved.reshape(1, groups, -1).expand(c, -1, -1).reshape(c * groups, -1)
-    flat_scales = scales.T.reshape(-1)
-    zero = torch.zeros_like(flat_scales, dtype=torch.int32)
-    q = fake_quantize(rows, flat_scales, zero, qmin, qmax, _PER_ROW)
-    return q.reshape(c, *moved.shape).movedim(1, axis + 1)
-
-
 def _split(t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
     """``(groups, -1)`` view: ``groups`` equal contiguous slices of ``t`` along ``axis``."""
     size = t.shape[axis]
@@ -427,30 +393,8 @@ def _split(t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
     return t.movedim(axis, 0).reshape(groups, -1)
 
 
-def _flat_score(out_hat: torch.Tensor, out: torch.Tensor, grad_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
-    """The score of one output over all its elements (one group)."""
-    weight = None if grad_sq is None else grad_sq.reshape(1, -1)
-    flat_hat, flat_ref = out_hat.detach().float().reshape(1, 1, -1), out.detach().float().reshape(1, -1)
-    return _group_scores(flat_hat, flat_ref, weight, metric)[0, 0]
-
-
 def _split_or_none(t: torch.Tensor | None, axis: int, groups: int) -> torch.Tensor | None:
     return None if t is None else _split(t, axis, groups)
-
-
-def _group_scores(
-    out_hat: torch.Tensor, ref: torch.Tensor, grad_sq: torch.Tensor | None, metric: str
-) -> torch.Tensor:
-    """``(c, groups)`` scores of candidate outputs ``(c, groups, E)`` against ``ref`` ``(groups, E)``."""
-    if metric in ("hessian", "l2"):
-        err = (out_hat - ref).square()
-        return (err if grad_sq is None else err * grad_sq).mean(dim=-1)
-    if metric == "pearson":
-        out_hat = out_hat - out_hat.mean(dim=-1, keepdim=True)
-        ref = ref - ref.mean(dim=-1, keepdim=True)
-    dot = (out_hat * ref).sum(dim=-1)
-    norms = out_hat.norm(dim=-1) * ref.norm(dim=-1)
-    return 1.0 - dot / norms.clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def _grad_weight(grad: torch.Tensor | None, out: torch.Tensor, metric: str) -> torch.Tensor | None:
@@ -493,6 +437,7 @@ __all__ = [
     "candidate_scales",
     "initial_scale",
     "objective",
+    "output_objective",
     "search_linear",
     "search_matmul",
 ]

@@ -67,6 +67,9 @@ def test_ptq4sam_settings(path: Path):
     assert (config.calib_images, config.multimask, config.score_with_iou) == (32, False, True)
     assert "ptq4sam" in config.recipes and set(config.bits) == {"W6A6", "W4A4"}
     assert {"qdrop", "ptq4sam-l", "ptq4sam-l-reference-bug"} <= set(config.recipes)  # fixed / bug-compatible pair
+    assert {"ahcptq", "saq-sam", "repq-vit", "gptq"} <= set(config.recipes)  # the 2025-26 methods
+    for recipe in ("ahcptq", "saq-sam", "repq-vit", "gptq"):
+        assert f"`{recipe}`" in path.read_text()  # its published number (or that none exists) and differences
     fixed, bug = (load_recipe(name).reconstruction_config() for name in ("ptq4sam-l", "ptq4sam-l-reference-bug"))
     assert fixed.iterations == 20000 and fixed.drop_prob == 0.5 and fixed.with_overrides({"reference_drop_bug": True}) == bug
 

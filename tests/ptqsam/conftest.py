@@ -76,3 +76,23 @@ def spawned_checks(five_images, tmp_path_factory):
                                                          timeout=600))
         return runs[world]
     return get
+
+
+@pytest.fixture(scope="module")
+def two_samples(tmp_path_factory):
+    """Two generated calibration images with their prompts (module-wide, for slow calibrations)."""
+    from ptqsam.calibration import calibration_samples
+
+    root = tmp_path_factory.mktemp("two_samples")
+    generate_dataset(root, count=2, seed=5)
+    return calibration_samples(CocoDataset(root / "images", root / "annotations.json"), 2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def random_testbed_module():
+    """A builder of the testbed with random weights, for module-scoped fixtures."""
+    from ptqsam.models import zoo
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(zoo.PACKAGED_WEIGHTS, "testbed", Path("/nonexistent/testbed.pt"))
+        yield lambda seed=0: build_model("testbed", seed=seed)

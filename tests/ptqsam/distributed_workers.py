@@ -139,8 +139,17 @@ rules:
   - include: ["mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs"]
     spec: {bits: A, quantizer: twin_softmax, search: hessian, search_options: {alpha: 0.01, beta: 1.2, n: 20, rounds: 2}}
 """
+
+CAG_STAGES = """
+name: cag-stages
+extends: minmax
+prepend_rules:
+  - include: ["image_encoder.blocks.*.mlp.lin1.input"]
+    spec: {bits: A, symmetric: false, granularity: {kind: channel, axis: -1}, observer: avg_minmax,
+           quantizer: channel_groups, quantizer_options: {groups: 2, milestones: [0.2, 0.6]}}
+"""
 #: recipes given as YAML text here
-TEST_RECIPES = {"mixed-observers": MIXED_OBSERVERS, "hessian-decoder": HESSIAN_DECODER}
+TEST_RECIPES = {"mixed-observers": MIXED_OBSERVERS, "hessian-decoder": HESSIAN_DECODER, "cag-stages": CAG_STAGES}
 
 
 def calibrate_job(data_dir: str, recipes: list[str], encoder: bool) -> dict[str, Any]:
@@ -182,6 +191,11 @@ RECONSTRUCTION_CASES = [
     ("fisher-batch3", 2, "minmax", {"iterations": 3, "batch_size": 3, "loss": "fisher", "drop_prob": 0.5,
                                     "warmup": 0.0, "weight_lr": 1e-2, "cache_bytes": 1},
      True, ["image_encoder.blocks.1", "mask_decoder.transformer.layers.1"]),
+    # SAQ-SAM's PAR response term (an encoder stage: the decoder's calls and float responses
+    # cached per image; a decoder layer) with QDrop, and CAG regrouping at two milestones
+    ("par-cag-stages", 3, "cag-stages", {"unit": "stage", "response_weight": 1.0, "iterations": 5, "warmup": 0.2,
+                                         "weight_lr": 1e-2},
+     True, ["image_encoder.blocks.0-2", "mask_decoder.transformer.layers.0"]),
 ]
 
 
@@ -191,6 +205,7 @@ def reconstruct_job(data_dir: str) -> dict[str, Any]:
     from ptqsam.calibration import calibrate
     from ptqsam.data import CocoDataset
     from ptqsam.data.samples import calibration_samples
+    from ptqsam.instrument.recipe import Recipe
     from ptqsam.models import build_model
     from ptqsam.models.blocks import ENCODER_SITES
     from ptqsam.reconstruction import ReconstructionConfig
@@ -202,6 +217,7 @@ def reconstruct_job(data_dir: str) -> dict[str, Any]:
         samples = calibration_samples(dataset, images, seed=0)
         model = build_model("testbed", seed=0)
         exclude = () if encoder else (ENCODER_SITES,)
+        recipe = Recipe.from_yaml(TEST_RECIPES[recipe], None) if recipe in TEST_RECIPES else recipe
         with _watching_steps() as steps:
             report = calibrate(model, recipe, 4, 4, samples, exclude, progress=False,
                                reconstruction=None if only else settings)

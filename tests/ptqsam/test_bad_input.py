@@ -32,6 +32,10 @@ REQUIRED: dict[str, tuple[list[str], dict[str, Any]]] = {
     "inspect": ([], {}),
     "sweep": (["{tmp}/ok.yaml"], {"ok.yaml": "synthetic_images: 1\ncalib_images: 1\nout: res\n"}),
     "plot": (["{tmp}/res"], {"res/": None}),
+    "sensitivity": (["--calib-images", "1"], {}),
+    "allocate": (["{study}", "--budget", "W8A8", "--out", "{tmp}/mixed.yaml"], {}),
+    "accuracy-control": (["{study}", "--target", "0.5", "--synthetic-images", "2", "--control-images", "1"], {}),
+    "pareto": (["--calib-images", "1", "--synthetic-images", "1"], {}),
 }
 #: commands reading --images/--annotations: the extra arguments that make them read images, and the
 #: start of the message when no image is usable (evaluate: nothing to evaluate; calibration: no sample)
@@ -39,6 +43,9 @@ READS_IMAGES = {
     "evaluate": ([], "nothing to evaluate"),
     "calibrate": ([], "none of the calibration images"),
     "inspect": (["--stats-images", "1"], "none of the calibration images"),
+    "sensitivity": ([], "none of the calibration images"),
+    "accuracy-control": ([], "none of the calibration images"),
+    "pareto": ([], "none of the calibration images"),
 }
 DEAD_RULE = {"name": "dead", "rules": [{"include": ["*.weight"], "spec": {"bits": "W"}},
                                        {"include": ["*.inptu"], "spec": {"bits": "A"}}]}
@@ -96,6 +103,29 @@ def _nan_site(data: dict) -> None:
     name = next(k for k, v in entry["state"].items() if v.is_floating_point())
     entry["state"][name] = torch.full_like(entry["state"][name], float("nan"))
 
+
+def _study(change: Callable[[dict], None]) -> Callable[[Path, dict], None]:
+    """A writer of the real sensitivity study changed by ``change``."""
+    def write(path: Path, assets: dict) -> None:
+        data = json.loads((assets["study"] / "sensitivity.json").read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+    return write
+
+
+def _resealed(change: Callable[[dict], None]) -> Callable[[Path, dict], None]:
+    """A writer of the real study with its settings changed by ``change`` and a fingerprint that
+    matches them (a study made under other settings, not an altered file)."""
+    def edit(data: dict) -> None:
+        from ptqsam.fingerprint import fingerprint
+
+        change(data["settings"])
+        data["fingerprint"] = fingerprint(data["settings"])
+    return _study(edit)
+
+
+#: allocate's arguments; a study argument follows (click takes the last --out)
+ALLOCATE = ["allocate", "--out", "{tmp}/mixed.yaml", "--budget", "W8A8"]
 
 STATE_FILES: list[tuple[str, Any, list[str], str]] = [
     ("missing", {}, ["--state", "{tmp}/none.pt"], "does not exist"),
@@ -253,6 +283,32 @@ OTHER_CASES = [
     Case("plot:report-not-json", ["plot", "{tmp}/res"], "cannot read report", {"res/report.json": "{"}),
     Case("plot:report-without-rows", ["plot", "{tmp}/res"], "has no 'rows' list", {"res/report.json": "{}"}),
     Case("plot:missing-results", ["plot", "{tmp}/none"], "does not exist", code=2),
+    Case("sensitivity:top-zero", ["sensitivity", "--top", "0"], "--top must be >= 1"),
+    Case("sensitivity:bits-empty", ["sensitivity", "--bits", ","], "at least one bit-width"),
+    Case("allocate:study-other-format", [*ALLOCATE, "{tmp}/s.json"], "not a sensitivity result", {"s.json": "{}"}),
+    Case("allocate:study-not-json", [*ALLOCATE, "{tmp}/s.json"], "not a readable sensitivity result",
+         {"s.json": "{"}),
+    Case("allocate:study-altered", [*ALLOCATE, "{tmp}/s.json"], "the file was altered",
+         {"s.json": _study(lambda d: d["settings"].update(bits=["W4A4"]))}),
+    Case("allocate:study-old-version", [*ALLOCATE, "{tmp}/s.json"], "version 1",
+         {"s.json": _study(lambda d: d.update(version=1))}),
+    Case("allocate:study-other-weights", [*ALLOCATE, "{tmp}/s.json"], "the study measured weights",
+         {"s.json": _resealed(lambda s: s.update(weights="random-seed7"))}),
+    Case("allocate:study-without-model", [*ALLOCATE, "{tmp}/s.json"], "does not record its model (weights missing)",
+         {"s.json": _resealed(lambda s: s.pop("weights"))}),
+    Case("allocate:budget-garbled", [*ALLOCATE, "{study}", "--budget", "W5"], "a budget is 'W<w>A<a>'"),
+    Case("allocate:budget-kind-unknown", [*ALLOCATE, "{study}", "--budget", "flops=3"], "budget kind must be"),
+    Case("allocate:budget-unreachable", [*ALLOCATE, "{study}", "--budget", "W4A4"], "no choice of the candidate"),
+    Case("allocate:candidates-garbled", [*ALLOCATE, "{study}", "--budget", "W8A8", "--candidates", "4,x"],
+         "--candidates takes a comma list"),
+    Case("allocate:candidates-unmeasured", [*ALLOCATE, "{study}", "--budget", "W8A8", "--candidates", "4"],
+         "no sensitivity row to choose from"),
+    Case("accuracy-control:target-negative", ["accuracy-control", "{study}", "--target", "-0.1"], "--target must be"),
+    Case("accuracy-control:start-garbled", ["accuracy-control", "{study}", "--target", "0.1", "--start", "four"],
+         "'four'"),
+    Case("pareto:nothing", ["pareto", "--bits", ","], "nothing to compare"),
+    Case("pareto:mixed-with-placeholders", ["pareto", "--bits", "W8A8", "--mixed", "{tmp}/r.yaml",
+                                            "--synthetic-images", "1"], "explicit bits", {"r.yaml": WEIGHTS_ONLY}),
 ]
 
 CASES = [c for name, command in sorted(main.commands.items()) for c in _command_cases(name, command)] + OTHER_CASES
@@ -272,7 +328,22 @@ def assets(tmp_path_factory, tiny_dataset_dir) -> dict[str, Any]:
     samples = calibration_samples(CocoDataset(tiny_dataset_dir / "images", tiny_dataset_dir / "annotations.json"), 1, 0)
     report = calibrate(model, "minmax", 8, 8, samples, progress=False)
     save_calibrated(model, folder / "state.pt", report, "minmax", "testbed", 8, 8)
-    return {"state": folder / "state.pt", "other_weights": other}
+    with pytest.MonkeyPatch.context() as patch:  # the study's generated calibration images land in folder
+        patch.chdir(folder)
+        study = CliRunner().invoke(main, ["sensitivity", "--recipe", str(_final_attention(folder)), "--bits", "W8A8",
+                                          "--calib-images", "1", "--out", str(folder / "study")])
+    assert study.exit_code == 0, study.output
+    return {"state": folder / "state.pt", "other_weights": other, "study": folder / "study"}
+
+
+def _final_attention(folder: Path) -> Path:
+    """A recipe quantizing only the decoder's final attention (a sensitivity study of it is quick)."""
+    final = "mask_decoder.transformer.final_attn_token_to_image"
+    path = folder / "final.yaml"
+    path.write_text(_recipe_yaml({"name": "final", "rules": [
+        {"include": [f"{final}.*.weight"], "spec": {"bits": "W"}},
+        {"include": [f"{final}.*.input", f"{final}.probs"], "spec": {"bits": "A"}}]}))
+    return path
 
 
 def _materialise(tmp: Path, files: dict[str, Any], assets: dict[str, Any]) -> None:
@@ -305,7 +376,8 @@ def test_bad_input_fails_with_one_clear_line_and_writes_nothing(case, assets, tm
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on machines with a GPU
     _materialise(tmp_path, case.files, assets)
     before = _tree(tmp_path)
-    args = [arg.replace("{tmp}", str(tmp_path)).replace("{state}", str(assets["state"])) for arg in case.args]
+    args = [arg.replace("{tmp}", str(tmp_path)).replace("{state}", str(assets["state"])).replace(
+        "{study}", str(assets["study"])) for arg in case.args]
     result = CliRunner().invoke(main, args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == case.code, (result.exit_code, result.output)

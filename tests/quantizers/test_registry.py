@@ -14,9 +14,9 @@ from quantizers.registry import Registry
 
 
 def test_every_shipped_part_is_registered_with_an_options_dataclass():
-    assert list(QUANTIZERS) == ["log", "twin_gelu", "twin_softmax", "uniform"]
+    assert list(QUANTIZERS) == ["channel_groups", "hluq", "log", "twin_gelu", "twin_softmax", "uniform"]
     assert list(OBSERVERS) == ["avg_minmax", "ema_minmax", "kl", "minmax", "mse", "percentile"]
-    assert list(SEARCHES) == ["hessian", "none"]
+    assert list(SEARCHES) == ["gptq", "hessian", "none", "pcc"]
     for registry in (QUANTIZERS, OBSERVERS, SEARCHES):
         for name in registry:
             entry = registry.get(name)

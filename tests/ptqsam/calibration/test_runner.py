@@ -6,6 +6,7 @@ import torch
 
 from ptqsam.calibration import calibrate, calibration_samples, choose_image_ids, load_calibrated, save_calibrated
 from ptqsam.calibration.hessian import capture, search_units, task_loss
+from ptqsam.calibration import runner
 from ptqsam.passes import SampleLoop
 from ptqsam.evaluation.evaluator import evaluate
 from ptqsam.instrument.instrument import attach, attached_quantizers, instrument
@@ -54,6 +55,42 @@ def test_float_encoder_reuses_embeddings(tiny_dataset, random_testbed, monkeypat
     report = calibrate(model, "ptq4sam", 8, 8, samples, exclude=("image_encoder.*",), progress=False)
     assert not any(name.startswith("image_encoder.") for name in report.quantizers)
     assert len(calls) == len(samples)  # bimodal pass and statistics pass share the float embeddings
+
+
+def test_the_encoder_runs_once_per_image_and_each_part_calibrates_as_if_alone(tiny_dataset, random_testbed,
+                                                                              monkeypatch):
+    samples = calibration_samples(tiny_dataset, 2, seed=0)
+    model = random_testbed()
+    calls = []
+    original = type(model.image_encoder).forward
+    monkeypatch.setattr(type(model.image_encoder), "forward", lambda self, x: calls.append(1) or original(self, x))
+    report = calibrate(model, "ptq4sam", 6, 6, samples, progress=False)
+    assert len(calls) == len(samples)  # observed on its one pass; the fold and decoder passes reuse its output
+    assert "encoder_statistics" in report.seconds
+    encoder_only = calibrate(random_testbed(), "ptq4sam", 6, 6, samples, progress=False,
+                             exclude=("mask_decoder.*", "prompt_encoder.*"))
+    decoder_only = calibrate(random_testbed(), "ptq4sam", 6, 6, samples, progress=False, exclude=("image_encoder.*",))
+    for alone in (encoder_only, decoder_only):
+        assert alone.quantizers
+        for name, quantizer in alone.quantizers.items():
+            together = report.quantizers[name].state_dict()
+            assert all(torch.equal(together[key], value) for key, value in quantizer.state_dict().items()), name
+
+
+def test_a_fold_that_changes_the_encoder_makes_it_run_again_after_the_fold(tiny_dataset, random_testbed,
+                                                                            monkeypatch):
+    samples = calibration_samples(tiny_dataset, 1, seed=0)
+    expected = calibrate(random_testbed(), "ptq4sam", 6, 6, samples, progress=False)
+    model = random_testbed()
+    calls = []
+    original = type(model.image_encoder).forward
+    monkeypatch.setattr(type(model.image_encoder), "forward", lambda self, x: calls.append(1) or original(self, x))
+    monkeypatch.setattr(runner, "_folds_encoder", lambda model, recipe: True)
+    report = calibrate(model, "ptq4sam", 6, 6, samples, progress=False)
+    assert len(calls) == 2  # for the fold, then (embeddings forgotten) for the encoder's statistics
+    for name, quantizer in expected.quantizers.items():
+        state = report.quantizers[name].state_dict()
+        assert all(torch.equal(state[key], value) for key, value in quantizer.state_dict().items()), name
 
 
 def test_bimodal_fold_keeps_float_outputs_and_state_round_trips(tiny_dataset, random_testbed, tmp_path):

@@ -177,3 +177,55 @@ def test_dropping_is_scoped_and_quantizing_refuses_a_quantizer_left_dropping(mak
     with pytest.raises(RecipeError, match="drop probability"):
         with dropping(model, 1.5):
             pass
+
+
+def test_probs_sites_quantize_their_attention_map_in_place_unless_watched(make_vit_sam, sam_io):
+    model = make_vit_sam()
+    attach(model, "minmax", 4, 4)
+    calibrate(model, sam_io)
+    img, box = sam_io.image(64), sam_io.prompts(64)["box"]
+    quantizer = attached_quantizers(model)["image_encoder.blocks.1.attn.probs"]
+    calls = []
+    original = type(quantizer).fake_quantize_
+
+    def watched(self, x):
+        calls.append(x.shape)
+        return original(self, x)
+
+    with quantizing(model):
+        plain = sam_io.predict(model, img, box)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(quantizer), "fake_quantize_", watched)
+            sam_io.assert_identical(sam_io.predict(model, img, box), plain)  # handed over: same values
+        assert calls  # the probs sites handed their maps over
+        seen = []
+        site = sites(model)["image_encoder.blocks.1.attn.probs"]
+        handle = site.register_forward_hook(lambda s, args, out: seen.append((args[0].clone(), args[0], out)))
+        try:
+            sam_io.assert_identical(sam_io.predict(model, img, box), plain)
+        finally:
+            handle.remove()
+    (before, given, out), = seen
+    assert torch.equal(given, before) and not torch.equal(out, given)  # a watched site leaves its input alone
+
+
+def test_weights_are_fake_quantized_once_across_forwards(make_vit_sam, sam_io):
+    model = make_vit_sam()
+    attach(model, "minmax", 4, 4)
+    calibrate(model, sam_io)
+    img, box = sam_io.image(64), sam_io.prompts(64)["box"]
+    weight_quantizers = {n: q for n, q in attached_quantizers(model).items() if n.endswith(".weight")}
+    counts = dict.fromkeys(weight_quantizers, 0)
+    for name, quantizer in weight_quantizers.items():
+        quantizer.fake_quantize = lambda x, q=quantizer, n=name: counts.__setitem__(n, counts[n] + 1) or \
+            type(q).fake_quantize(q, x)
+    with quantizing(model):
+        first = sam_io.predict(model, img, box)
+        sam_io.assert_identical(sam_io.predict(model, img, box), first)
+        reached = {n for n, c in counts.items() if c}
+        assert reached and all(counts[n] == 1 for n in reached)
+        with torch.no_grad():
+            model.image_encoder.blocks[0].attn.qkv.weight.mul_(0.5)  # a changed weight is quantized again
+        changed = sam_io.predict(model, img, box)
+    assert counts["image_encoder.blocks.0.attn.qkv.weight"] == 2
+    assert not torch.equal(changed["low_res_logits"], first["low_res_logits"])

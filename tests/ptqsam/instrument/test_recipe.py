@@ -13,8 +13,8 @@ from ptqsam.instrument import Recipe, Rule, Transform, instrument, load_recipe, 
 from ptqsam.models.zoo import build_tiny_vit_sam
 from quantizers import QuantSpec
 
-SHIPPED = ["adaround", "brecq", "log-sqrt2", "minmax", "ptq4sam", "ptq4sam-l", "ptq4sam-l-reference-bug",
-           "ptq4sam-wide-tau", "ptq4vit", "qdrop"]
+SHIPPED = ["adaround", "ahcptq", "brecq", "gptq", "log-sqrt2", "minmax", "ptq4sam", "ptq4sam-l", "ptq4sam-l-reference-bug",
+           "ptq4sam-wide-tau", "ptq4vit", "qdrop", "repq-vit", "saq-sam"]
 
 
 def toy_recipe(**changes) -> dict:
@@ -218,3 +218,61 @@ def test_recipe_is_immutable():
     with pytest.raises(AttributeError):
         recipe.name = "other"  # type: ignore[misc]
     assert copy.deepcopy(recipe) == recipe
+
+
+def test_ahcptq_puts_hluq_after_the_mlp_activations_and_cag_on_the_linear_inputs_it_names(sam_b_sites):
+    recipe = load_recipe("ahcptq")
+    specs = recipe.specs_for(sam_b_sites, 4, 4)
+    hluq = sorted(n for n, s in specs.items() if s.quantizer == "hluq")
+    assert hluq == sorted([f"image_encoder.blocks.{i}.mlp.lin2.input" for i in range(12)]
+                          + [f"mask_decoder.transformer.layers.{i}.mlp.lin2.input" for i in range(2)])
+    grouped = {n for n, s in specs.items() if s.quantizer == "channel_groups"}
+    decoder_attentions = [n.removesuffix(".q_proj.input") for n in sam_b_sites if n.endswith(".q_proj.input")]
+    assert len(decoder_attentions) == 7
+    assert grouped == ({f"image_encoder.blocks.{i}.{layer}.input" for i in range(12) for layer in ("attn.qkv", "mlp.lin1")}
+                       | {f"{a}.{p}_proj.input" for a in decoder_attentions for p in "qkv"}
+                       | {f"mask_decoder.transformer.layers.{i}.mlp.lin1.input" for i in range(2)})
+    assert {specs[n].granularity.axis for n in grouped} == {-1}
+    others = load_recipe("ptq4sam").specs_for(sam_b_sites, 4, 4)
+    assert {n: s for n, s in specs.items() if n not in grouped and n not in hluq} == {
+        n: s for n, s in others.items() if n not in grouped and n not in hluq}
+    assert recipe.reconstruction_config() == load_recipe("ptq4sam-l").reconstruction_config()
+
+
+def test_saq_sam_clips_decoder_q_and_k_and_reconstructs_stages_with_the_response(sam_b_sites):
+    recipe = load_recipe("saq-sam")
+    specs = recipe.specs_for(sam_b_sites, 4, 4)
+    clipped = {n for n, s in specs.items() if s.search == "pcc"}
+    assert len(clipped) == 28 and all(n.startswith("mask_decoder.transformer.") for n in clipped)
+    assert {n.rsplit(".", 1)[1] if not n.endswith(".input") else n.rsplit(".", 2)[1] for n in clipped} == {
+        "query", "key", "q_proj", "k_proj"}
+    assert specs["image_encoder.blocks.0.attn.qkv.input"].observer == "mse"
+    assert {s.quantizer for n, s in specs.items() if n.endswith(".probs")} == {"log"}
+    config = recipe.reconstruction_config()
+    assert (config.unit, config.iterations, config.activation_lr, config.weight_lr, config.response_weight) == (
+        "stage", 2000, 2e-3, 1e-3, 1.0)
+
+
+def test_repq_vit_folds_every_encoder_block_and_gptq_chooses_every_weight(sam_b_sites):
+    recipe = load_recipe("repq-vit")
+    (fold,) = recipe.transforms
+    assert fold.kind == "repq_fold" and fold.matches("image_encoder.blocks.11")
+    assert recipe.specs_for(sam_b_sites, 4, 4) == load_recipe("log-sqrt2").specs_for(sam_b_sites, 4, 4)
+    specs, minmax = load_recipe("gptq").specs_for(sam_b_sites, 4, 4), load_recipe("minmax").specs_for(sam_b_sites, 4, 4)
+    assert {s.search for n, s in specs.items() if n.endswith(".weight")} == {"gptq"}
+    assert {n: s for n, s in specs.items() if not n.endswith(".weight")} == {
+        n: s for n, s in minmax.items() if not n.endswith(".weight")}
+
+
+def test_prepend_rules_go_before_the_extended_recipes_rules(tmp_path):
+    (tmp_path / "child.yaml").write_text(
+        "name: child\nextends: minmax\nprepend_rules:\n  - include: ['*.qkv.weight']\n    spec: {bits: 8}\n")
+    child, base = load_recipe(tmp_path / "child.yaml"), load_recipe("minmax")
+    assert child.rules[1:] == base.rules and child.rules[0].include == ("*.qkv.weight",)
+    assert child.spec_for("image_encoder.blocks.0.attn.qkv.weight", 4, 4).bits == 8
+    (tmp_path / "alone.yaml").write_text("name: alone\nprepend_rules: []\n")
+    with pytest.raises(RecipeError, match="needs extends"):
+        load_recipe(tmp_path / "alone.yaml")
+    (tmp_path / "bad.yaml").write_text("name: bad\nextends: minmax\nprepend_rules: {a: 1}\n")
+    with pytest.raises(RecipeError, match="must be lists"):
+        load_recipe(tmp_path / "bad.yaml")

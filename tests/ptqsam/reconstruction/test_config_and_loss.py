@@ -23,7 +23,7 @@ def test_beta_is_constant_during_the_warm_up_then_linear_to_its_end():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"unit": "stage"}, "unit"), ({"iterations": 0}, "iterations"), ({"iterations": 2.5}, "iterations"),
+    ({"unit": "window"}, "unit"), ({"iterations": 0}, "iterations"), ({"iterations": 2.5}, "iterations"),
     ({"drop_prob": 1.0}, "drop_prob"), ({"weight_lr": 0}, "weight_lr"), ({"loss": "kl"}, "loss"),
     ({"learn_activations": "yes"}, "learn_activations"), ({"warmup": 1.0}, "warmup"),
     ({"reference_drop_bug": True, "drop_prob": 0.0}, "needs drop_prob"), ({"steps": 3}, "unknown reconstruction key"),
@@ -60,11 +60,14 @@ def test_the_loss_sums_channels_averages_the_rest_and_weights_by_squared_gradien
 def test_qdrop_mixes_block_inputs_elementwise_with_its_probability():
     config = ReconstructionConfig(drop_prob=0.3)
     batch = _Batch(inputs=((torch.zeros(100, 100),), {"pe": torch.zeros(10)}),  # the quantized prefix's
-                   float_inputs=((torch.ones(100, 100),), {"pe": torch.ones(10)}), targets=None, grads=None)
+                   float_inputs=((torch.ones(100, 100),), {"pe": torch.ones(10)}), targets=None, grads=None,
+                   decoder_calls=None, target_responses=None)
     (x,), kwargs = _unit_inputs(batch, config, torch.Generator().manual_seed(0))
     assert set(x.unique().tolist()) == {0.0, 1.0}  # every element comes from one side or the other
     assert abs(float(x.mean()) - 0.3) < 0.02  # the float model's with probability drop_prob
     assert kwargs["pe"].shape == (10,)
+    # float inputs cached for the response term alone: no mixing without QDrop
+    assert _unit_inputs(batch, ReconstructionConfig(drop_prob=0.0), torch.Generator()) is batch.inputs
 
 
 def test_the_unit_cache_spills_beyond_its_budget_and_reads_back_exactly():

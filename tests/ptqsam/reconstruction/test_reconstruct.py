@@ -4,18 +4,13 @@ PTQ4SAM drop bug only when asked (marked, reloadable)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from ptqsam.calibration import (calibrate, calibrated_quantizing, calibration_samples, load_calibrated,
-                                save_calibrated)
-from ptqsam.data import CocoDataset, generate_dataset
+from ptqsam.calibration import calibrate, calibrated_quantizing, load_calibrated, save_calibrated
 from ptqsam.errors import RecipeError
 from ptqsam.inference import SamRunner
 from ptqsam.instrument import attached_quantizers, load_recipe, quantizing, sites
-from ptqsam.models import build_model, zoo
 from quantizers import Quantizer
 from quantizers.parts.adaround import FixedRounding
 
@@ -23,17 +18,13 @@ FAST = {"iterations": 80, "weight_lr": 1e-2, "activation_lr": 1e-3}
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recon_data")
-    generate_dataset(root, count=2, seed=5)
-    return calibration_samples(CocoDataset(root / "images", root / "annotations.json"), 2, seed=0)
+def samples(two_samples):
+    return two_samples
 
 
 @pytest.fixture(scope="module")
-def build():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(zoo.PACKAGED_WEIGHTS, "testbed", Path("/nonexistent/testbed.pt"))
-        yield lambda: build_model("testbed", seed=0)
+def build(random_testbed_module):
+    return random_testbed_module
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +114,13 @@ def test_the_reference_drop_bug_only_when_asked_marked_and_reloaded(build, sampl
     with calibrated_quantizing(fresh, info.extra):
         assert torch.equal(_logits(fresh, samples[0]), in_process)  # same seeded masks after loading
     assert sum(q.dropped_elements for q in attached_quantizers(fresh).values()) > 0
+    fixed = build()
+    fixed_report = calibrate(fixed, "ptq4sam-l", 4, 4, samples, progress=False, reconstruction=config)
+    first, *later = list(report.reconstruction)
+    assert report.reconstruction[first]["mse_before"] == fixed_report.reconstruction[first]["mse_before"]
+    # as in the reference code, the later units' inputs come from a prefix that still drops
+    assert all(report.reconstruction[n]["mse_before"] != fixed_report.reconstruction[n]["mse_before"] for n in later
+               if n.startswith("image_encoder.blocks"))
 
 
 def test_fixed_ptq4sam_l_drops_nothing_after_reconstruction(build, samples):

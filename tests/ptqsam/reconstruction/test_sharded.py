@@ -1,7 +1,7 @@
 """Block reconstruction under torch.distributed: 2 and 3 gloo processes reconstruct the
 one-process state bit for bit (AdaRound hardened weights, learned scales, the records), with one
 image per step and with three images per step drawn across processes, also with a process that
-holds no image."""
+holds no image, and with SAQ-SAM's response term and AHCPTQ's channel regrouping."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def test_reconstruction_equals_one_process_bit_for_bit(one_process_checks, spawn
     assert set.union(*(case["steps"]["workers"] for case in ranks[0].values())) == set(range(world))  # all computed
     assert ranks[0]["fisher-batch3"]["steps"]["sent"] > 0  # batches drawn across processes
     assert any(key.endswith(".rounding.up") for key in single["qdrop-batch1"]["state"])  # hardened AdaRound
+    regrouped = [v for k, v in single["par-cag-stages"]["state"].items()
+                 if k.startswith("image_encoder.blocks.0.") and k.endswith("lin1.input.channel_group")]
+    assert regrouped and all(len(v.unique()) <= 2 for v in regrouped)  # CAG's last milestone: 2 groups
     for records in (single["fisher-batch3"]["records"], ranks[0]["fisher-batch3"]["records"]):
         assert all(record["spilled_to_disk"] > 0 for record in records.values())  # read back from disk
 

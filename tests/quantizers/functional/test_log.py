@@ -15,6 +15,9 @@ from quantizers.errors import QuantizationError
 from quantizers.functional import chunked
 from quantizers.functional.log import LogGrid, agq_search, attention_output_error, log_fake_quantize
 
+#: every test runs on the eager and on the fused kernels (see tests/quantizers/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 SETTINGS = settings(max_examples=40, deadline=None)
 
 non_negative = arrays(

@@ -17,6 +17,9 @@ from quantizers.errors import QuantizationError
 from quantizers.functional import chunked
 from quantizers.functional.twin import GELU_MIN, TwinGrid, twin_decode, twin_encode, twin_errors, twin_fake_quantize
 
+#: every test runs on the eager and on the fused kernels (see tests/quantizers/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 SETTINGS = settings(max_examples=40, deadline=None)
 
 unit_interval = arrays(np.float32, st.integers(1, 300), elements=st.floats(0.0, 1.0, width=32))

@@ -20,6 +20,9 @@ from quantizers.functional.uniform import (
 )
 from quantizers.spec import Granularity
 
+#: every test runs on the eager and on the fused kernels (see tests/quantizers/conftest.py)
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 BITS = [2, 3, 4, 6, 8, 11, 16]
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -23,6 +23,7 @@ from quantizers.search.hessian import (
     search_matmul,
 )
 from quantizers.registry import SEARCHES
+from quantizers.search import hessian
 from quantizers.spec import QuantSpec
 
 SMALL = HessianSearchConfig(n=40)
@@ -256,6 +257,71 @@ def test_max_rows_at_or_above_the_row_count_changes_nothing():
     full = search_linear(x, w, b, out, grad, 4, 6, config=SMALL)
     capped = search_linear(x, w, b, out, grad, 4, 6, config=dataclasses.replace(SMALL, max_rows=64))
     assert torch.equal(full.weight_scale, capped.weight_scale) and full.history == capped.history
+
+
+# --- batched evaluation against the one-candidate-at-a-time reference -----------------------------
+
+
+def reference_scores(op, candidates, candidate_output, output, config):
+    """The search's objective before it was batched and fused: one candidate at a time, torch's
+    per-channel op on the operand, the output moved and split, the textbook metric."""
+    qmin, qmax = quant_range(op.bits, signed=True)
+    moved = op.tensor.movedim(op.axis, 0)
+    zeros = torch.zeros(op.groups, dtype=torch.int32)
+    columns = []
+    for k in range(candidates.shape[1]):
+        rows = torch.fake_quantize_per_channel_affine(
+            moved.reshape(op.groups, -1), candidates[:, k].contiguous(), zeros, 0, qmin, qmax)
+        q = rows.reshape(moved.shape).movedim(0, op.axis)
+        out_hat = candidate_output(q.unsqueeze(0))[0].movedim(output.axis, 0).reshape(output.groups, -1)
+        if config.metric in ("hessian", "l2"):
+            err = (out_hat - output.ref) ** 2
+            per_group = (err if output.weight is None else err * output.weight).mean(dim=1)
+        else:
+            hat, ref = out_hat, output.ref
+            if config.metric == "pearson":
+                hat, ref = hat - hat.mean(dim=1, keepdim=True), ref - ref.mean(dim=1, keepdim=True)
+            per_group = 1 - (hat * ref).sum(dim=1) / (hat.norm(dim=1) * ref.norm(dim=1)).clamp(min=1e-38)
+        columns.append(per_group if op.groups == output.groups else per_group.mean().reshape(1))
+    return torch.stack(columns, dim=1)
+
+
+def layer_case(seed: int):
+    """A Linear large enough for the fused kernels: 768 tokens, 96 -> 192 features, uneven gradients."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(768, 96, generator=g) * torch.rand(96, generator=g) * 3
+    w = torch.randn(192, 96, generator=g) * 0.1
+    b = torch.randn(192, generator=g) * 0.1
+    out = x @ w.T + b
+    return x, w, b, out, torch.randn(out.shape, generator=g) * torch.rand(192, generator=g)
+
+
+@pytest.mark.parametrize("metric", ["hessian", "l2", "cosine"])
+@pytest.mark.parametrize("granularity", ["tensor", "block", "channel"])
+def test_batched_linear_search_picks_the_reference_scales(metric, granularity, monkeypatch):
+    x, w, b, out, grad = layer_case(seed=21)
+    config = HessianSearchConfig(n=50, metric=metric)
+    found = search_linear(x, w, b, out, grad, 4, 6, granularity, config=config)
+    monkeypatch.setattr(hessian, "_score_candidates", reference_scores)
+    expected = search_linear(x, w, b, out, grad, 4, 6, granularity, config=config)
+    assert torch.equal(found.weight_scale, expected.weight_scale)
+    assert torch.equal(found.input_scale, expected.input_scale)
+    assert found.history == pytest.approx(expected.history, rel=1e-4)  # summed in another order (1 − cos cancels)
+
+
+@pytest.mark.parametrize("metric", ["hessian", "l2"])
+@pytest.mark.parametrize("head_axis", [None, 1])
+def test_batched_matmul_search_picks_the_reference_scales(metric, head_axis, monkeypatch):
+    g = torch.Generator().manual_seed(22)
+    a = torch.softmax(torch.randn(1, 6, 256, 256, generator=g) * 3, dim=-1)  # attention probabilities
+    b = torch.randn(1, 6, 256, 32, generator=g)
+    out = a @ b
+    grad = torch.randn(out.shape, generator=g)
+    config = HessianSearchConfig(n=50, metric=metric)
+    found = search_matmul(a, b, out, grad, 6, 6, head_axis=head_axis, config=config)
+    monkeypatch.setattr(hessian, "_score_candidates", reference_scores)
+    expected = search_matmul(a, b, out, grad, 6, 6, head_axis=head_axis, config=config)
+    assert torch.equal(found.a_scale, expected.a_scale) and torch.equal(found.b_scale, expected.b_scale)
 
 
 # --- known answer -------------------------------------------------------------------------------

@@ -1,0 +1,212 @@
+"""The mixed-precision commands of the ``ptqsam`` command line: ``sensitivity``, ``allocate``,
+``accuracy-control`` and ``pareto`` (registered with :func:`ptqsam.cli.main` when it is imported).
+They follow :mod:`ptqsam.cli`'s rules: one clear line on bad input, checks before any work, the
+result printed before it is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ptqsam.cli import (_build, _calibration_inputs, _config, _reconstruction, data_options, main, model_options,
+                        quant_options)
+from ptqsam.constants import DEVICES, MODEL_TYPES
+from ptqsam.errors import PtqsamError
+
+
+def _bits_list(text: str) -> list[tuple[int, int]]:
+    from ptqsam.bits import parse_bits
+
+    return [parse_bits(label) for label in text.split(",") if label.strip()]
+
+
+@main.command()
+@model_options
+@data_options
+@quant_options
+@click.option("--granularity", type=click.Choice(("site", "unit", "block")), default="unit", show_default=True,
+              help="Groups: each site, each product (a layer's weight + input, an attention's operands), each block.")
+@click.option("--split-roles", is_flag=True,
+              help="Measure each group's weights and activations apart (what `allocate` needs for separate W/A bits).")
+@click.option("--leave-float", is_flag=True,
+              help="Quantize every group but one (default: quantize only one group, the rest float).")
+@click.option("--metric", type=click.Choice(("mse", "iou_loss", "iou_error")), default="mse", show_default=True,
+              help="What ranks the groups in the CSV, the printout and the figures.")
+@click.option("--top", type=int, default=20, show_default=True, help="Groups in the ranking figure.")
+@click.option("--out", type=click.Path(file_okay=False), default="results/sensitivity", show_default=True)
+def sensitivity(model_type, checkpoint, device, images, annotations, detections, prompt, seed, recipe, bits,
+                calib_images, search_rows, float_encoder, granularity, split_roles, leave_float, metric, top,
+                out, **recon_options) -> None:
+    """Which groups of sites hurt most when quantized, measured on calibration images against the
+    float model (--bits takes a comma list: one calibration per bit-width)."""
+    from ptqsam.analysis.sensitivity import sensitivity_study
+    from ptqsam.data.selection import data_fingerprint
+    from ptqsam.models.blocks import ENCODER_SITES
+    from ptqsam.models.zoo import weights_id
+    from ptqsam.plots.precision import plot_sensitivity_result
+    from ptqsam.preflight import check_output_folder
+
+    if (images is None) != (annotations is None):
+        raise PtqsamError("--images and --annotations go together: give both or neither")
+    if top < 1:
+        raise PtqsamError(f"--top must be >= 1, got {top}")
+    bit_list = _bits_list(bits)
+    if not bit_list:
+        raise PtqsamError("--bits needs at least one bit-width, e.g. W4A4 or W4A4,W8A8")
+    check_output_folder(out, "--out")
+    config, model, recipe, dataset, samples = _calibration_inputs(model_type, checkpoint, device, images, annotations,
+                                                                  prompt, seed, recipe, calib_images, search_rows)
+    result = sensitivity_study(model, recipe, bit_list, samples, granularity,
+                               ("weight", "activation") if split_roles else ("all",),
+                               "all_but" if leave_float else "only", (ENCODER_SITES,) if float_encoder else (),
+                               search_rows, _reconstruction(**recon_options))
+    result.settings.update(model=model_type, checkpoint=checkpoint, weights=weights_id(model_type, checkpoint, seed),
+                           data=data_fingerprint(dataset, [s.image_id for s in samples]), config=config.to_dict())
+    first = result.settings["roles"][0]
+    ranked = sorted(result.scores(metric, first).items(), key=lambda item: -item[1])
+    click.echo(f"{len(result.groups)} groups, {result.passes} forward passes, seconds {result.seconds}, "
+               f"CPU seconds {result.cpu_seconds}")
+    click.echo(f"most sensitive ({metric}, {first} sites, {result.settings['bits'][0]}):")
+    for name, score in ranked[:10]:
+        click.echo(f"  {score:12.6g}  {name}")
+    written = result.write(out, metric) + plot_sensitivity_result(result, out, metric, top)
+    click.echo("written: " + ", ".join(str(path) for path in written if path.suffix != ".pdf"))
+
+
+@main.command()
+@click.argument("study", type=click.Path(exists=True))
+@click.option("--budget", "budgets", multiple=True, required=True,
+              help="W5A5 (average weight and activation bits), or KIND=VALUE with KIND one of weight_bits, "
+                   "activation_bits, size_mb, gbops and VALUE a number or a bits label (its uniform cost). Repeatable.")
+@click.option("--metric", type=click.Choice(("mse", "iou_loss", "iou_error")), default="mse", show_default=True)
+@click.option("--candidates", default=None, help="Bit-widths to choose from, e.g. 4,6,8 (default: every measured one).")
+@click.option("--name", default=None, help="Recipe name (default: <recipe>-mixed-<budgets>).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Recipe YAML to write.")
+def allocate(study, budgets, metric, candidates, name, out) -> None:
+    """Bits per group from a sensitivity study (`ptqsam sensitivity`) minimising the summed
+    sensitivity under budgets; writes a recipe YAML the recipe system runs as is."""
+    from collections import Counter
+
+    from ptqsam.analysis.sensitivity import load_sensitivity
+    from ptqsam.io import json_text
+    from ptqsam.mixed_precision.recipes import write_recipe
+    from ptqsam.mixed_precision.workflow import allocate_study
+    from ptqsam.preflight import check_output_file
+
+    check_output_file(out, "--out")
+    bits = None if candidates is None else [_positive_int(text, "--candidates") for text in candidates.split(",")]
+    result = load_sensitivity(study)
+    model = _study_model(result, "cpu")
+    allocation, recipe, comments = allocate_study(result, model, budgets, metric, name, bits)
+    click.echo(json_text({"recipe": out, "budgets": [b.describe() for b in allocation.budgets],
+                          "costs": allocation.costs, "predicted_sensitivity": allocation.sensitivity,
+                          "choices": dict(sorted(Counter(c.label for c in allocation.choices.values()).items()))}),
+               nl=False)
+    write_recipe(out, recipe, comments)
+
+
+def _study_model(result, device: str):
+    """The float model a sensitivity study measured (its model type, checkpoint and seed); a
+    PtqsamError when its weights are not the study's (the checkpoint file changed since)."""
+    from ptqsam.models.zoo import weights_id
+
+    settings = result.settings
+    missing = [key for key in ("model", "checkpoint", "weights", "config") if key not in settings]
+    if missing:
+        raise PtqsamError(f"the study does not record its model ({', '.join(missing)} missing): write it with "
+                          "`ptqsam sensitivity`")
+    seed = settings["config"]["seed"]
+    weights = weights_id(settings["model"], settings["checkpoint"], seed)
+    if weights != settings["weights"]:
+        raise PtqsamError(f"the study measured weights {settings['weights']}, but {settings['model']} with checkpoint "
+                          f"{settings['checkpoint']} and seed {seed} has weights {weights}")
+    return _build(settings["model"], settings["checkpoint"], seed, device)
+
+
+def _positive_int(text: str, option: str) -> int:
+    if not text.strip().isdigit():
+        raise PtqsamError(f"{option} takes a comma list of bit-widths, got {text!r}")
+    return int(text)
+
+
+@main.command("accuracy-control")
+@click.argument("study", type=click.Path(exists=True))
+@click.option("--target", type=float, required=True, help="Tolerated mIoU loss against float, e.g. 0.01.")
+@click.option("--start", default="W4A4", show_default=True, help="Uniform bit-width every group starts at.")
+@click.option("--raise-to", default="W8A8", show_default=True, help="Bit-width of a raised group, or 'float'.")
+@click.option("--control-images", type=int, default=16, show_default=True,
+              help="Held-out images (drawn by --seed from the evaluated set) that decide each step; the others verify.")
+@click.option("--max-steps", type=int, default=None, help="Raise at most this many groups.")
+@click.option("--metric", type=click.Choice(("mse", "iou_loss", "iou_error")), default="mse", show_default=True)
+@click.option("--images", type=click.Path(file_okay=False), default=None,
+              help="COCO-format image folder evaluated (default: a generated set of --synthetic-images).")
+@click.option("--annotations", type=click.Path(dir_okay=False), default=None)
+@click.option("--synthetic-images", type=int, default=48, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="results/accuracy_control", show_default=True)
+def accuracy_control(study, target, start, raise_to, control_images, max_steps, metric, images, annotations,
+                     synthetic_images, out) -> None:
+    """From uniform --start, raise the most sensitive groups of a study one by one until the mIoU
+    loss on held-out images is within --target; writes the recipe and the trajectory. The study's
+    seed draws the control images (as it drew the calibration images)."""
+    from ptqsam.analysis.sensitivity import load_sensitivity
+    import math
+
+    from ptqsam.bits import parse_bits
+    from ptqsam.io import json_text, write_or_rescue
+    from ptqsam.mixed_precision.recipes import write_recipe
+    from ptqsam.mixed_precision.workflow import control_study
+    from ptqsam.preflight import check_output_folder
+
+    if not (target >= 0 and math.isfinite(target)):
+        raise PtqsamError(f"--target must be a finite number >= 0, got {target}")
+    if control_images < 1 or (max_steps is not None and max_steps < 0):
+        raise PtqsamError("--control-images must be >= 1 and --max-steps >= 0")
+    low, high = parse_bits(start), None if raise_to.strip().lower() == "float" else parse_bits(raise_to)
+    check_output_folder(out, "--out")
+    result = load_sensitivity(study)
+    config = _config(**{**result.settings["config"], "images": images, "annotations": annotations,
+                        "synthetic_images": synthetic_images, "out": out})
+    model = _study_model(result, config.device)
+    summary, recipe, comments = control_study(result, model, config, low, high, target, control_images, max_steps,
+                                              metric, Path(out) / "recipe.yaml")
+    click.echo(json_text(summary), nl=False)
+    write_recipe(Path(out) / "recipe.yaml", recipe, comments)
+    write_or_rescue(Path(out) / "control.json", lambda file: file.write(json_text(summary)))
+
+
+@main.command()
+@data_options
+@click.option("--model", "model_type", type=click.Choice(MODEL_TYPES), default="testbed", show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
+@click.option("--recipe", default="ptq4sam", show_default=True, help="Base recipe of the uniform rows.")
+@click.option("--bits", default="W4A4,W6A6,W8A8", show_default=True, help="Uniform bit-widths.")
+@click.option("--mixed", "mixed", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A recipe YAML with explicit bits (from `allocate` or `accuracy-control`). Repeatable.")
+@click.option("--calib-images", type=int, default=4, show_default=True)
+@click.option("--synthetic-images", type=int, default=48, show_default=True)
+@click.option("--search-rows", type=int, default=None)
+@click.option("--out", type=click.Path(file_okay=False), default="results/pareto", show_default=True)
+def pareto(images, annotations, detections, prompt, seed, model_type, checkpoint, device, recipe, bits, mixed,
+           calib_images, synthetic_images, search_rows, out) -> None:
+    """Size, BOPs and mIoU of uniform bit-widths and mixed-precision recipes, each calibrated and
+    evaluated on the same images (generated by default: the demo's images and calibration set)."""
+    from ptqsam.mixed_precision.pareto import pareto_markdown
+    from ptqsam.mixed_precision.workflow import pareto_study, write_pareto_study
+    from ptqsam.models.zoo import weights_id
+    from ptqsam.preflight import check_output_folder, check_recipes
+
+    uniform = _bits_list(bits)
+    if not uniform and not mixed:
+        raise PtqsamError("nothing to compare: give --bits or --mixed")
+    check_output_folder(out, "--out")
+    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
+                     calib_images=calib_images, synthetic_images=synthetic_images, search_rows=search_rows,
+                     device=device, out=out)
+    check_recipes([recipe, *mixed], [model_type])
+    model = _build(model_type, checkpoint, seed, device)
+    rows, settings = pareto_study(model, config, recipe, uniform, list(mixed), Path(out),
+                                  weights_id(model_type, checkpoint, seed))
+    click.echo(pareto_markdown(rows))
+    write_pareto_study(rows, settings, Path(out))

@@ -1,0 +1,101 @@
+"""A parameter's fake-quantized value, reused while nothing it depends on changes.
+
+A weight is the same tensor at every forward; fake-quantizing it once per forward re-reads every
+weight of the model. :class:`ParameterCache` keeps the last result of one quantizer for one
+parameter (or a view of one, e.g. a transposed ConvTranspose2d weight) and returns it while the key
+is unchanged. The key holds:
+
+- the parameter, weakly, and its version counter, which every in-place change bumps (optimizer
+  steps, ``load_state_dict``, ``mul_`` under ``no_grad``); with the view's data pointer, shape,
+  strides, offset, dtype and device (``module.to(...)`` swaps the data);
+- every tensor of the quantizer (qparams, the state of its parts) and every submodule, by identity
+  and version: re-assigning a buffer, ``set_qparams``, ``finalize`` or swapping a part invalidates.
+  The key holds them strongly, so a new tensor can never take an old one's identity. Inference
+  tensors (made in ``torch.inference_mode``, e.g. observer statistics) have no version counter:
+  the key holds a copy of their values instead.
+
+A change made through ``param.data`` is not seen by version counters (torch documents ``.data`` as
+untracked): after one, call :meth:`clear`. Values are cached only while gradients are off (no_grad
+or inference mode), so a cached tensor is never part of an autograd graph.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ParameterCache:
+    """One cached ``(key, value)``; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: torch.Tensor | None = None
+
+    @staticmethod
+    def applies(x: torch.Tensor) -> bool:
+        """Whether ``x`` can be cached: a parameter (or a view of one), with gradients off."""
+        if torch.is_grad_enabled() or not is_parameter(x):
+            return False
+        return not (x._base if x._base is not None else x).is_inference()
+
+    def get(self, x: torch.Tensor, owner: nn.Module) -> torch.Tensor | None:
+        """The cached value for ``x`` under ``owner``'s current state, or None."""
+        if self._key is None or not _same(self._key, _key(x, owner)):
+            return None
+        return self._value
+
+    def put(self, x: torch.Tensor, owner: nn.Module, value: torch.Tensor) -> None:
+        """Remember ``value`` as the result for ``x`` under ``owner``'s current state."""
+        self._key, self._value = _key(x, owner), value
+
+    def clear(self) -> None:
+        """Forget the cached value."""
+        self._key = self._value = None
+
+    def __deepcopy__(self, memo: dict) -> "ParameterCache":
+        return ParameterCache()  # a copy of the quantizer quantizes its own parameters
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_key": None, "_value": None}
+
+
+def is_parameter(x: torch.Tensor) -> bool:
+    """Whether ``x`` is an ``nn.Parameter`` or a view of one."""
+    return isinstance(x._base if x._base is not None else x, nn.Parameter)
+
+
+def _key(x: torch.Tensor, owner: nn.Module) -> tuple:
+    base = x._base if x._base is not None else x
+    geometry = (x.data_ptr(), tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.device)
+    state = tuple((t, _stamp(t)) for t in (*owner.buffers(), *owner.parameters()))
+    return weakref.ref(base), base._version, geometry, state, tuple(m for m in owner.modules() if m is not owner)
+
+
+def _same(old: tuple, new: tuple) -> bool:
+    (old_ref, old_version, old_geometry, old_state, old_modules) = old
+    (new_ref, new_version, new_geometry, new_state, new_modules) = new
+    return (
+        old_ref() is not None
+        and old_ref() is new_ref()
+        and old_version == new_version
+        and old_geometry == new_geometry
+        and len(old_state) == len(new_state)
+        and all(a is b and _same_stamp(va, vb) for (a, va), (b, vb) in zip(old_state, new_state))
+        and len(old_modules) == len(new_modules)
+        and all(a is b for a, b in zip(old_modules, new_modules))
+    )
+
+
+def _stamp(t: torch.Tensor) -> int | torch.Tensor:
+    """The version of ``t``, or a copy of its values when it has no version counter."""
+    return t.detach().clone() if t.is_inference() else t._version
+
+
+def _same_stamp(old: int | torch.Tensor, new: int | torch.Tensor) -> bool:
+    if isinstance(old, int) or isinstance(new, int):
+        return old == new
+    return torch.equal(old, new)
