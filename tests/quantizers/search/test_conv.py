@@ -23,10 +23,12 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def fq(t: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    """Symmetric signed fake quantization along axis 0 (one scale, or one per row)."""
+    """Symmetric signed fake quantization along axis 0 (one scale, or one per row), by torch's op:
+    it rounds ``t · (1/s)``, which can differ from ``round(t / s)`` at a half step (the grid's ends)."""
     qmax = 2 ** (bits - 1) - 1
-    s = scale.reshape(-1, *([1] * (t.dim() - 1)))
-    return torch.clamp(torch.round(t / s), -qmax - 1, qmax) * s
+    scales = scale.reshape(-1).float().expand(t.shape[0]).contiguous()
+    zero = torch.zeros(t.shape[0], dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(t, scales, zero, 0, -qmax - 1, qmax)
 
 
 def same_search(found, expected) -> None:
