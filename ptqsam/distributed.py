@@ -86,6 +86,7 @@ def process_group(timeout_s: float | None = None) -> Iterator[None]:
         raise DistributedError(f"cannot join the torchrun process group ({backend}): {error}") from error
     try:
         yield
+        collective(dist.barrier)  # gloo aborts a rank that tears its group down while a peer still talks to it
     finally:
         dist.destroy_process_group()
 
