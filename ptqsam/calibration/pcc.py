@@ -24,7 +24,7 @@ from ptqsam.instrument.attention import AttentionSites
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.modes import disabled, quantizing
-from ptqsam.models.blocks import part_of
+from ptqsam.models.blocks import touches_encoder
 from ptqsam.passes import SampleLoop, StopForward, each_sample
 from quantizers.functional.uniform import qparams_from_minmax
 from quantizers.search.pcc import attention_masks, mask_iou_loss, percentile_ranges
@@ -42,7 +42,7 @@ def pcc_pass(model: nn.Module, samples: list[CalibrationSample], names: list[str
     options = quantizers[names[0]].spec.search_config
     owners = {name: attention_of(model, name) for name in names}
     modules = dict(model.named_modules())
-    encoder_float = not any(part_of(owner) == "image_encoder" for owner in owners.values())
+    encoder_float = not touches_encoder(owners.values())
     loop = SampleLoop(model, samples[: options.images], encoder_float=encoder_float, progress=False)
     with disabled(model):
         reference = {owner: _probs(loop, modules[owner]) for owner in set(owners.values())}

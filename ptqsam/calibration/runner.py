@@ -57,7 +57,7 @@ from ptqsam.instrument.modes import observing, quantizing
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
-from ptqsam.models.blocks import group_by_block, model_blocks, part_of
+from ptqsam.models.blocks import group_by_block, model_blocks, part_of, touches_encoder
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
@@ -223,7 +223,7 @@ def _folds_encoder(model: Sam, recipe: Recipe) -> bool:
     for transform in recipe.transforms:
         targets = attention_modules(model, transform.matches) if transform.kind == "bimodal_fold" \
             else repq.fold_targets(model, transform.matches)
-        if any(part_of(name) == "image_encoder" for name in targets):
+        if touches_encoder(targets):
             return True
     return False
 
@@ -241,7 +241,7 @@ def _pcc_sites(model: Sam) -> list[str]:
 
 def _encoder_loop(model: Sam, samples: Sequence[CalibrationSample], names: list[str], progress: bool) -> SampleLoop:
     """A loop whose passes run the image encoder when a hooked ``names`` entry is in it."""
-    return SampleLoop(model, samples, encoder_float=not any(part_of(n) == "image_encoder" for n in names),
+    return SampleLoop(model, samples, encoder_float=not touches_encoder(names),
                       progress=progress)
 
 

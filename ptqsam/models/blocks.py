@@ -71,6 +71,11 @@ def block_of(blocks: list[Block], name: str) -> Block | None:
     return next((block for block in blocks if block.contains(name)), None)
 
 
+def touches_encoder(paths: Iterable[str]) -> bool:
+    """Whether any of ``paths`` (sites or modules) lies in the image encoder."""
+    return any(part_of(path) == "image_encoder" for path in paths)
+
+
 def group_by_block(blocks: list[Block], items: Iterable[ItemT], path: Callable[[ItemT], str]) -> dict[str, list[ItemT]]:
     """``items`` grouped by the block holding ``path(item)`` (in the order of the items); an item
     outside every block (e.g. in the IoU head) is grouped by the parent of its path."""

@@ -35,7 +35,7 @@ from ptqsam.data.samples import CalibrationSample
 from ptqsam.errors import CalibrationError, DistributedError
 from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.modes import disabled, dropping, quantizing
-from ptqsam.models.blocks import part_of
+from ptqsam.models.blocks import touches_encoder
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.cache import TensorCache, capture_inputs, capture_outputs, tree_map, tree_tensors
 from ptqsam.reconstruction.config import ReconstructionConfig
@@ -62,7 +62,7 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
         raise DistributedError("reference_drop_bug cannot be reproduced under torchrun (the dropped elements "
                                "depend on the one-process order of the captures); reconstruct in one process")
     quantizers = attached_quantizers(model)
-    encoder_float = not any(part_of(n) == "image_encoder" for n in quantizers)
+    encoder_float = not touches_encoder(quantizers)
     shard = SampleShard(len(samples))
     loop = SampleLoop(model, samples[shard.start:shard.stop], encoder_float=encoder_float, progress=False,
                       first_index=shard.start)
