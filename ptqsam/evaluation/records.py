@@ -1,0 +1,71 @@
+"""Result records: what a sweep cell and an ``evaluate --out`` file keep of an evaluation, and the
+float run's record as the reference of another (agreement with its masks, Δ's against it).
+
+A record names its run (``model``, ``recipe``, ``bits``, ``checkpoint``: the weights' id) and holds
+its ``metrics``, the counts (``num_images``, ``num_prompts``, ``skipped``) and the IoU of every
+evaluated instance; a float run's record also holds its predicted masks (``reference_masks``). Its
+``fingerprint`` says under which settings it was made; ``fingerprint.settings.evaluation`` (images,
+prompt, mask and scoring options, detections) is what two records must share to be compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Mapping, Sequence
+
+from ptqsam.constants import FLOAT
+from ptqsam.data.coco import CocoDataset
+from ptqsam.data.selection import data_fingerprint
+from ptqsam.errors import PtqsamError
+from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, masks_from_json, masks_to_json
+from ptqsam.fingerprint import file_sha256
+
+#: the keys a record needs to be a reference (a float run with its masks)
+REFERENCE_KEYS = ("metrics", "reference_masks", "skipped", "num_images", "num_prompts")
+
+
+def evaluation_settings(dataset: CocoDataset, image_ids: Sequence[int], options: EvalOptions,
+                        detections: str | None) -> dict[str, Any]:
+    """The evaluation part of a record's fingerprint: the images (data fingerprint), the options and
+    the detections file's SHA-256."""
+    return {"data": data_fingerprint(dataset, image_ids), **asdict(options),
+            "detections": file_sha256(detections) if detections else None}
+
+
+def result_fields(result: EvalResult, reference: bool) -> dict[str, Any]:
+    """What a record keeps of an evaluation: metrics, per-instance IoUs and counts; a float run
+    (``reference``) also its masks, the reference of other runs' agreement."""
+    fields: dict[str, Any] = {"metrics": result.metrics, "instance_ious": result.instance_ious}
+    if reference:
+        fields["reference_masks"] = masks_to_json(result.masks)
+    return {**fields, **counts(result)}
+
+
+def counts(result: EvalResult) -> dict[str, Any]:
+    """The images, prompts and skipped data of an evaluation, as a record keeps them."""
+    return {"num_images": result.num_images, "num_prompts": result.num_prompts, "skipped": result.skips}
+
+
+def reference_result(record: Mapping[str, Any]) -> EvalResult:
+    """The float run of ``record`` as the reference of an evaluation (its masks, metrics, counts)."""
+    return EvalResult(record["metrics"], masks_from_json(record["reference_masks"]), record["skipped"],
+                      record["num_images"], record["num_prompts"], record.get("instance_ious", []))
+
+
+def check_reference(reference: Mapping[str, Any], model: str, weights: str, evaluation: Mapping[str, Any],
+                    where: str) -> None:
+    """PtqsamError (naming ``where``) unless ``reference`` is the record of a float run of ``model``
+    with ``weights`` under the same evaluation settings."""
+    missing = [key for key in ("model", "recipe", "checkpoint", "fingerprint", *REFERENCE_KEYS) if key not in reference]
+    if missing:
+        raise PtqsamError(f"{where} is not the record of a float run (an `evaluate --out` file of the float "
+                          f"model, or a sweep's float cell): it lacks {missing}")
+    if reference["recipe"] != FLOAT:
+        raise PtqsamError(f"{where} is a {reference['recipe']} run, not a float one")
+    theirs = reference["fingerprint"].get("settings", {}).get("evaluation", {})
+    differ = [f"evaluation.{key}" for key in sorted(set(theirs) | set(evaluation)) if theirs.get(key) != evaluation.get(key)]
+    differ += [name for name, mine, other in (("model", model, reference["model"]),
+                                              ("checkpoint", weights, reference["checkpoint"])) if mine != other]
+    if differ:
+        raise PtqsamError(f"{where} was evaluated under other settings ({', '.join(differ)} differ): "
+                          "evaluate the float model on the same images, prompts and options")
