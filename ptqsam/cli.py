@@ -207,19 +207,20 @@ def latex_option(func: Callable) -> Callable:
                         help="Also write the report's table as LaTeX (booktabs) to this file.")(func)
 
 
-def _show_report(rows: list[dict[str, Any]], full_table: Path, latex: str | None) -> None:
+def _show_report(rows: list[dict[str, Any]], full_table: Path, latex: str | None, leading: tuple = ()) -> None:
     """Print a report: its markdown table when it fits the terminal, else a summary naming
-    ``full_table`` (the file with every column); write its LaTeX table to ``latex``."""
+    ``full_table`` (the file with every column); write its LaTeX table to ``latex``. ``leading``:
+    columns put first."""
     import shutil
 
     from ptqsam.evaluation.report import screen_table
     from ptqsam.io import write_or_rescue
 
-    click.echo(screen_table(rows, full_table, shutil.get_terminal_size().columns), nl=False)
+    click.echo(screen_table(rows, full_table, shutil.get_terminal_size().columns, leading), nl=False)
     if latex:
         from ptqsam.evaluation.latex import latex_table
 
-        write_or_rescue(latex, lambda file: file.write(latex_table(rows)))
+        write_or_rescue(latex, lambda file: file.write(latex_table(rows, leading)))
         click.echo(f"LaTeX table: {latex}")
 
 
@@ -385,14 +386,15 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
     from ptqsam.data.prompts import Detections
     from ptqsam.data.selection import dataset_for
     from ptqsam.evaluation.evaluator import EvalOptions, evaluate as run_evaluation
-    from ptqsam.evaluation.records import check_reference, evaluation_settings, reference_result
+    from ptqsam.evaluation.records import (PER_INSTANCE, check_reference, evaluation_record, evaluation_settings,
+                                           read_record, reference_result)
     from ptqsam.io import json_text, write_or_rescue
     from ptqsam.models.zoo import weights_id
     from ptqsam.preflight import check_output_file
 
     if out:
         check_output_file(out, "--out")
-    float_record = _read_record(reference, "--reference") if reference else None
+    float_record = read_record(reference, "--reference") if reference else None
     config = _config(models=[model_type], images=images, annotations=annotations, detections=detections,
                      prompt=prompt, seed=seed, eval_images=eval_images)
     boxes = Detections(detections) if detections else None
@@ -409,51 +411,11 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
                                 reference_result(float_record) if float_record and _is_main() else None)
     if not _is_main():
         return
-    record = _evaluation_record(model_type, checkpoint, weights, used, evaluation, ids, result, float_record, reference)
+    record = evaluation_record({"model": model_type, "weights": weights, "checkpoint_path": checkpoint, **used,
+                                "evaluation": evaluation}, ids, result, float_record, reference)
     click.echo(json_text({k: v for k, v in record.items() if k not in PER_INSTANCE}), nl=False)
     if out:
         write_or_rescue(out, lambda file: file.write(json_text(record)))
-
-
-#: the fields of an evaluation record too long to print (they are written to --out)
-PER_INSTANCE = ("instance_ious", "reference_masks")
-
-
-def _evaluation_record(model_type: str, checkpoint: str | None, weights: str, used: dict[str, Any],
-                       evaluation: dict[str, Any], ids: list[int], result, float_record: dict[str, Any] | None,
-                       reference: str | None) -> dict[str, Any]:
-    """The record of an evaluation (:mod:`ptqsam.evaluation.records`, as a sweep cell's): model,
-    checkpoint (path and weights id), state, recipe, bits, prompt, images, metrics; a float run also
-    keeps its masks; with the float run's record, the Δ's against it (and their bootstrap interval)."""
-    from ptqsam.constants import FLOAT
-    from ptqsam.evaluation.records import result_fields
-    from ptqsam.evaluation.report import degradation_rows
-    from ptqsam.fingerprint import fingerprint
-
-    settings = {"model": model_type, "weights": weights, **used, "evaluation": evaluation}
-    record = {"model": model_type, "recipe": used["recipe"], "bits": used["bits"], "checkpoint": weights,
-              "checkpoint_path": checkpoint, **{k: v for k, v in used.items() if k not in ("recipe", "bits")},
-              "prompt": evaluation["prompt"], "image_ids": ids,
-              **result_fields(result, reference=used["recipe"] == FLOAT)}
-    if float_record is not None:
-        row = next(r for r in degradation_rows([float_record, {**record, "recipe": "evaluated"}], evaluation["seed"])
-                   if r["recipe"] != FLOAT)
-        record["against_reference"] = {"reference": reference,
-                                       **{key: value for key, value in row.items() if key.startswith("delta_")}}
-    return {**record, "fingerprint": fingerprint(settings)}
-
-
-def _read_record(path: str, what: str) -> dict[str, Any]:
-    """The JSON record in the file ``path`` (given as ``what``)."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PtqsamError(f"{what} {path} not found") from None
-    except (OSError, ValueError) as error:
-        raise PtqsamError(f"{what} {path} cannot be read: {error}") from None
-    if not isinstance(record, dict):
-        raise PtqsamError(f"{what} {path} is not a JSON object")
-    return record
 
 
 @main.command()
@@ -565,6 +527,7 @@ def _with_statistics(model, config, rows: list[dict], count: int) -> list[dict]:
 
 # the mixed-precision commands (sensitivity, allocate, accuracy-control, pareto) live in their own module
 import ptqsam.cli_precision  # noqa: E402,F401  (registers them with main)
+import ptqsam.cli_compare  # noqa: E402,F401  (registers compare with main)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ptqsam.evaluation.report import BUG_NOTE, report_columns
+from ptqsam.evaluation.report import BUG_NOTE, Column, report_columns
 
 #: each character LaTeX would misread, and what is written instead: its special characters escaped,
 #: the report's non-ASCII symbols in LaTeX (one pass over the text: no escape is escaped again)
@@ -20,7 +20,7 @@ LATEX_CHARACTERS = str.maketrans({
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "−": "$-$", "±": r"$\pm$", "…": r"\ldots{}", "Δ": r"$\Delta$", "†": r"$^\dagger$", "–": "--", "→": r"$\to$"})
 #: columns of text (left-aligned); the others hold numbers (right-aligned)
-TEXT_COLUMNS = ("model", "recipe", "bits", "float list", "not told apart from")
+TEXT_COLUMNS = ("results", "model", "recipe", "bits", "float list", "not told apart from")
 
 
 def latex_text(text: str) -> str:
@@ -28,11 +28,11 @@ def latex_text(text: str) -> str:
     return text.translate(LATEX_CHARACTERS)
 
 
-def latex_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def latex_table(rows: Sequence[Mapping[str, Any]], leading: Sequence[Column] = ()) -> str:
     """A booktabs ``tabular`` of the report rows: the markdown table's columns and cells
-    (:func:`~ptqsam.evaluation.report.markdown_table`), with its † note below the rule when a row
-    has one."""
-    columns = report_columns(rows)
+    (:func:`~ptqsam.evaluation.report.markdown_table`, ``leading`` columns first), with its † note
+    below the rule when a row has one."""
+    columns = [*leading, *report_columns(rows)]
     spec = "".join("l" if title in TEXT_COLUMNS else "r" for title, _ in columns)
     line = lambda cells: " & ".join(latex_text(cell) for cell in cells) + r" \\"  # noqa: E731
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", line(title for title, _ in columns), r"\midrule"]

@@ -10,7 +10,9 @@ prompt, mask and scoring options, detections) is what two records must share to 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ptqsam.constants import FLOAT
@@ -18,8 +20,11 @@ from ptqsam.data.coco import CocoDataset
 from ptqsam.data.selection import data_fingerprint
 from ptqsam.errors import PtqsamError
 from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, masks_from_json, masks_to_json
-from ptqsam.fingerprint import file_sha256
+from ptqsam.evaluation.report import degradation_rows
+from ptqsam.fingerprint import file_sha256, fingerprint
 
+#: the fields of a record too long to print (per instance; files keep them)
+PER_INSTANCE = ("instance_ious", "reference_masks")
 #: the keys a record needs to be a reference (a float run with its masks)
 REFERENCE_KEYS = ("metrics", "reference_masks", "skipped", "num_images", "num_prompts")
 
@@ -69,3 +74,42 @@ def check_reference(reference: Mapping[str, Any], model: str, weights: str, eval
     if differ:
         raise PtqsamError(f"{where} was evaluated under other settings ({', '.join(differ)} differ): "
                           "evaluate the float model on the same images, prompts and options")
+
+
+def evaluation_record(named: Mapping[str, Any], image_ids: Sequence[int], result: EvalResult,
+                      float_record: Mapping[str, Any] | None = None, reference: str | None = None) -> dict[str, Any]:
+    """The record of an evaluation (``ptqsam evaluate --out``), shaped as a sweep cell's.
+
+    ``named`` says what was evaluated: ``model``, ``weights`` (the weights' id), ``checkpoint_path``,
+    ``state``, ``recipe``, ``bits`` (and what else the state names) and ``evaluation``
+    (:func:`evaluation_settings`); all but the path make the record's fingerprint. The record adds
+    the prompt kind, the image ids and :func:`result_fields` (a float run keeps its masks); with the
+    float run's record ``float_record`` (read from ``reference``), ``against_reference``: the Δ's
+    against it and the bootstrap interval of Δ mIoU, as a report row has them.
+    """
+    settings = {key: value for key, value in named.items() if key != "checkpoint_path"}
+    evaluation = named["evaluation"]
+    record = {"model": named["model"], "recipe": named["recipe"], "bits": named["bits"], "checkpoint": named["weights"],
+              **{key: value for key, value in named.items() if key not in ("model", "recipe", "bits", "weights",
+                                                                         "evaluation")},
+              "prompt": evaluation["prompt"], "image_ids": list(image_ids),
+              **result_fields(result, reference=named["recipe"] == FLOAT)}
+    if float_record is not None:
+        rows = degradation_rows([float_record, {**record, "recipe": "evaluated"}], evaluation["seed"])
+        row = next(row for row in rows if row["recipe"] != FLOAT)
+        record["against_reference"] = {"reference": reference,
+                                       **{key: value for key, value in row.items() if key.startswith("delta_")}}
+    return {**record, "fingerprint": fingerprint(settings)}
+
+
+def read_record(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON record in the file ``path`` (given as the option ``what``)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PtqsamError(f"{what} {path} not found") from None
+    except (OSError, ValueError) as error:
+        raise PtqsamError(f"{what} {path} cannot be read: {error}") from None
+    if not isinstance(record, dict):
+        raise PtqsamError(f"{what} {path} is not a JSON object")
+    return record

@@ -68,7 +68,7 @@ def _row_order(row: Mapping[str, Any]) -> tuple:
 
 def _all_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every field of the rows: names, metrics with their delta and spread, intervals, settings."""
-    cols = ["model", "recipe", "bits"]
+    cols = ["results", "model", "recipe", "bits"]
     for key in METRIC_KEYS:
         cols += [f"{prefix}{key}{suffix}" for prefix in ("", "delta_") for suffix in ("", "_std", "_min", "_max")
                  if prefix == "" or suffix == ""]
@@ -140,12 +140,13 @@ def report_columns(rows: Sequence[Mapping[str, Any]]) -> list[Column]:
     return columns
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], leading: Sequence[Column] = ()) -> str:
     """A readable markdown table: metrics as ``mean ± std`` over calibration sets (where there are
     several), Δ mIoU's min … max, bootstrap intervals, and for each quantized row the recipes at the
     same bit-width whose mIoU it is not told apart from (:mod:`.significance`); a row reproducing
-    PTQ4SAM's drop bug is marked (:data:`BUG_MARK`, :data:`BUG_NOTE`)."""
-    return _markdown(report_columns(rows), rows)
+    PTQ4SAM's drop bug is marked (:data:`BUG_MARK`, :data:`BUG_NOTE`). ``leading``: columns put
+    first (a comparison's results folder)."""
+    return _markdown([*leading, *report_columns(rows)], rows)
 
 
 def _markdown(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -167,10 +168,10 @@ SUMMARY_COLUMNS: tuple[Column, ...] = (
     ("agreement", lambda r: _number(r.get("agreement"), digits=3)))
 
 
-def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def summary_table(rows: Sequence[Mapping[str, Any]], leading: Sequence[Column] = ()) -> str:
     """A narrow markdown table of ``rows`` for a terminal: mIoU, Δ mIoU (± std over calibration sets)
     and agreement with the float masks; the report's files hold every column."""
-    return _markdown(SUMMARY_COLUMNS, rows)
+    return _markdown([*leading, *SUMMARY_COLUMNS], rows)
 
 
 def table_width(table: str) -> int:
@@ -178,13 +179,14 @@ def table_width(table: str) -> int:
     return max((len(line) for line in table.splitlines() if line.startswith("|")), default=0)
 
 
-def screen_table(rows: Sequence[Mapping[str, Any]], full_table: str | Path, width: int = 80) -> str:
+def screen_table(rows: Sequence[Mapping[str, Any]], full_table: str | Path, width: int = 80,
+                 leading: Sequence[Column] = ()) -> str:
     """What a terminal ``width`` columns wide shows of a report: its markdown table when it fits,
     else :func:`summary_table` and a line naming ``full_table``, the file with every column."""
-    table = markdown_table(rows)
+    table = markdown_table(rows, leading)
     if table_width(table) <= width:
         return table
-    return summary_table(rows) + f"summary; the full table ({table_width(table)} characters wide): {full_table}\n"
+    return summary_table(rows, leading) + f"summary; the full table ({table_width(table)} characters wide): {full_table}\n"
 
 
 def _marked(row: Mapping[str, Any], column: str) -> Any:

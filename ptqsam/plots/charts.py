@@ -382,10 +382,10 @@ def _source(row: Mapping[str, Any]) -> str:
 
 def _error_bars(ax: Axes, xs: Sequence[int], ys: Sequence[float], rows: Sequence[Mapping[str, Any]], key: str,
                 colour: str) -> str | None:
-    """Each point's min … max over calibration sets, else its bootstrap interval (when every point
-    has one); what the bars are, or None when there are none."""
+    """Each point's min … max over its calibration sets (two or more), else its bootstrap interval
+    (when every point has one); what the bars are, or None when there are none."""
     spans, note = [_span(r, key) for r in rows], None
-    if all(span is not None for span in spans):
+    if all(span is not None and r.get("calib_sets", 2) > 1 for span, r in zip(spans, rows)):
         sets = sorted({r.get("calib_sets") for r in rows if r.get("calib_sets")})
         note = "min … max over " + (f"{sets[0]} calibration sets" if len(sets) == 1 else "the calibration sets")
     else:

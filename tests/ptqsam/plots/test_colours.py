@@ -74,3 +74,10 @@ def test_degradation_labels_say_what_agreement_is_and_what_the_bars_are(tmp_path
 def test_sensitivity_title_names_the_cell(tmp_path, figures):
     plot_sensitivity({"a.weight": 0.1, "b.input": 0.2}, tmp_path / "s", subject="ptq4sam W4A4; 4 calibration images")
     assert figures[0].axes[0].get_title().endswith("\nptq4sam W4A4; 4 calibration images")
+
+
+def test_one_calibration_set_gives_bootstrap_bars_not_empty_ranges(tmp_path, figures):
+    single = {"miou_min": 0.4, "miou_max": 0.4, "calib_sets": 1, "miou_ci_low": 0.3, "miou_ci_high": 0.55}
+    plot_degradation([{**row, "miou_min": row["miou"], "miou_max": row["miou"]} if row["recipe"] != "float" else row
+                      for row in _rows(["minmax"], **single)], tmp_path / "one")
+    assert "bootstrap interval" in figures[0].axes[0].get_title()
