@@ -387,14 +387,14 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
     from ptqsam.data.selection import dataset_for
     from ptqsam.evaluation.evaluator import EvalOptions, evaluate as run_evaluation
     from ptqsam.evaluation.records import (PER_INSTANCE, check_reference, evaluation_record, evaluation_settings,
-                                           read_record, reference_result)
+                                           read_float_record, reference_result)
     from ptqsam.io import json_text, write_or_rescue
     from ptqsam.models.zoo import weights_id
     from ptqsam.preflight import check_output_file
 
     if out:
         check_output_file(out, "--out")
-    float_record = read_record(reference, "--reference") if reference else None
+    float_record = read_float_record(reference, "--reference") if reference else None
     config = _config(models=[model_type], images=images, annotations=annotations, detections=detections,
                      prompt=prompt, seed=seed, eval_images=eval_images)
     boxes = Detections(detections) if detections else None

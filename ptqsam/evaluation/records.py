@@ -59,14 +59,8 @@ def reference_result(record: Mapping[str, Any]) -> EvalResult:
 
 def check_reference(reference: Mapping[str, Any], model: str, weights: str, evaluation: Mapping[str, Any],
                     where: str) -> None:
-    """PtqsamError (naming ``where``) unless ``reference`` is the record of a float run of ``model``
-    with ``weights`` under the same evaluation settings."""
-    missing = [key for key in ("model", "recipe", "checkpoint", "fingerprint", *REFERENCE_KEYS) if key not in reference]
-    if missing:
-        raise PtqsamError(f"{where} is not the record of a float run (an `evaluate --out` file of the float "
-                          f"model, or a sweep's float cell): it lacks {missing}")
-    if reference["recipe"] != FLOAT:
-        raise PtqsamError(f"{where} is a {reference['recipe']} run, not a float one")
+    """PtqsamError (naming ``where``) unless the float run's record ``reference``
+    (:func:`read_float_record`) is of ``model`` with ``weights`` under the same evaluation settings."""
     theirs = reference["fingerprint"].get("settings", {}).get("evaluation", {})
     differ = [f"evaluation.{key}" for key in sorted(set(theirs) | set(evaluation)) if theirs.get(key) != evaluation.get(key)]
     differ += [name for name, mine, other in (("model", model, reference["model"]),
@@ -100,6 +94,19 @@ def evaluation_record(named: Mapping[str, Any], image_ids: Sequence[int], result
         record["against_reference"] = {"reference": reference,
                                        **{key: value for key, value in row.items() if key.startswith("delta_")}}
     return {**record, "fingerprint": fingerprint(settings)}
+
+
+def read_float_record(path: str | Path, what: str) -> dict[str, Any]:
+    """The record of a float run in the file ``path`` (given as the option ``what``): an ``evaluate
+    --out`` file of the float model or a sweep's float cell; PtqsamError for anything else."""
+    record = read_record(path, what)
+    missing = [key for key in ("model", "recipe", "checkpoint", "fingerprint", *REFERENCE_KEYS) if key not in record]
+    if missing:
+        raise PtqsamError(f"{what} {path} is not the record of a float run (an `evaluate --out` file of the float "
+                          f"model, or a sweep's float cell): it lacks {missing}")
+    if record["recipe"] != FLOAT:
+        raise PtqsamError(f"{what} {path} is a {record['recipe']} run, not a float one")
+    return record
 
 
 def read_record(path: str | Path, what: str) -> dict[str, Any]:
