@@ -18,14 +18,14 @@ from ptqsam.cli import _show_report, latex_option, main
 def compare(results: tuple[str, ...], out: str, latex: str | None) -> None:
     """Several results folders (sweeps, or folders of `evaluate --out` records) in one table and one
     figure, with the settings that differ between them."""
-    from ptqsam.compare import RESULTS_COLUMN, compare_results, differences_table, write_comparison
+    from ptqsam.compare import RESULTS_COLUMN, compare_results, differences_text, write_comparison
     from ptqsam.preflight import check_output_file, check_output_folder
 
     check_output_folder(out, "--out")
     if latex:
         check_output_file(latex, "--latex")
     comparison = compare_results(results)
-    click.echo("settings that differ:\n" + differences_table(comparison))
+    click.echo(differences_text(comparison))
     _show_report(comparison.rows, Path(out) / "compare.md", latex, RESULTS_COLUMN)
     written = write_comparison(comparison, out)
     click.echo("results: " + ", ".join(str(path) for path in written.values()))

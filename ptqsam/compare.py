@@ -106,6 +106,16 @@ def differences_table(comparison: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
+def differences_text(comparison: Comparison) -> str:
+    """The settings that differ as a list for a terminal (a line per setting wraps better than a
+    table row)."""
+    if not comparison.differences:
+        return differences_table(comparison)
+    return "settings that differ:\n" + "".join(
+        f"- {key}: " + "; ".join(f"{label} {_shown(value)}" for label, value in values.items()) + "\n"
+        for key, values in comparison.differences.items())
+
+
 def write_comparison(comparison: Comparison, out: str | Path) -> dict[str, Path]:
     """``compare.md`` (the settings that differ, then the table), ``compare.csv``, ``compare.json``
     (folders, settings that differ, rows) and ``compare.png``/``.pdf`` (the degradation figure, one

@@ -45,7 +45,8 @@ def test_two_sweeps_in_one_table_and_figure_with_the_settings_that_differ(two_sw
     markdown = (out / "compare.md").read_text()
     assert "| recipes | [\"minmax\"] | [\"log-sqrt2\"] |" in markdown and "| calib_images | 2 | 1 |" in markdown
     assert "| sweep_b | testbed | log-sqrt2 | W4A4 |" in markdown and "| sweep_a | testbed | float | float |" in markdown
-    assert "| calib_images | 2 | 1 |" in result.stdout and "| sweep_a | testbed | minmax | W8A8 |" in result.stdout
+    assert "- calib_images: sweep_a 2; sweep_b 1\n" in result.stdout
+    assert "| sweep_a | testbed | minmax | W8A8 |" in result.stdout
     table = list(csv.DictReader((out / "compare.csv").open()))
     assert [(r["results"], r["recipe"], r["bits"]) for r in table] == [
         (r["results"], r["recipe"], r["bits"]) for r in comparison.rows]
@@ -92,3 +93,19 @@ def test_compare_refuses_what_it_cannot_compare(two_sweeps, tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": {}, "f": None}) == {"a.b": 1, "a.c.d": [2], "e": {}, "f": None}
+
+
+def test_a_sweeps_float_cell_is_a_reference_and_evaluate_repeats_the_sweeps_numbers(two_sweeps, random_testbed):
+    sweep = two_sweeps / "sweep_a"
+    data = next((sweep / "data").glob("synthetic-n2-*"))
+    result = CliRunner().invoke(main, ["evaluate", "--images", str(data / "images"), "--annotations",
+                                       str(data / "annotations.json"), "--state",
+                                       str(sweep / "states" / "testbed__minmax__W4A4__calib0.pt"),
+                                       "--reference", str(sweep / "cells" / "testbed__float__float.json")])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    row = next(r for r in _report_rows(sweep) if (r["recipe"], r["bits"]) == ("minmax", "W4A4"))
+    assert record["metrics"]["miou"] == row["miou"] and record["metrics"]["agreement"] == row["agreement"]
+    assert record["against_reference"]["delta_miou"] == row["delta_miou"]
+    assert (record["against_reference"]["delta_miou_ci_low"], record["against_reference"]["delta_miou_ci_high"]) == (
+        row["delta_miou_ci_low"], row["delta_miou_ci_high"])
