@@ -292,8 +292,8 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
     from ptqsam.bits import bits_order
     from ptqsam.demo import DEMO_REPORT, bimodal_note, cell_records, publish
     from ptqsam.plots import bit_width_order
-    from ptqsam.preflight import check_output_file
     from ptqsam.plots.cell import plot_cell_sites
+    from ptqsam.preflight import check_output_file
     from ptqsam.sweep import Cell, run_sweep
 
     recipe_list, bit_list = recipes.split(","), bits.split(",")
@@ -403,7 +403,8 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
     dataset = dataset_for(config)
     ids = dataset.image_ids[:eval_images] if eval_images else list(dataset.image_ids)
     options = EvalOptions(prompt, multimask=not single_mask, score_with_iou=not detector_score, seed=seed)
-    weights, evaluation = weights_id(model_type, checkpoint, seed), evaluation_settings(dataset, ids, options, detections)
+    weights = weights_id(model_type, checkpoint, seed)
+    evaluation = evaluation_settings(dataset, ids, options, detections)
     if float_record is not None:
         check_reference(float_record, model_type, weights, evaluation, f"--reference {reference}")
     with mode:

@@ -165,7 +165,8 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
                     _cell_done(overall, cell, "done before")
             for cell, record in _compute(config, context, missing):
                 if distributed.is_main():
-                    write_or_rescue(out / "cells" / cell.file_name, lambda file, data=record: file.write(json_text(data)))
+                    write_or_rescue(out / "cells" / cell.file_name,
+                                    lambda file, data=record: file.write(json_text(data)))
                 records[cell] = record
                 _cell_done(overall, cell, f"{record['seconds']:.0f} s")
     runs = [records[cell] for cell in todo]

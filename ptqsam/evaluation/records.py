@@ -62,7 +62,8 @@ def check_reference(reference: Mapping[str, Any], model: str, weights: str, eval
     """PtqsamError (naming ``where``) unless the float run's record ``reference``
     (:func:`read_float_record`) is of ``model`` with ``weights`` under the same evaluation settings."""
     theirs = reference["fingerprint"].get("settings", {}).get("evaluation", {})
-    differ = [f"evaluation.{key}" for key in sorted(set(theirs) | set(evaluation)) if theirs.get(key) != evaluation.get(key)]
+    differ = [f"evaluation.{key}" for key in sorted(set(theirs) | set(evaluation))
+              if theirs.get(key) != evaluation.get(key)]
     differ += [name for name, mine, other in (("model", model, reference["model"]),
                                               ("checkpoint", weights, reference["checkpoint"])) if mine != other]
     if differ:

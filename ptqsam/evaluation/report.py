@@ -186,7 +186,8 @@ def screen_table(rows: Sequence[Mapping[str, Any]], full_table: str | Path, widt
     table = markdown_table(rows, leading)
     if table_width(table) <= width:
         return table
-    return summary_table(rows, leading) + f"summary; the full table ({table_width(table)} characters wide): {full_table}\n"
+    note = f"summary; the full table ({table_width(table)} characters wide): {full_table}\n"
+    return summary_table(rows, leading) + note
 
 
 def _marked(row: Mapping[str, Any], column: str) -> Any:

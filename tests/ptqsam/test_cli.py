@@ -70,8 +70,7 @@ def test_calibrate_without_images_generates_its_own_set(run, tmp_path):
 
 
 def test_sweep_and_plot(run, tmp_path):
-    config = tmp_path / "sweep.yaml"
-    config.write_text(f"recipes: [minmax]\nbits: [W8A8]\nsynthetic_images: 2\ncalib_images: 1\nout: {tmp_path / 'res'}\n")
+    config = _tiny_sweep(tmp_path)
     result = run("sweep", str(config), "--latex", "table.tex")
     assert result.exit_code == 0, result.output
     assert "| testbed | minmax | W8A8 |" in result.output
@@ -170,7 +169,8 @@ def test_a_result_that_cannot_be_written_is_printed_and_kept_beside(run, tiny_da
     assert result.exit_code == 1
     printed = json.loads(result.stdout)
     rescued = list(tmp_path.glob("metrics.rescued-*.json"))
-    assert len(rescued) == 1 and {k: v for k, v in json.loads(rescued[0].read_text()).items() if k in printed} == printed
+    kept = json.loads(rescued[0].read_text()) if len(rescued) == 1 else {}
+    assert {k: v for k, v in kept.items() if k in printed} == printed
     assert "No space left on device" in result.stderr and str(rescued[0]) in result.stderr
     assert not (tmp_path / "metrics.json").exists()
 
@@ -183,8 +183,10 @@ def test_more_calibration_images_than_usable_ones_is_said(run, tiny_dataset_dir,
 
 
 def _tiny_sweep(tmp_path):
+    """A sweep config of one quantized cell (minmax W8A8) on 2 generated images, results in tmp_path/res."""
     config = tmp_path / "sweep.yaml"
-    config.write_text(f"recipes: [minmax]\nbits: [W8A8]\nsynthetic_images: 2\ncalib_images: 1\nout: {tmp_path / 'res'}\n")
+    config.write_text(f"recipes: [minmax]\nbits: [W8A8]\nsynthetic_images: 2\ncalib_images: 1\n"
+                      f"out: {tmp_path / 'res'}\n")
     return str(config)
 
 
