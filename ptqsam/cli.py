@@ -8,13 +8,14 @@ work shows progress bars.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -61,19 +62,54 @@ class _Group(click.Group):
                        f"error: internal error ({type(error).__name__}: {text}); --debug shows the traceback", err=True)
             ctx.exit(1)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """The global flags (:data:`GLOBAL_FLAGS`) work after the command too: they are moved in
+        front of it (up to a ``--``)."""
+        end = args.index("--") if "--" in args else len(args)
+        flags = [arg for arg in args[:end] if arg in GLOBAL_FLAGS]
+        rest = [arg for arg in args[:end] if arg not in GLOBAL_FLAGS]
+        return super().parse_args(ctx, flags + rest + args[end:])
+
+
+#: flags of ``ptqsam`` itself, accepted before or after the command (``ptqsam demo -v``)
+GLOBAL_FLAGS = ("--debug", "-v", "--verbose", "-q", "--quiet")
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ptqsam")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details (calibration images, ...).")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors (before or after the command).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log progress details (calibration images, ...); before or after the command.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="For CI logs: no progress bars, only results, warnings and errors; before or after the command.")
 @click.pass_context
-def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
+def main(ctx: click.Context, debug: bool, verbose: bool, quiet: bool) -> None:
     """Post-training quantization experiments on SAM, TinySAM and MobileSAM."""
     from ptqsam.distributed import process_group
+    from ptqsam.progress import silenced
 
+    if verbose and quiet:
+        raise click.UsageError("-v/--verbose and -q/--quiet exclude each other: give one")
     ctx.meta["debug"] = debug
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    logging.basicConfig(format="%(message)s")
+    ctx.with_resource(_log_level(logging.INFO if verbose else logging.WARNING))
+    ctx.with_resource(silenced(quiet))
     ctx.with_resource(process_group())  # under torchrun: join the group, leave it when the command ends
+
+
+@contextlib.contextmanager
+def _log_level(level: int) -> Iterator[None]:
+    """ptqsam's (and quantizers') log messages from ``level`` up while the command runs (the previous
+    levels after it)."""
+    loggers = [logging.getLogger(name) for name in ("ptqsam", "quantizers")]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, before):
+            logger.setLevel(old)
 
 
 def _is_main() -> bool:
@@ -166,6 +202,28 @@ def _reconstruction(**options: Any) -> dict[str, Any]:
     return {names[key]: value for key, value in options.items() if value is not None}
 
 
+def latex_option(func: Callable) -> Callable:
+    return click.option("--latex", type=click.Path(dir_okay=False), default=None,
+                        help="Also write the report's table as LaTeX (booktabs) to this file.")(func)
+
+
+def _show_report(rows: list[dict[str, Any]], full_table: Path, latex: str | None, leading: tuple = ()) -> None:
+    """Print a report: its markdown table when it fits the terminal, else a summary naming
+    ``full_table`` (the file with every column); write its LaTeX table to ``latex``. ``leading``:
+    columns put first."""
+    import shutil
+
+    from ptqsam.evaluation.report import screen_table
+    from ptqsam.io import write_or_rescue
+
+    click.echo(screen_table(rows, full_table, shutil.get_terminal_size().columns, leading), nl=False)
+    if latex:
+        from ptqsam.evaluation.latex import latex_table
+
+        write_or_rescue(latex, lambda file: file.write(latex_table(rows, leading)))
+        click.echo(f"LaTeX table: {latex}")
+
+
 def _build(model_type: str, checkpoint: str | None, seed: int, device: str):
     from ptqsam.models import build_model
     from ptqsam.preflight import check_device
@@ -223,18 +281,19 @@ def _config(**kwargs: Any):
               help="Repository root: copy report.json to docs/demo/NAME.json (and, for the demo's own report, "
                    "the figures to docs/figures/) and regenerate README.md's table of that file.")
 @click.option("--publish-name", default="report", show_default=True, help="NAME of the published report.")
+@latex_option
 def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_sites: str, search_rows: int,
          recipes: str, bits: str, recon_recipe: str, recon_iterations: int, seed: int, device: str,
          workers: int | None,
-         publish_root: str | None, publish_name: str) -> None:
+         publish_root: str | None, publish_name: str, latex: str | None) -> None:
     """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 and a block
     reconstruction recipe at the lowest bit-width, each cell calibrated on several calibration sets,
     every recipe quantizing the same sites (a few minutes)."""
     from ptqsam.bits import bits_order
     from ptqsam.demo import DEMO_REPORT, bimodal_note, cell_records, publish
-    from ptqsam.evaluation.report import markdown_table
     from ptqsam.plots import bit_width_order
     from ptqsam.plots.cell import plot_cell_sites
+    from ptqsam.preflight import check_output_file
     from ptqsam.sweep import Cell, run_sweep
 
     recipe_list, bit_list = recipes.split(","), bits.split(",")
@@ -246,10 +305,12 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
                      calib_images=calib_images, calib_sets=calib_sets, search_rows=search_rows, seed=seed,
                      device=device, out=out, float_sites=None if float_sites == "own" else float_sites,
                      own_float_variants=False, workers=workers)
+    if latex:
+        check_output_file(latex, "--latex")
     rows = run_sweep(config)
     if not _is_main():
         return
-    click.echo(markdown_table(rows))
+    _show_report(rows, Path(out) / "report.md", latex)
     note = bimodal_note(cell_records(out))
     if note:
         click.echo(note)
@@ -311,24 +372,29 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
 @click.option("--eval-images", type=int, default=0, show_default=True, help="Limit (0 = all).")
 @click.option("--single-mask", is_flag=True, help="One mask per prompt (default: best of 3 by predicted IoU).")
 @click.option("--detector-score", is_flag=True, help="AP score = detector score (default: × predicted IoU).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the metrics as JSON here.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the result's record as JSON here (what was evaluated, the metrics, per-instance IoUs).")
 @click.option("--allow-other-weights", is_flag=True,
               help="Apply --state to other weights than it was calibrated on (refused by default).")
+@click.option("--reference", type=click.Path(dir_okay=False), default=None,
+              help="The float model's record on the same images (`evaluate --out` without --state, or a sweep's "
+                   "float cell): adds the agreement with its masks and the Δ's against it.")
 def evaluate(model_type, checkpoint, device, images, annotations, detections, prompt, seed, state, eval_images,
-             single_mask, detector_score, out, allow_other_weights) -> None:
-    """mIoU (and mask AP with --detections) of a float or calibrated model."""
-    from dataclasses import asdict
-
+             single_mask, detector_score, out, allow_other_weights, reference) -> None:
+    """mIoU (and mask AP with --detections) of a float or calibrated model; with --reference, the
+    Δ's against the float model."""
     from ptqsam.data.prompts import Detections
-    from ptqsam.data.selection import data_fingerprint, dataset_for
+    from ptqsam.data.selection import dataset_for
     from ptqsam.evaluation.evaluator import EvalOptions, evaluate as run_evaluation
-    from ptqsam.fingerprint import file_sha256, fingerprint
+    from ptqsam.evaluation.records import (PER_INSTANCE, check_reference, evaluation_record, evaluation_settings,
+                                           read_float_record, reference_result)
     from ptqsam.io import json_text, write_or_rescue
     from ptqsam.models.zoo import weights_id
     from ptqsam.preflight import check_output_file
 
     if out:
         check_output_file(out, "--out")
+    float_record = read_float_record(reference, "--reference") if reference else None
     config = _config(models=[model_type], images=images, annotations=annotations, detections=detections,
                      prompt=prompt, seed=seed, eval_images=eval_images)
     boxes = Detections(detections) if detections else None
@@ -337,29 +403,31 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
     dataset = dataset_for(config)
     ids = dataset.image_ids[:eval_images] if eval_images else list(dataset.image_ids)
     options = EvalOptions(prompt, multimask=not single_mask, score_with_iou=not detector_score, seed=seed)
+    weights = weights_id(model_type, checkpoint, seed)
+    evaluation = evaluation_settings(dataset, ids, options, detections)
+    if float_record is not None:
+        check_reference(float_record, model_type, weights, evaluation, f"--reference {reference}")
     with mode:
-        result = run_evaluation(model, dataset, ids, options, boxes)
-    stamp = fingerprint({"model": model_type, "weights": weights_id(model_type, checkpoint, seed), **used,
-                         "data": data_fingerprint(dataset, ids), "detections": file_sha256(detections) if detections else None,
-                         "options": asdict(options)})
-    summary = {"model": model_type, **used, "metrics": result.metrics, "images": result.num_images,
-               "prompts": result.num_prompts, "skipped": {k: v for k, v in result.skips.items() if v},
-               "fingerprint": stamp}
+        result = run_evaluation(model, dataset, ids, options, boxes,
+                                reference_result(float_record) if float_record and _is_main() else None)
     if not _is_main():
         return
-    click.echo(json_text(summary), nl=False)
+    record = evaluation_record({"model": model_type, "weights": weights, "checkpoint_path": checkpoint, **used,
+                                "evaluation": evaluation}, ids, result, float_record, reference)
+    click.echo(json_text({k: v for k, v in record.items() if k not in PER_INSTANCE}), nl=False)
     if out:
-        write_or_rescue(out, lambda file: file.write(json_text(summary)))
+        write_or_rescue(out, lambda file: file.write(json_text(record)))
 
 
 @main.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Override the config's results folder.")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="Override the config's device.")
-def sweep(config_path: str, out: str | None, device: str | None) -> None:
+@latex_option
+def sweep(config_path: str, out: str | None, device: str | None, latex: str | None) -> None:
     """Run a sweep config (models × recipes × bits); finished cells are skipped on re-runs."""
     from ptqsam.config import ExperimentConfig
-    from ptqsam.evaluation.report import markdown_table
+    from ptqsam.preflight import check_output_file
     from ptqsam.sweep import run_sweep
 
     config = ExperimentConfig.from_yaml(config_path)
@@ -367,9 +435,11 @@ def sweep(config_path: str, out: str | None, device: str | None) -> None:
         config = config.replace(out=out)
     if device:
         config = config.replace(device=device)
+    if latex:
+        check_output_file(latex, "--latex")
     rows = run_sweep(config)
     if _is_main():
-        click.echo(markdown_table(rows))
+        _show_report(rows, Path(config.out) / "report.md", latex)
         _plots(Path(config.out))
 
 
@@ -458,6 +528,7 @@ def _with_statistics(model, config, rows: list[dict], count: int) -> list[dict]:
 
 # the mixed-precision commands (sensitivity, allocate, accuracy-control, pareto) live in their own module
 import ptqsam.cli_precision  # noqa: E402,F401  (registers them with main)
+import ptqsam.cli_compare  # noqa: E402,F401  (registers compare with main)
 
 
 if __name__ == "__main__":

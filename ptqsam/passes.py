@@ -14,10 +14,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from tqdm import tqdm
 
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.inference import ImageEmbedding, Prediction, SamRunner
+from ptqsam.progress import bar
 
 
 class SampleLoop:
@@ -102,7 +102,7 @@ class SampleLoop:
                 loss_fn(self.decode(embedding, sample).low_res_logits).backward()
 
     def _iterate(self, description: str) -> Iterable[CalibrationSample]:
-        return tqdm(self.samples, desc=description, disable=not self.progress, leave=False)
+        return bar(self.samples, enabled=self.progress, desc=description, leave=False)
 
 
 class StopForward(Exception):

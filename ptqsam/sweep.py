@@ -32,7 +32,7 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,18 +49,22 @@ from ptqsam.data.prompts import Detections
 from ptqsam.data.selection import calibration_set, data_fingerprint, dataset_for
 from ptqsam.embedding_cache import EmbeddingCache, embedding_key
 from ptqsam.errors import CheckpointError, ConfigError
-from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate, masks_from_json, masks_to_json
+from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate
+from ptqsam.evaluation.records import counts, evaluation_settings, reference_result, result_fields
 from ptqsam.evaluation.report import degradation_rows, write_report
 from ptqsam.evaluation.significance import mean_metrics
-from ptqsam.fingerprint import file_sha256, fingerprint, mismatch
+from ptqsam.fingerprint import fingerprint, mismatch
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.io import json_text, write_or_rescue
 from ptqsam.models import build_model
 from ptqsam.models.blocks import ENCODER_SITES
 from ptqsam.models.zoo import image_size, weights_id
 from ptqsam.preflight import check_device, check_output_folder, check_recipes
+from ptqsam.progress import bar
 
 log = logging.getLogger("ptqsam")
+#: the overall line of a sweep on stderr: cells done (computed or found done) of all, the last one named
+CELL_LINE = "cell {n_fmt}/{total_fmt} done [{elapsed}<{remaining}]{postfix}"
 #: suffix of the variant of a recipe that keeps its own float list under a protocol float list
 OWN_FLOAT = "[own-float]"
 
@@ -146,21 +150,25 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
     shared = _Shared.of(config)
     records: dict[Cell, dict[str, Any]] = {}
     checkpoints = {}
-    for model_type in config.models:
-        context = _ModelContext(config, model_type, shared, progress)
-        checkpoints[model_type] = context.checkpoint_id
-        missing = []
-        for cell in [c for c in todo if c.model == model_type]:
-            stamp = context.fingerprint(cell)
-            record = distributed.main_first(lambda: _finished(out / "cells" / cell.file_name, stamp, cell))
-            if record is None:
-                missing.append((cell, stamp))
-            else:
+    with bar(total=len(todo), enabled=progress and distributed.is_main(), bar_format=CELL_LINE) as overall:
+        for model_type in config.models:
+            context = _ModelContext(config, model_type, shared, progress)
+            checkpoints[model_type] = context.checkpoint_id
+            missing = []
+            for cell in [c for c in todo if c.model == model_type]:
+                stamp = context.fingerprint(cell)
+                record = distributed.main_first(lambda: _finished(out / "cells" / cell.file_name, stamp, cell))
+                if record is None:
+                    missing.append((cell, stamp))
+                else:
+                    records[cell] = record
+                    _cell_done(overall, cell, "done before")
+            for cell, record in _compute(config, context, missing):
+                if distributed.is_main():
+                    write_or_rescue(out / "cells" / cell.file_name,
+                                    lambda file, data=record: file.write(json_text(data)))
                 records[cell] = record
-        for cell, record in _compute(config, context, missing):
-            if distributed.is_main():
-                write_or_rescue(out / "cells" / cell.file_name, lambda file, data=record: file.write(json_text(data)))
-            records[cell] = record
+                _cell_done(overall, cell, f"{record['seconds']:.0f} s")
     runs = [records[cell] for cell in todo]
     rows = degradation_rows(runs, config.seed)
     protocol = protocol_float_list(config)
@@ -172,6 +180,12 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
     if distributed.is_main():
         write_report(rows, out, settings)
     return rows
+
+
+def _cell_done(overall, cell: Cell, how: str) -> None:
+    """Count ``cell`` on the overall line (:data:`CELL_LINE`), naming it."""
+    overall.set_postfix_str(f"{cell.model} {cell.label} {cell.bits}: {how}", refresh=False)
+    overall.update()
 
 
 def _compute(config: ExperimentConfig, context: "_ModelContext",
@@ -233,8 +247,7 @@ class _Shared:
         dataset = dataset_for(config)
         eval_ids = dataset.image_ids[: config.eval_images] if config.eval_images else list(dataset.image_ids)
         options = EvalOptions(config.prompt, config.num_points, config.multimask, config.score_with_iou, config.seed)
-        evaluation = {"data": data_fingerprint(dataset, eval_ids), **asdict(options),
-                      "detections": file_sha256(config.detections) if config.detections else None}
+        evaluation = evaluation_settings(dataset, eval_ids, options, config.detections)
         return cls(dataset, Detections(config.detections) if config.detections else None, eval_ids, options,
                    evaluation)
 
@@ -320,8 +333,7 @@ class _ModelContext:
                                   "checkpoint": self.checkpoint_id}
         if cell.recipe == FLOAT:
             result = self._evaluate(self.float_model, encoder_float=True, reference=None, label=FLOAT)
-            record.update(reference_masks=masks_to_json(result.masks), instance_ious=result.instance_ious,
-                          metrics=result.metrics, quantized_sites=0)
+            record.update(result_fields(result, reference=True), quantized_sites=0)
         else:
             done = [self._calibrated_run(cell, seed) for seed in self.config.calibration_seeds()]
             runs, result = [run for run, _ in done], done[0][1]
@@ -330,8 +342,8 @@ class _ModelContext:
             if any(run.get("reference_drop_bug") for run in runs):
                 record["reference_drop_bug"] = True
                 log.warning("%s %s reproduces PTQ4SAM's drop bug: its numbers are marked", cell.label, cell.bits)
-        record.update(num_images=result.num_images, num_prompts=result.num_prompts, skipped=result.skips,
-                      seconds=round(time.perf_counter() - start, 3))
+            record.update(counts(result))
+        record.update(seconds=round(time.perf_counter() - start, 3))
         return record
 
     def _calibrated_run(self, cell: Cell, seed: int) -> tuple[dict[str, Any], EvalResult]:
@@ -374,9 +386,7 @@ class _ModelContext:
         """The float run's masks (from its cell file when an earlier run wrote it)."""
         if self._reference is None:
             path = Path(self.config.out) / "cells" / Cell(self.model_type, FLOAT, FLOAT).file_name
-            data = json.loads(path.read_text())
-            self._reference = EvalResult(data["metrics"], masks_from_json(data["reference_masks"]),
-                                         data["skipped"], data["num_images"], data["num_prompts"])
+            self._reference = reference_result(json.loads(path.read_text()))
         return self._reference
 
     def _evaluate(self, model: Sam, encoder_float: bool, reference, label: str) -> EvalResult:

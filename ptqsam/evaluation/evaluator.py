@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from segment_anything.modeling import Sam
-from tqdm import tqdm
 
 from ptqsam import distributed
 from ptqsam.data.coco import CocoDataset, Sample, SkipCounter
@@ -24,6 +23,7 @@ from ptqsam.embedding_cache import EmbeddingCache
 from ptqsam.errors import DataError, PtqsamError
 from ptqsam.evaluation.metrics import MiouAccumulator, mask_ap, mask_iou, mask_result, prompt_score
 from ptqsam.inference import ImageEmbedding, SamRunner
+from ptqsam.progress import bar
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def _predict_images(model: Sam, dataset: CocoDataset, image_ids: list[int], opti
     runner = SamRunner(model)
     out = _Predictions([], [], {}, 0, 0, dataset.skips)
     samples = dataset.samples(image_ids, keep_empty=detections is not None)
-    for sample in tqdm(samples, total=len(image_ids), desc=description, disable=not progress, leave=False):
+    for sample in bar(samples, enabled=progress, total=len(image_ids), desc=description, leave=False):
         out.num_images += 1
         prompt_batches = prompt_sets(sample, options, detections)
         if not prompt_batches:

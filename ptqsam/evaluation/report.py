@@ -68,7 +68,7 @@ def _row_order(row: Mapping[str, Any]) -> tuple:
 
 def _all_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every field of the rows: names, metrics with their delta and spread, intervals, settings."""
-    cols = ["model", "recipe", "bits"]
+    cols = ["results", "model", "recipe", "bits"]
     for key in METRIC_KEYS:
         cols += [f"{prefix}{key}{suffix}" for prefix in ("", "delta_") for suffix in ("", "_std", "_min", "_max")
                  if prefix == "" or suffix == ""]
@@ -109,12 +109,16 @@ def _interval(row: Mapping[str, Any], key: str, signed: bool = False) -> str:
     return "–" if low is None else f"{_number(low, signed, 3)} … {_number(high, signed, 3)}"
 
 
-def _markdown_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Callable[[Mapping], str]]]:
+#: a table column: its title and the text of a row's cell
+Column = tuple[str, Callable[[Mapping[str, Any]], str]]
+
+
+def report_columns(rows: Sequence[Mapping[str, Any]]) -> list[Column]:
+    """The columns of the report table of ``rows`` (the markdown and LaTeX tables show these cells)."""
     has = lambda key: any(key in r for r in rows)  # noqa: E731
     level = f"{LEVEL:.0%}"
-    columns: list[tuple[str, Callable[[Mapping], str]]] = [
-        ("model", lambda r: str(r["model"])), ("recipe", lambda r: str(r["recipe"]) + (BUG_MARK if r.get(
-            "reference_drop_bug") else "")), ("bits", lambda r: str(r["bits"]))]
+    columns: list[Column] = [
+        ("model", lambda r: str(r["model"])), ("recipe", _recipe), ("bits", lambda r: str(r["bits"]))]
     if has("float_list"):
         columns.append(("float list", lambda r: str(r.get("float_list", "–"))))
     if has("quantized_sites"):
@@ -136,17 +140,54 @@ def _markdown_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, Call
     return columns
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], leading: Sequence[Column] = ()) -> str:
     """A readable markdown table: metrics as ``mean ± std`` over calibration sets (where there are
     several), Δ mIoU's min … max, bootstrap intervals, and for each quantized row the recipes at the
     same bit-width whose mIoU it is not told apart from (:mod:`.significance`); a row reproducing
-    PTQ4SAM's drop bug is marked (:data:`BUG_MARK`, :data:`BUG_NOTE`)."""
-    columns = _markdown_columns(rows)
+    PTQ4SAM's drop bug is marked (:data:`BUG_MARK`, :data:`BUG_NOTE`). ``leading``: columns put
+    first (a comparison's results folder)."""
+    return _markdown([*leading, *report_columns(rows)], rows)
+
+
+def _markdown(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(title for title, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
     if any(row.get("reference_drop_bug") for row in rows):
         lines += ["", BUG_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _recipe(row: Mapping[str, Any]) -> str:
+    return str(row["recipe"]) + (BUG_MARK if row.get("reference_drop_bug") else "")
+
+
+#: the columns of :func:`summary_table`: names, mIoU, Δ mIoU ± std and agreement, at most ~80 characters wide
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    ("model", lambda r: str(r["model"])), ("recipe", _recipe), ("bits", lambda r: str(r["bits"])),
+    ("mIoU", lambda r: _number(r.get("miou"))), ("Δ mIoU", lambda r: _with_std(r, "miou", signed=True)),
+    ("agreement", lambda r: _number(r.get("agreement"), digits=3)))
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]], leading: Sequence[Column] = ()) -> str:
+    """A narrow markdown table of ``rows`` for a terminal: mIoU, Δ mIoU (± std over calibration sets)
+    and agreement with the float masks; the report's files hold every column."""
+    return _markdown([*leading, *SUMMARY_COLUMNS], rows)
+
+
+def table_width(table: str) -> int:
+    """The width in characters of a markdown table's widest row (notes below it wrap on their own)."""
+    return max((len(line) for line in table.splitlines() if line.startswith("|")), default=0)
+
+
+def screen_table(rows: Sequence[Mapping[str, Any]], full_table: str | Path, width: int = 80,
+                 leading: Sequence[Column] = ()) -> str:
+    """What a terminal ``width`` columns wide shows of a report: its markdown table when it fits,
+    else :func:`summary_table` and a line naming ``full_table``, the file with every column."""
+    table = markdown_table(rows, leading)
+    if table_width(table) <= width:
+        return table
+    note = f"summary; the full table ({table_width(table)} characters wide): {full_table}\n"
+    return summary_table(rows, leading) + note
 
 
 def _marked(row: Mapping[str, Any], column: str) -> Any:

@@ -23,7 +23,10 @@ def plot_cell_sites(config: ExperimentConfig, cell: Cell, site: str) -> list[Pat
     _, samples = calibration_set(config, seed)
     values = collect_site_values(model, samples, [site], seed=config.seed)[site].values
     stem = Path(config.out) / "plots" / f"{cell.stem}_{cell.bits}"
-    histogram = plot_site_histogram(values, info.quantizers[site], f"{site} ({cell.recipe} {cell.bits})",
+    subject = (f"{cell.label} {cell.bits}; {len(samples)} calibration images, "
+               f"{sum(len(sample.prompts.ids) for sample in samples)} instances (calibration set {seed})")
+    histogram = plot_site_histogram(values, info.quantizers[site], f"{site}\n{subject}",
                                     stem.with_name(f"site_{stem.name}"))
-    sensitivity = plot_sensitivity(site_quantization_error(model, samples), stem.with_name(f"sensitivity_{stem.name}"))
+    sensitivity = plot_sensitivity(site_quantization_error(model, samples), stem.with_name(f"sensitivity_{stem.name}"),
+                                   subject=subject)
     return [*histogram, *sensitivity]

@@ -26,7 +26,9 @@ from ptqsam.analysis.grids import GridLevels, grid_levels
 from ptqsam.bits import bits_order, parse_bits
 from ptqsam.constants import FLOAT
 from ptqsam.errors import AnalysisError, RecipeError
+from ptqsam.evaluation.significance import LEVEL
 from ptqsam.io import write_atomic
+from ptqsam.plots.colours import recipe_colour
 from quantizers.modules.base import Quantizer
 from quantizers.transforms.bimodal import BimodalResult
 
@@ -35,7 +37,8 @@ HISTOGRAM_BINS = 120
 #: At most this many grid levels are drawn per set (every k-th level beyond that).
 MAX_LEVEL_LINES = 64
 #: Metrics of a report row drawn by :func:`plot_degradation` (key, axis label), in panel order.
-DEGRADATION_METRICS = (("miou", "mIoU"), ("AP", "mask AP"), ("agreement", "agreement with float"))
+DEGRADATION_METRICS = (("miou", "mIoU"), ("AP", "mask AP"),
+                       ("agreement", "agreement: mean IoU with the float model's masks"))
 #: Colours of the dashed float lines, one per model.
 FLOAT_COLOURS = ("black", "0.45", "0.7")
 SHORT_PREFIXES = (("mask_decoder.transformer.", "decoder."), ("mask_decoder.", "decoder."),
@@ -254,7 +257,8 @@ def plot_softmax_distributions(
 # --------------------------------------------------------------------------- sensitivity
 
 
-def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, top: int = 30) -> PlotFiles:
+def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, top: int = 30,
+                     subject: str = "") -> PlotFiles:
     """Horizontal bars of the per-site relative quantization error, the ``top`` largest first.
 
     The x axis is logarithmic when the errors shown span more than two decades; bars are coloured
@@ -264,6 +268,7 @@ def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, 
       errors_by_site: site name -> relative error (:func:`ptqsam.analysis.site_quantization_error`).
       out_stem: output path without suffix.
       top: how many sites to show.
+      subject: what was measured, for the title (e.g. ``ptq4sam W4A4, 4 calibration images``).
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise AnalysisError(f"top must be a positive integer, got {top!r}")
@@ -278,7 +283,8 @@ def plot_sensitivity(errors_by_site: Mapping[str, float], out_stem: str | Path, 
     fig, ax, log_axis = ranked_bars(ranked, [SITE_KIND_COLOURS.get(k, "tab:gray") for k in kinds], 11.0, ".2e")
     scale = " (log scale)" if log_axis else ""
     ax.set_xlabel(r"relative quantization error  $\|q(x) - x\|^2 / \|x\|^2$" + scale)
-    ax.set_title(f"Per-site quantization error (top {len(names)} of {len(errors_by_site)} sites)")
+    ax.set_title(f"Per-site quantization error (top {len(names)} of {len(errors_by_site)} sites)"
+                 + (f"\n{subject}" if subject else ""))
     handles = [Patch(color=SITE_KIND_COLOURS.get(k, "tab:gray")) for k in dict.fromkeys(kinds)]
     ax.legend(handles, list(dict.fromkeys(kinds)), title="site kind", fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
@@ -310,15 +316,22 @@ def ranked_bars(ranked: Sequence[tuple[str, float]], colours: Sequence[str], wid
 
 
 def plot_degradation(rows: Sequence[Mapping[str, Any]], out_stem: str | Path) -> PlotFiles:
-    """Metrics against bit-width, one line per recipe (per model and recipe when rows hold
-    several models: colour = recipe, line style = model), with min … max bars over calibration sets
-    where rows have them, the float value as a dashed horizontal line (one grey level per model);
-    one panel per metric present (mIoU, AP, agreement).
+    """Metrics against bit-width, one line per recipe (per source and recipe when rows come from
+    several models or results folders: colour = recipe, line style = source), the float value as a
+    dashed horizontal line (one grey level per source; no band: its interval over the instances is
+    much wider than the paired intervals of the Δ's, and would hide them); one panel per metric
+    present (mIoU, AP, agreement with the float model's masks).
+
+    Error bars: each point's min … max over its calibration sets where rows have them, else its 95 %
+    bootstrap interval over the evaluated instances (mIoU); each panel says which. A recipe has the
+    same colour in every figure (:func:`~ptqsam.plots.colours.recipe_colour`). The title names the
+    model and the number of evaluated instances and images when every row shares them.
     Bit-widths are ordered by (weight, activation) bits: W4A4 < W6A6 < W8A8.
 
     Arguments:
       rows: report rows (:func:`ptqsam.evaluation.report.degradation_rows`, or ``report.json``'s
-        ``"rows"``): dicts with ``model``, ``recipe``, ``bits`` and metric values.
+        ``"rows"``): dicts with ``model``, ``recipe``, ``bits`` and metric values; a ``results`` key
+        (``ptqsam compare``) names the results folder a row comes from.
       out_stem: output path without suffix.
     """
     rows = _check_rows(rows)
@@ -330,38 +343,71 @@ def plot_degradation(rows: Sequence[Mapping[str, Any]], out_stem: str | Path) ->
         raise AnalysisError("the rows hold no quantized run (only float): nothing to plot against bits")
     bits = bit_width_order(r["bits"] for r in quantized)
     position = {b: i for i, b in enumerate(bits)}
-    models = sorted({r["model"] for r in rows})
-    series = sorted({(r["model"], r["recipe"]) for r in quantized})
-    fig = _figure((4.3 * len(metrics) + 2.4, 4.4))
+    sources = sorted({_source(r) for r in rows})
+    series = sorted({(_source(r), r["recipe"]) for r in quantized})
+    fig = _figure((4.3 * len(metrics) + 2.4, 4.6))
     axes = np.atleast_1d(fig.subplots(1, len(metrics), squeeze=False)[0])
-    recipe_colours = dict(zip(sorted({r for _, r in series}), cycle(_TAB10)))
     for ax, (key, label) in zip(axes, metrics):
-        for model, recipe in series:
-            points = sorted((position[_bits_label(r["bits"])], _metric(r, key), _span(r, key)) for r in quantized
-                            if r["model"] == model and r["recipe"] == recipe and _metric(r, key) is not None)
+        bars = set()
+        for source, recipe in series:
+            points = sorted((position[_bits_label(r["bits"])], _metric(r, key), r) for r in quantized
+                            if _source(r) == source and r["recipe"] == recipe and _metric(r, key) is not None)
             if points:
-                xs, ys, spans = zip(*points)
-                ax.plot(xs, ys, marker="o", color=recipe_colours[recipe], linestyle=_model_style(model, models),
-                        label=recipe if len(models) == 1 else f"{model} / {recipe}")
-                if all(span is not None for span in spans):  # min … max over calibration sets
-                    errors = np.array([[y - low for y, (low, _) in zip(ys, spans)],
-                                       [high - y for y, (_, high) in zip(ys, spans)]])
-                    ax.errorbar(xs, ys, yerr=errors, fmt="none", ecolor=recipe_colours[recipe], capsize=3, alpha=0.7)
+                xs, ys, found = zip(*points)
+                ax.plot(xs, ys, marker="o", color=recipe_colour(recipe), linestyle=_model_style(source, sources),
+                        label=recipe if len(sources) == 1 else f"{source} / {recipe}")
+                bars.add(_error_bars(ax, xs, ys, found, key, recipe_colour(recipe)))
         for r in rows:
             if r["recipe"] == FLOAT and _metric(r, key) is not None:
-                ax.axhline(_metric(r, key), color=FLOAT_COLOURS[models.index(r["model"]) % len(FLOAT_COLOURS)],
+                ax.axhline(_metric(r, key), color=FLOAT_COLOURS[sources.index(_source(r)) % len(FLOAT_COLOURS)],
                            linestyle=(0, (5, 3)), linewidth=1.2,
-                           label="float" if len(models) == 1 else f"{r['model']} / float")
+                           label="float" if len(sources) == 1 else f"{_source(r)} / float")
         ax.set_xticks(range(len(bits)), bits)
         ax.set_xlim(-0.4, len(bits) - 0.6)
         ax.set_xlabel("bit-width (weights / activations)")
         ax.set_ylabel(label)
-        ax.set_title(label)
+        notes = sorted(bars - {None})
+        ax.set_title(label + "".join(f"\nbars: {note}" for note in notes), fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = _unique_legend(axes)
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-    fig.suptitle("Degradation against bit-width" + (f" ({models[0]})" if len(models) == 1 else ""))
+    fig.suptitle("Degradation against bit-width" + _subject(rows))
     return _save(fig, out_stem)
+
+
+def _source(row: Mapping[str, Any]) -> str:
+    """Where a row comes from: its model, with the results folder in a comparison."""
+    return f"{row['results']}: {row['model']}" if row.get("results") else str(row["model"])
+
+
+def _error_bars(ax: Axes, xs: Sequence[int], ys: Sequence[float], rows: Sequence[Mapping[str, Any]], key: str,
+                colour: str) -> str | None:
+    """Each point's min … max over its calibration sets (two or more), else its bootstrap interval
+    (when every point has one); what the bars are, or None when there are none."""
+    spans, note = [_span(r, key) for r in rows], None
+    if all(span is not None and r.get("calib_sets", 2) > 1 for span, r in zip(spans, rows)):
+        sets = sorted({r.get("calib_sets") for r in rows if r.get("calib_sets")})
+        note = "min … max over " + (f"{sets[0]} calibration sets" if len(sets) == 1 else "the calibration sets")
+    else:
+        spans = [_interval(r, key) for r in rows]
+        if all(span is not None for span in spans):
+            note = f"{LEVEL:.0%} bootstrap interval over the instances"
+    if note is not None:
+        errors = np.array([[y - low for y, (low, _) in zip(ys, spans)], [high - y for y, (_, high) in zip(ys, spans)]])
+        ax.errorbar(xs, ys, yerr=np.clip(errors, 0, None), fmt="none", ecolor=colour, capsize=3, alpha=0.7)
+    return note
+
+
+def _subject(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`` (model; N instances in M images)`` as far as every row shares them."""
+    parts = []
+    models = {str(r["model"]) for r in rows}
+    if len(models) == 1:
+        parts.append(models.pop())
+    counts = {(r.get("num_prompts"), r.get("num_images")) for r in rows}
+    if len(counts) == 1 and None not in (count := counts.pop()):
+        parts.append(f"{count[0]} instances in {count[1]} images")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def plot_report(report_json_path: str | Path, out_dir: str | Path) -> PlotFiles:
@@ -384,7 +430,7 @@ def _check_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         missing = [k for k in ("model", "recipe", "bits") if not isinstance(row, Mapping) or k not in row]
         if missing:
             raise AnalysisError(f"report row {row!r} lacks {missing}")
-    seen = [(r["model"], r["recipe"], _bits_label(r["bits"])) for r in rows]
+    seen = [(_source(r), r["recipe"], _bits_label(r["bits"])) for r in rows]
     duplicates = sorted({s for s in seen if seen.count(s) > 1})
     if duplicates:
         raise AnalysisError(f"several rows for the same (model, recipe, bits): {duplicates}")
@@ -394,6 +440,12 @@ def _check_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 def _span(row: Mapping[str, Any], key: str) -> tuple[float, float] | None:
     """The metric's min and max over the row's calibration sets, when it has them."""
     low, high = _metric(row, f"{key}_min"), _metric(row, f"{key}_max")
+    return None if low is None or high is None else (low, high)
+
+
+def _interval(row: Mapping[str, Any], key: str) -> tuple[float, float] | None:
+    """The metric's bootstrap interval over the evaluated instances, when the row has one."""
+    low, high = _metric(row, f"{key}_ci_low"), _metric(row, f"{key}_ci_high")
     return None if low is None or high is None else (low, high)
 
 

@@ -19,6 +19,7 @@ from ptqsam.constants import FLOAT
 from ptqsam.errors import AnalysisError
 from ptqsam.models.blocks import PARTS, part_of
 from ptqsam.plots.charts import PlotFiles, _figure, _save, _short, ranked_bars
+from ptqsam.plots.colours import recipe_colour
 
 PART_COLOURS = dict(zip(PARTS, ("tab:blue", "tab:green", "tab:orange")))
 #: Title of the heat-map panel of the groups outside every block.
@@ -134,9 +135,10 @@ def _panels(blocks: Mapping[str, str | None]) -> list[tuple[str, list[str], list
 
 
 def plot_pareto(rows: Sequence[Mapping[str, Any]], out_stem: str | Path, title: str = "") -> PlotFiles:
-    """mIoU against model size and against GBOPs: uniform bit-widths joined by a line, mixed
-    recipes as diamonds of their own colour named in the legend (labels beside nearby points would
-    overlap), the float mIoU as a dashed line.
+    """mIoU against model size and against GBOPs: uniform bit-widths joined by a line in their
+    recipe's colour, mixed recipes as markers of their own (each its recipe's colour and a marker of
+    its own, named in the legend: labels beside nearby points would overlap), the float mIoU as a
+    dashed line. Colours are :func:`~ptqsam.plots.colours.recipe_colour`'s, as in every figure.
 
     Arguments:
       rows: :func:`ptqsam.mixed_precision.pareto_rows` rows (``label``, ``bits``, ``size_mb``,
@@ -154,12 +156,14 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], out_stem: str | Path, title: 
     uniform = sorted((r for r in rows if r["bits"] not in (FLOAT, MIXED)), key=lambda r: r["size_mb"])
     for ax, (key, label) in zip(axes, (("size_mb", "model size (MB)"), ("gbops", "GBOPs"))):
         if uniform:
-            ax.plot([r[key] for r in uniform], [r["miou"] for r in uniform], "o-", color="tab:blue", label="uniform")
+            ax.plot([r[key] for r in uniform], [r["miou"] for r in uniform], "o-", color=_uniform_colour(uniform),
+                    label="uniform")
             for r in uniform:
                 ax.annotate(r["bits"], (r[key], r["miou"]), xytext=(4, -10), textcoords="offset points", fontsize=8)
         mixed = [r for r in rows if r["bits"] == MIXED]
         for index, r in enumerate(mixed):
-            ax.plot([r[key]], [r["miou"]], "D", color=MIXED_COLOURS[index % len(MIXED_COLOURS)], label=r["label"])
+            ax.plot([r[key]], [r["miou"]], MIXED_MARKERS[index % len(MIXED_MARKERS)],
+                    color=recipe_colour(r.get("recipe") or r["label"]), label=r["label"])
         for r in rows:
             if r["bits"] == FLOAT:
                 ax.axhline(r["miou"], color="black", linestyle=(0, (5, 3)), linewidth=1.2, label="float")
@@ -171,8 +175,15 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], out_stem: str | Path, title: 
     return _save(fig, out_stem)
 
 
-#: colours of the mixed recipes' diamonds (no blue: the uniform line's)
-MIXED_COLOURS = [f"tab:{c}" for c in ("red", "orange", "green", "purple", "brown", "pink", "olive", "cyan", "gray")]
+#: markers of the mixed recipes, one each (two recipe names may share a colour)
+MIXED_MARKERS = ("D", "s", "^", "v", "P", "X", "*", "h")
+
+
+def _uniform_colour(uniform: Sequence[Mapping[str, Any]]) -> str:
+    """The uniform line's colour: its recipe's (:func:`~ptqsam.plots.colours.recipe_colour`), black
+    when the uniform rows mix recipes."""
+    recipes = {r.get("recipe") for r in uniform}
+    return recipe_colour(recipes.pop()) if len(recipes) == 1 and None not in recipes else "black"
 
 
 def _check_scores(scores: Mapping[str, float]) -> dict[str, float]:

@@ -28,7 +28,6 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
-from tqdm import tqdm
 
 from ptqsam import distributed
 from ptqsam.data.samples import CalibrationSample
@@ -37,6 +36,7 @@ from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.modes import disabled, dropping, quantizing
 from ptqsam.models.blocks import touches_encoder
 from ptqsam.passes import SampleLoop
+from ptqsam.progress import bar
 from ptqsam.reconstruction.cache import TensorCache, capture_inputs, capture_outputs, tree_map, tree_tensors
 from ptqsam.reconstruction.config import ReconstructionConfig
 from ptqsam.reconstruction.response import continuation
@@ -75,7 +75,7 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
     records = {}
     with _frozen_parameters(model):
         progress = progress and distributed.is_main()
-        for index, unit in enumerate(tqdm(units, desc="reconstruction", disable=not progress, leave=False)):
+        for index, unit in enumerate(bar(units, enabled=progress, desc="reconstruction", leave=False)):
             records[unit.name] = _reconstruct_unit(model, loop, shard, unit, config, index, progress)
             if config.reference_drop_bug:  # as the reference: the later units' inputs are cached with it on
                 apply_reference_drop_bug(model, reference_bug_sites(model, [unit]), config.drop_prob, config.seed)
@@ -241,7 +241,7 @@ def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: Recon
     drop = dropping(data.root, config.drop_prob, list(activations), seed=config.seed + index) \
         if config.drop_prob > 0 and activations else contextlib.nullcontext({})
     losses = []
-    steps = tqdm(range(config.iterations), desc=unit.name, disable=not progress, leave=False, mininterval=1.0)
+    steps = bar(range(config.iterations), enabled=progress, desc=unit.name, leave=False, mininterval=1.0)
     with drop as dropped, quantizing(data.root, list(unit.quantizers), allow_drop=True), torch.enable_grad():
         generators = [generator] + [q.drop_generator for q in dropped.values()]
         for step in steps:

@@ -36,6 +36,8 @@ REQUIRED: dict[str, tuple[list[str], dict[str, Any]]] = {
     "allocate": (["{study}", "--budget", "W8A8", "--out", "{tmp}/mixed.yaml"], {}),
     "accuracy-control": (["{study}", "--target", "0.5", "--synthetic-images", "2", "--control-images", "1"], {}),
     "pareto": (["--calib-images", "1", "--synthetic-images", "1"], {}),
+    "compare": (["{tmp}/a", "{tmp}/b"], {"a/report.json": '{"settings": {}, "rows": []}',
+                                       "b/report.json": '{"settings": {}, "rows": []}'}),
 }
 #: commands reading --images/--annotations: the extra arguments that make them read images, and the
 #: start of the message when no image is usable (evaluate: nothing to evaluate; calibration: no sample)
@@ -306,6 +308,19 @@ OTHER_CASES = [
     Case("accuracy-control:target-negative", ["accuracy-control", "{study}", "--target", "-0.1"], "--target must be"),
     Case("accuracy-control:start-garbled", ["accuracy-control", "{study}", "--target", "0.1", "--start", "four"],
          "'four'"),
+    Case("evaluate:reference-missing", ["evaluate", "--reference", "{tmp}/none.json"], "--reference"),
+    Case("evaluate:reference-not-json", ["evaluate", "--reference", "{tmp}/f.json"], "cannot be read", {"f.json": "{"}),
+    Case("evaluate:reference-not-a-record", ["evaluate", "--reference", "{tmp}/f.json"],
+         "not the record of a float run", {"f.json": "{}"}),
+    Case("sweep:latex-under-a-file", ["sweep", "{tmp}/ok.yaml", "--latex", "{tmp}/taken/t.tex"], "is a file",
+         {"ok.yaml": "synthetic_images: 1\ncalib_images: 1\nout: res\n", "taken": "x"}),
+    Case("compare:one-folder", ["compare", "{tmp}/a"], "two results folders or more", {"a/": None}),
+    Case("compare:not-results", ["compare", "{tmp}/a", "{tmp}/b"], "neither a report.json", {"a/": None, "b/": None}),
+    Case("compare:report-not-json", ["compare", "{tmp}/a", "{tmp}/b"], "cannot read",
+         {"a/report.json": "{", "b/": None}),
+    Case("compare:missing-results", ["compare", "{tmp}/none", "{tmp}/b"], "does not exist", {"b/": None}, code=2),
+    Case("compare:latex-under-a-file", ["compare", "{tmp}/a", "{tmp}/b", "--latex", "{tmp}/taken/t.tex"], "is a file",
+         {"a/": None, "b/": None, "taken": "x"}),
     Case("pareto:nothing", ["pareto", "--bits", ","], "nothing to compare"),
     Case("pareto:mixed-with-placeholders", ["pareto", "--bits", "W8A8", "--mixed", "{tmp}/r.yaml",
                                             "--synthetic-images", "1"], "explicit bits", {"r.yaml": WEIGHTS_ONLY}),

@@ -99,3 +99,22 @@ def test_bootstrap_interval_is_deterministic_for_a_seed():
     low, high = first
     assert low < float(np.mean(values)) < high
     assert (high - low) == pytest.approx(2 * 1.96 * np.std(values, ddof=1) / np.sqrt(200), rel=0.15)
+
+
+def _wide_rows():
+    runs = [FLOAT_CELL, _cell("ptq4sam-wide-tau", [(0.6, [0.7, 0.5, 0.6, 0.6]), (0.64, [0.74, 0.54, 0.64, 0.64])])]
+    return degradation_rows(runs, seed=3)
+
+
+def test_a_table_wider_than_the_terminal_is_summarised_and_names_its_file():
+    from ptqsam.evaluation.report import screen_table, summary_table, table_width
+
+    rows = _wide_rows()
+    full = markdown_table(rows)
+    assert table_width(full) > 80
+    assert screen_table(rows, "out/report.md", width=table_width(full)) == full  # it fits: the table itself
+    screen = screen_table(rows, "out/report.md", width=80)
+    assert screen.startswith(summary_table(rows)) and screen.splitlines()[-1].endswith(": out/report.md")
+    assert table_width(screen) <= 80
+    assert "| m | ptq4sam-wide-tau | W4A4 | 0.6200 | −0.1800 ± 0.0283 |" in screen  # the markdown's numbers
+    assert "| −0.1800 ± 0.0283 |" in full
