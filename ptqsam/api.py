@@ -114,7 +114,8 @@ def run_sweep(config: "ExperimentConfig | Mapping[str, Any] | str | Path", progr
 def run_demo(progress: bool = True, **options: Any) -> list[dict[str, Any]]:
     """``ptqsam demo``: the demo's sweep (options: those of :func:`ptqsam.demo.demo_config`, e.g.
     ``recipes``, ``bits``, ``images``, ``calib_sets``, ``out``) and its figures under ``out/plots``;
-    returns the report's rows.
+    returns the report's rows. With worker processes (the demo's default: 2) a script calling it
+    needs the ``if __name__ == "__main__":`` guard (the workers are spawned and import it).
 
     >>> rows = run_demo(recipes=["minmax"], bits=["W8A8"], images=2, calib_images=1, calib_sets=1,
     ...                 workers=1, out="demo", progress=False)
