@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 from ptqsam.bits import parse_bits
+from ptqsam.errors import RecipeError
 
 if TYPE_CHECKING:
     from ptqsam.analysis.sensitivity import SensitivityResult
@@ -39,6 +40,8 @@ def bit_arguments(bits: Bits, rest: Sequence[Any]) -> tuple[Any, ...]:
     if isinstance(bits, str):
         return (*parse_bits(bits), *rest)
     if isinstance(bits, tuple):
+        if len(bits) != 2:
+            raise RecipeError(f"bits as a pair are (w_bits, a_bits), got {bits!r}")
         return (*bits, *rest)
     return (bits, *rest)
 

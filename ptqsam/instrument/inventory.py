@@ -33,8 +33,8 @@ def site_inventory(model: nn.Module, image_size: int | None = None) -> list[Site
     the model on the "meta" device (no data, no compute); if that fails it runs on ``model``
     itself with every quantizer off, under ``torch.no_grad``.
 
-    Example (``ptqsam inspect``; a calibrated model's quantizers: :func:`~ptqsam.instrument.attached_quantizers`,
-    each with its ``summary()``)::
+    Example (``ptqsam inspect``; ``--state``: ``load_calibrated(model, path).quantizers``, site name
+    -> quantizer, each with its ``summary()``)::
 
         >>> from ptqsam import site_inventory
         >>> rows = site_inventory(model)

@@ -103,9 +103,11 @@ def test_labels_and_ints_calibrate_and_save_alike(tiny_dataset, random_testbed, 
         {(4, 6, files[0].fingerprint["hash"])}
 
 
-def test_a_bad_label_is_refused(random_testbed, tiny_dataset):
-    with pytest.raises(RecipeError, match="W8A8"):
-        api.calibrate(random_testbed(), "minmax", "8 bits", ptqsam.calibration_samples(tiny_dataset, 1, seed=0))
+@pytest.mark.parametrize("bits, message", [("8 bits", "must look like 'W8A8'"), ("W1A8", "weight bits"),
+                                           ((8,), "pair"), ((8, 8, 8), "pair")])
+def test_bad_bits_are_refused(bits, message, random_testbed, tiny_dataset):
+    with pytest.raises(RecipeError, match=message):
+        api.calibrate(random_testbed(), "minmax", bits, ptqsam.calibration_samples(tiny_dataset, 1, seed=0))
 
 
 def test_sensitivity_labels_and_pairs_alike(tiny_dataset, random_testbed):
