@@ -13,7 +13,12 @@ _LABEL = re.compile(r"w(\d+)a(\d+)", re.IGNORECASE)
 
 
 def parse_bits(text: str) -> tuple[int, int]:
-    """``"W4A8" -> (4, 8)`` (case-insensitive); bad formats or impossible bits raise RecipeError."""
+    """``"W4A8" -> (4, 8)`` (case-insensitive); bad formats or impossible bits raise RecipeError.
+
+    >>> from ptqsam import parse_bits
+    >>> parse_bits("W4A8")
+    (4, 8)
+    """
     match = _LABEL.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise RecipeError(f"bit-widths must look like 'W8A8', got {text!r}")
@@ -29,7 +34,12 @@ def check_bit_width(bits: Any, what: str) -> int:
 
 
 def bits_label(w_bits: int, a_bits: int) -> str:
-    """``(4, 8) -> "W4A8"``."""
+    """``(4, 8) -> "W4A8"``.
+
+    >>> from ptqsam import bits_label
+    >>> bits_label(4, 8)
+    'W4A8'
+    """
     return f"W{w_bits}A{a_bits}"
 
 

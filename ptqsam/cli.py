@@ -21,28 +21,10 @@ import click
 
 from ptqsam import __version__
 from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
+from ptqsam.demo import (DEMO_BITS, DEMO_CALIB_IMAGES, DEMO_CALIB_SETS, DEMO_FLOAT_SITES, DEMO_IMAGES, DEMO_RECIPES,
+                         DEMO_RECON_ITERATIONS, DEMO_RECON_RECIPE, DEMO_SEARCH_ROWS, DEMO_WORKERS)
 from ptqsam.errors import PtqsamError
 from quantizers.errors import QuantizationError
-
-DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam")
-DEMO_BITS = ("W8A8", "W6A6", "W4A4")
-#: calibration sets each demo cell is calibrated on (the report gives their spread)
-DEMO_CALIB_SETS = 3
-#: the protocol float list of the demo: every recipe quantizes the sites PTQ4SAM quantizes
-DEMO_FLOAT_SITES = "ptq4sam"
-#: the demo's optional reconstruction row (--recon-recipe ptq4sam-l): at the lowest bit-width, with few
-#: iterations per block; off by default, as its 3 calibration sets alone would take the demo past 5 minutes
-DEMO_RECON_RECIPE, DEMO_RECON_ITERATIONS = "", 300
-#: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
-DEMO_SEARCH_ROWS = 64
-#: generated images the demo evaluates
-DEMO_IMAGES = 24
-#: worker processes of the demo's quantized cells (one torch thread each: the numbers do not depend
-#: on the machine's thread count)
-DEMO_WORKERS = 2
-#: the demo's per-site figures: a decoder post-softmax site in the lowest-bit cell of this recipe
-DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs", "ptq4sam"
-
 
 class _Group(click.Group):
     """Turns library errors into one line on stderr and exit code 1; anything else (a bug) into
@@ -117,12 +99,6 @@ def _is_main() -> bool:
     from ptqsam.distributed import is_main
 
     return is_main()
-
-
-def _launched() -> bool:
-    from ptqsam.distributed import launched
-
-    return launched()
 
 
 def model_options(func: Callable) -> Callable:
@@ -258,7 +234,7 @@ def _config(**kwargs: Any):
 @click.option("--out", type=click.Path(file_okay=False), default="results/demo", show_default=True)
 @click.option("--images", "num_images", type=int, default=DEMO_IMAGES, show_default=True,
               help="Generated images to evaluate.")
-@click.option("--calib-images", type=int, default=4, show_default=True,
+@click.option("--calib-images", type=int, default=DEMO_CALIB_IMAGES, show_default=True,
               help="Generated calibration images per calibration set (sets apart from the evaluated images).")
 @click.option("--calib-sets", type=int, default=DEMO_CALIB_SETS, show_default=True,
               help="Calibration sets per cell (mean ± std and min/max over them).")
@@ -289,22 +265,12 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
     """Testbed SAM on generated data: float vs every recipe at W8A8/W6A6/W4A4 and a block
     reconstruction recipe at the lowest bit-width, each cell calibrated on several calibration sets,
     every recipe quantizing the same sites (a few minutes)."""
-    from ptqsam.bits import bits_order
-    from ptqsam.demo import DEMO_REPORT, bimodal_note, cell_records, publish
-    from ptqsam.plots import bit_width_order
-    from ptqsam.plots.cell import plot_cell_sites
+    from ptqsam.demo import DEMO_REPORT, bimodal_note, cell_records, demo_config, demo_figures, publish
     from ptqsam.preflight import check_output_file
-    from ptqsam.sweep import Cell, run_sweep
+    from ptqsam.sweep import run_sweep
 
-    recipe_list, bit_list = recipes.split(","), bits.split(",")
-    recon = {recon_recipe: [bits_order(bit_list)[0]]} if recon_recipe else {}
-    if workers is None:
-        workers = 1 if _launched() else DEMO_WORKERS
-    config = _config(models=["testbed"], recipes=recipe_list + list(recon), bits=bit_list, recipe_bits=recon,
-                     reconstruction={"iterations": recon_iterations}, synthetic_images=num_images,
-                     calib_images=calib_images, calib_sets=calib_sets, search_rows=search_rows, seed=seed,
-                     device=device, out=out, float_sites=None if float_sites == "own" else float_sites,
-                     own_float_variants=False, workers=workers)
+    config = demo_config(out, num_images, calib_images, calib_sets, float_sites, search_rows, recipes.split(","),
+                         bits.split(","), recon_recipe, recon_iterations, seed, device, workers)
     if latex:
         check_output_file(latex, "--latex")
     rows = run_sweep(config)
@@ -314,10 +280,7 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
     note = bimodal_note(cell_records(out))
     if note:
         click.echo(note)
-    figures = [path.name for path in _plots(Path(out))]
-    if DEMO_SITE_RECIPE in config.recipes:
-        cell = Cell("testbed", DEMO_SITE_RECIPE, bit_width_order(config.bits)[0])
-        figures += [path.name for path in plot_cell_sites(config, cell, DEMO_SITE) if path.name.startswith("site_")]
+    figures = [path.name for path in demo_figures(config)]
     click.echo(f"results: {out}/report.md, report.csv, report.json, plots/")
     if publish_root is not None:
         pictures = [name for name in figures if name.endswith(".png")] if publish_name == DEMO_REPORT else []

@@ -1,17 +1,42 @@
-"""The demo's results beyond the sweep: what its bimodal fold did, and its published copy (a
-committed ``docs/demo/<name>.json``, the figures in ``docs/figures/`` and the README table generated
-from that file, so published numbers cannot go stale)."""
+"""The demo: its sweep config and figures (``ptqsam demo`` and :func:`ptqsam.run_demo`), what its
+bimodal fold did, and its published copy (a committed ``docs/demo/<name>.json``, the figures in
+``docs/figures/`` and the README table generated from that file, so published numbers cannot go
+stale)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ptqsam.errors import PtqsamError
 from ptqsam.evaluation.report import markdown_table
 from ptqsam.io import write_text_atomic
+
+if TYPE_CHECKING:
+    from ptqsam.config import ExperimentConfig
+
+DEMO_RECIPES = ("minmax", "ptq4vit", "ptq4sam")
+DEMO_BITS = ("W8A8", "W6A6", "W4A4")
+#: calibration sets each demo cell is calibrated on (the report gives their spread)
+DEMO_CALIB_SETS = 3
+#: calibration images of each set
+DEMO_CALIB_IMAGES = 4
+#: the protocol float list of the demo: every recipe quantizes the sites PTQ4SAM quantizes
+DEMO_FLOAT_SITES = "ptq4sam"
+#: the demo's optional reconstruction row (--recon-recipe ptq4sam-l): at the lowest bit-width, with few
+#: iterations per block; off by default, as its 3 calibration sets alone would take the demo past 5 minutes
+DEMO_RECON_RECIPE, DEMO_RECON_ITERATIONS = "", 300
+#: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
+DEMO_SEARCH_ROWS = 64
+#: generated images the demo evaluates
+DEMO_IMAGES = 24
+#: worker processes of the demo's quantized cells (one torch thread each: the numbers do not depend
+#: on the machine's thread count)
+DEMO_WORKERS = 2
+#: the demo's per-site figures: a decoder post-softmax site in the lowest-bit cell of this recipe
+DEMO_SITE, DEMO_SITE_RECIPE = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.probs", "ptq4sam"
 
 #: where published reports go, relative to the repository root
 REPORTS = Path("docs/demo")
@@ -19,6 +44,47 @@ REPORTS = Path("docs/demo")
 DEMO_REPORT = "report"
 #: where the demo's figures are published, relative to the repository root
 FIGURES = Path("docs/figures")
+
+
+def demo_config(
+    out: str = "results/demo", images: int = DEMO_IMAGES, calib_images: int = DEMO_CALIB_IMAGES,
+    calib_sets: int = DEMO_CALIB_SETS, float_sites: str = DEMO_FLOAT_SITES, search_rows: int = DEMO_SEARCH_ROWS,
+    recipes: Sequence[str] = DEMO_RECIPES, bits: Sequence[str] = DEMO_BITS, recon_recipe: str = DEMO_RECON_RECIPE,
+    recon_iterations: int = DEMO_RECON_ITERATIONS, seed: int = 0, device: str = "cpu", workers: int | None = None,
+) -> "ExperimentConfig":
+    """The demo's sweep: the testbed on ``images`` generated images, float and every recipe at
+    every bit-width, each cell calibrated on ``calib_sets`` generated sets of ``calib_images``,
+    every recipe quantizing the float list of ``float_sites`` (``"own"``: each recipe's own);
+    ``recon_recipe`` (``""``: none) runs at the lowest bit-width only. ``workers`` None: the demo's
+    2 worker processes (1 under torchrun, whose processes share each cell's images)."""
+    from ptqsam.bits import bits_order
+    from ptqsam.config import ExperimentConfig
+    from ptqsam.distributed import launched
+
+    recon = {recon_recipe: [bits_order(bits)[0]]} if recon_recipe else {}
+    if workers is None:
+        workers = 1 if launched() else DEMO_WORKERS
+    return ExperimentConfig(
+        models=("testbed",), recipes=(*recipes, *recon), bits=tuple(bits), recipe_bits=recon,
+        reconstruction={"iterations": recon_iterations}, synthetic_images=images, calib_images=calib_images,
+        calib_sets=calib_sets, search_rows=search_rows, seed=seed, device=device, out=out,
+        float_sites=None if float_sites == "own" else float_sites, own_float_variants=False, workers=workers)
+
+
+def demo_figures(config: "ExperimentConfig") -> list[Path]:
+    """The figures of a finished demo under ``out/plots``: the degradation curves and, when the
+    demo ran :data:`DEMO_SITE_RECIPE`, its lowest-bit cell's :data:`DEMO_SITE` histogram and per-site
+    quantization error."""
+    from ptqsam.plots import bit_width_order, plot_report
+    from ptqsam.plots.cell import plot_cell_sites
+    from ptqsam.sweep import Cell
+
+    out = Path(config.out)
+    figures = list(plot_report(out / "report.json", out / "plots"))
+    if DEMO_SITE_RECIPE in config.recipes:
+        cell = Cell("testbed", DEMO_SITE_RECIPE, bit_width_order(config.bits)[0])
+        figures += [path for path in plot_cell_sites(config, cell, DEMO_SITE) if path.name.startswith("site_")]
+    return figures
 
 
 def report_path(name: str) -> Path:

@@ -192,6 +192,13 @@ def site_statistics(
     Sites the samples never reach (e.g. the mask-prompt convs under box prompts) are left out.
     ``abs_p999`` is the 99.9th percentile of ``|x|`` estimated on the site's random sample of at
     most ``max_values`` values; the other statistics are exact.
+
+    Example (``ptqsam inspect --stats-images``)::
+
+        >>> from ptqsam import site_statistics
+        >>> stats = site_statistics(model, samples, ["image_encoder.blocks.0.attn.probs"])
+        >>> sorted(stats["image_encoder.blocks.0.attn.probs"])
+        ['abs_p999', 'count', 'max', 'mean', 'min', 'std']
     """
     targets = _site_targets(model, site_names)
     stats = _sample_modules(model, samples, targets, _site_input, max_values, seed, skip_unreached=True)

@@ -41,7 +41,20 @@ def load_calibrated(
     attaches the quantizers, re-applies the sign folds and RepQ-ViT folds and, for a state that reproduces PTQ4SAM's
     drop bug on purpose, the dropping. Mismatching recipe or model type is refused
     (:class:`~ptqsam.errors.RecipeError`), other weights too (:class:`~ptqsam.errors.CheckpointError`)
-    unless ``allow_other_weights``."""
+    unless ``allow_other_weights``.
+
+    Example (``ptqsam evaluate --state``)::
+
+        >>> from ptqsam import build_model, calibrate, calibrated_quantizing, evaluate, save_calibrated
+        >>> report = calibrate(model, "minmax", "W8A8", samples, progress=False)
+        >>> _ = save_calibrated(model, "state.pt", report, "minmax", "testbed", "W8A8")
+        >>> fresh = build_model("testbed")
+        >>> info = load_calibrated(fresh, "state.pt")
+        >>> info.recipe.name, info.w_bits, info.a_bits
+        ('minmax', 8, 8)
+        >>> with calibrated_quantizing(fresh, info.extra):
+        ...     result = evaluate(fresh, dataset, progress=False)
+    """
     info = load_state(model, path, recipe, model_type, allow_other_weights)
     reapply_folds(model, info.extra.get(STATE_KEY, {}))
     repq.reapply_repq(model, info.extra.get(repq.STATE_KEY, {}))
@@ -56,5 +69,11 @@ def load_calibrated(
 def calibrated_quantizing(model: Sam, extra: Mapping[str, Any]):
     """``quantizing(model)`` for a calibrated model whose state ``extra`` (see
     :meth:`CalibrationReport.extra_state`) may reproduce the reference drop bug on purpose: only then
-    are dropping quantizers allowed."""
+    are dropping quantizers allowed.
+
+    >>> from ptqsam import calibrate, evaluate
+    >>> report = calibrate(model, "minmax", "W8A8", samples, progress=False)
+    >>> with calibrated_quantizing(model, report.extra_state()):
+    ...     result = evaluate(model, dataset, progress=False)
+    """
     return quantizing(model, allow_drop=REFERENCE_BUG_KEY in extra)

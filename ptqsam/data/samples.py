@@ -40,6 +40,11 @@ def calibration_samples(
     Images without a usable instance are skipped (and counted by the dataset). Fewer usable images
     than ``count`` is not an error: a warning says how many are used (the saved state and the sweep
     cell list them).
+
+    >>> from ptqsam import calibration_samples
+    >>> samples = calibration_samples(dataset, count=1, seed=0)     # a CocoDataset
+    >>> len(samples), len(samples[0].prompts) > 0
+    (1, True)
     """
     ids = choose_image_ids(dataset, count, seed)
     kind = "box" if prompt == "detections" else prompt

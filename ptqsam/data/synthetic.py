@@ -264,6 +264,11 @@ def generate_dataset(out_dir: str | Path, count: int = 24, seed: int = 0, image_
       image_size: side of the square images, at least 32.
       image_format: ``"png"`` (lossless) or ``"jpeg"`` (quality 90).
       min_visible_area: objects with fewer visible pixels after occlusion are dropped.
+
+    >>> from ptqsam import CocoDataset, generate_dataset
+    >>> data = generate_dataset("synthetic", count=2, seed=0)
+    >>> CocoDataset(data.images_dir, data.annotations_path).image_ids
+    [1, 2]
     """
     for name, value, low in (("count", count, 1), ("seed", seed, 0), ("image_size", image_size, 32),
                              ("min_visible_area", min_visible_area, 1)):

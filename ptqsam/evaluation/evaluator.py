@@ -123,6 +123,14 @@ def evaluate(
     Raises:
       DataError: no image gave a single prompt (no usable instance or detection): an empty
         evaluation is not a result. The message gives the skip counts.
+
+    Example (``ptqsam evaluate``; mask AP: ``detections=Detections("dets.json")``)::
+
+        >>> from ptqsam import EvalOptions
+        >>> reference = evaluate(model, dataset, progress=False)
+        >>> points = evaluate(model, dataset, options=EvalOptions("center_point"), reference=reference, progress=False)
+        >>> 0 < reference.metrics["miou"] <= 1, "agreement" in points.metrics
+        (True, True)
     """
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     local = _predict_images(model, dataset, distributed.shard(image_ids), options, detections, cache, cache_key,

@@ -32,6 +32,15 @@ def site_inventory(model: nn.Module, image_size: int | None = None) -> list[Site
     ``img_size``), one box prompt and a mask input, multimask output. The forward runs on a copy of
     the model on the "meta" device (no data, no compute); if that fails it runs on ``model``
     itself with every quantizer off, under ``torch.no_grad``.
+
+    Example (``ptqsam inspect``; ``--state``: ``load_calibrated(model, path).quantizers``, site name
+    -> quantizer, each with its ``summary()``)::
+
+        >>> from ptqsam import site_inventory
+        >>> rows = site_inventory(model)
+        >>> row = next(r for r in rows if r.kind == "probs")
+        >>> row.name, row.owner
+        ('image_encoder.blocks.0.attn.probs', 'Attention')
     """
     instrument(model)
     size = image_size if image_size is not None else model.image_encoder.img_size

@@ -54,6 +54,14 @@ def quantizing(model: nn.Module, sites: Iterable[str] | None = None, allow_drop:
     A quantizer still dropping elements (QDrop, see :func:`dropping`) would leave part of its
     tensor in float: that is refused (RecipeError) unless ``allow_drop`` says it is deliberate
     (reproducing a reference implementation's evaluation).
+
+    >>> from ptqsam import calibrate, evaluate
+    >>> report = calibrate(model, "ptq4sam", "W6A6", samples, progress=False)
+    >>> with quantizing(model):                       # float again when the block ends
+    ...     quantized = evaluate(model, dataset, progress=False)
+    >>> float_run = evaluate(model, dataset, progress=False)
+    >>> quantized.metrics["miou"] != float_run.metrics["miou"]
+    True
     """
     if not allow_drop:
         dropping_now = [name for name, q in select_quantizers(model, sites).items() if q.drop_prob > 0.0]

@@ -266,13 +266,24 @@ def _coerce(value: Any, cls: type) -> Any:
 
 
 def shipped_recipes() -> list[str]:
-    """Names of the recipes shipped in ``ptqsam/recipes``."""
+    """Names of the recipes shipped in ``ptqsam/recipes``.
+
+    >>> from ptqsam import shipped_recipes
+    >>> "ptq4sam" in shipped_recipes()
+    True
+    """
     return sorted(p.name[: -len(".yaml")] for p in resources.files("ptqsam").joinpath("recipes").iterdir()
                   if p.name.endswith(".yaml"))
 
 
 def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
-    """A shipped recipe by name, or a recipe YAML file by path (a :class:`Recipe` passes through)."""
+    """A shipped recipe by name, or a recipe YAML file by path (a :class:`Recipe` passes through).
+
+    >>> from ptqsam import load_recipe
+    >>> recipe = load_recipe("ptq4sam")        # or load_recipe("my_recipe.yaml")
+    >>> recipe.name, recipe.reconstruction is None
+    ('ptq4sam', True)
+    """
     if isinstance(name_or_path, Recipe):
         return name_or_path
     text, folder = _recipe_text(name_or_path, None)

@@ -64,6 +64,13 @@ def build_model(model_type: str, checkpoint: str | Path | None = None, seed: int
     Raises:
       PtqsamError: unknown ``model_type``.
       CheckpointError: the checkpoint is missing, unreadable or of another model type.
+
+    Example (the ``samples`` and ``dataset`` of the examples: see :mod:`ptqsam.api`)::
+
+        >>> from ptqsam import build_model
+        >>> model = build_model("testbed")    # SAM-B: build_model("vit_b", "sam_vit_b_01ec64.pth")
+        >>> model.image_encoder.img_size
+        256
     """
     if model_type not in BUILDERS:
         raise PtqsamError(

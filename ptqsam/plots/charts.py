@@ -411,7 +411,16 @@ def _subject(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def plot_report(report_json_path: str | Path, out_dir: str | Path) -> PlotFiles:
-    """:func:`plot_degradation` of a sweep's ``report.json``, written as ``<out_dir>/degradation``."""
+    """:func:`plot_degradation` of a sweep's ``report.json``, written as ``<out_dir>/degradation``.
+
+    Example (``ptqsam plot RESULTS``)::
+
+        >>> from ptqsam import plot_report, run_sweep
+        >>> rows = run_sweep({"bits": ["W8A8"], "synthetic_images": 2, "calib_images": 1}, progress=False, out="sweep")
+        >>> files = plot_report("sweep/report.json", "sweep/plots")
+        >>> files.png.name
+        'degradation.png'
+    """
     path = Path(report_json_path)
     try:
         report = json.loads(path.read_text())

@@ -1,11 +1,12 @@
-"""Adding a quantizer kind is one module with a decorator: a toy kind, outside the package, runs
-through a recipe (library and CLI), calibrates, quantizes, and its state saves and loads."""
+"""Adding a quantizer kind is one module with a decorator: the kind of docs/extending.md, outside the
+package, runs through a recipe (library and CLI), calibrates, quantizes, and its state saves and loads."""
 
 from __future__ import annotations
 
 import json
 import math
-import textwrap
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,40 +19,17 @@ from ptqsam.instrument import attached_quantizers, load_recipe, quantizing
 from ptqsam.inference import SamRunner
 from quantizers import QUANTIZERS
 
-TOY_MODULE = '''
-import torch
-from quantizers import Quantizer, register_quantizer
-from quantizers.functional.uniform import fake_quantize, quant_range
-
-
-@register_quantizer("toy_pow2")
-class PowerOfTwoQuantizer(Quantizer):
-    """Signed symmetric uniform grid whose step is a power of two."""
-
-    def __init__(self, spec):
-        super().__init__(spec)
-        self.register_buffer("amax", torch.zeros(()))
-        self.register_buffer("scale", torch.ones(1))
-
-    def observe(self, x, *context):
-        self.amax = torch.maximum(self.amax, x.abs().max())
-
-    def _finalize(self):
-        qmax = 2 ** (self.spec.bits - 1) - 1
-        self.scale = torch.exp2(torch.ceil(torch.log2(self.amax.clamp(min=1e-12) / qmax))).reshape(1)
-
-    def fake_quantize(self, x):
-        qmin, qmax = quant_range(self.spec.bits, signed=True)
-        return fake_quantize(x, self.scale, torch.zeros(1, dtype=torch.int32), qmin, qmax)
-'''
+#: the quantizer kind of docs/extending.md ("A quantizer kind"), as a module outside the package
+TOY_MODULE = re.search(r"```python\n# file: pow2_quantizer.py\n(.*?)```",
+                       (Path(__file__).resolve().parents[2] / "docs" / "extending.md").read_text(), flags=re.S)[1]
 
 RECIPE = """\
 name: toy
 description: power-of-two weights, minmax inputs
-imports: [toy_parts]
+imports: [pow2_quantizer]
 rules:
   - include: ["*.weight"]
-    spec: {bits: W, quantizer: toy_pow2}
+    spec: {bits: W, quantizer: pow2}
   - include: ["*.input"]
     spec: {bits: A, observer: minmax}
 """
@@ -59,14 +37,14 @@ rules:
 
 @pytest.fixture
 def toy_recipe(tmp_path, monkeypatch):
-    (tmp_path / "toy_parts.py").write_text(textwrap.dedent(TOY_MODULE))
+    (tmp_path / "pow2_quantizer.py").write_text(TOY_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     path = tmp_path / "toy.yaml"
     path.write_text(RECIPE)
     yield path
-    QUANTIZERS.unregister("toy_pow2")
+    QUANTIZERS.unregister("pow2")
     import sys
-    sys.modules.pop("toy_parts", None)
+    sys.modules.pop("pow2_quantizer", None)
 
 
 def test_a_toy_kind_runs_through_a_recipe(toy_recipe, tiny_dataset, random_testbed, tmp_path):
@@ -74,7 +52,7 @@ def test_a_toy_kind_runs_through_a_recipe(toy_recipe, tiny_dataset, random_testb
     model = random_testbed()
     report = calibrate(model, load_recipe(toy_recipe), 4, 8, samples, progress=False)
     weights = {n: q for n, q in attached_quantizers(model).items() if n.endswith(".weight") and n not in report.unreached}
-    assert weights and all(type(q).kind == "toy_pow2" and q.is_calibrated for q in weights.values())
+    assert weights and all(type(q).kind == "pow2" and q.is_calibrated for q in weights.values())
     for quantizer in weights.values():
         assert math.log2(float(quantizer.scale)).is_integer()
     runner = SamRunner(model)
@@ -97,11 +75,12 @@ def test_the_cli_takes_a_recipe_with_its_own_parts(toy_recipe, random_testbed, t
     assert result.exit_code == 0, result.output
     inspected = CliRunner().invoke(main, ["inspect", "--state", "toy.pt", "--kind", "weight", "--json"])
     rows = json.loads(inspected.stdout)
-    assert rows and all(r["quantizer"].startswith("toy_pow2 4b") for r in rows if "quantizer" in r)
+    summaries = [r["quantizer"] for r in rows if "quantizer" in r]
+    assert summaries and all(s.startswith("pow2 4b") for s in summaries) and any("step 2^" in s for s in summaries)
 
 
 def test_a_recipe_naming_a_missing_module_is_refused(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(RECIPE.replace("toy_parts", "no_such_module_xyz"))
+    path.write_text(RECIPE.replace("pow2_quantizer", "no_such_module_xyz"))
     with pytest.raises(RecipeError, match="cannot import 'no_such_module_xyz'"):
         load_recipe(path)
