@@ -161,17 +161,18 @@ def _with_state(model, state: str | None, model_type: str, allow_other_weights: 
 
 
 #: the ``--recon-*`` options (their parameter names) and the reconstruction settings they override
-RECON_OPTIONS = {"recon_iterations": "iterations", "recon_batch_size": "batch_size", "recon_weight_lr": "weight_lr",
-                 "recon_act_lr": "activation_lr", "recon_drop_prob": "drop_prob", "recon_loss": "loss"}
+_RECON_OPTIONS = {"recon_iterations": "iterations", "recon_batch_size": "batch_size",
+                  "recon_weight_lr": "weight_lr", "recon_act_lr": "activation_lr", "recon_drop_prob": "drop_prob",
+                  "recon_loss": "loss"}
 #: how errors name those settings (``reconstruction iterations``) -> the option that sets each
-_RECON_KEYS = {f"reconstruction {key}": option for option, key in RECON_OPTIONS.items()}
+_RECON_KEYS = {f"reconstruction {key}": option for option, key in _RECON_OPTIONS.items()}
 
 
 def _reconstruction(**options: Any) -> dict[str, Any]:
     """The ``--recon-*`` options given, as reconstruction overrides (checked now, before any work)."""
     from ptqsam.reconstruction.config import ReconstructionConfig
 
-    overrides = {RECON_OPTIONS[key]: value for key, value in options.items() if value is not None}
+    overrides = {_RECON_OPTIONS[key]: value for key, value in options.items() if value is not None}
     try:
         ReconstructionConfig().with_overrides(overrides)
     except PtqsamError as error:
@@ -182,8 +183,8 @@ def _reconstruction(**options: Any) -> dict[str, Any]:
 def _with_flags(error: PtqsamError, options: dict[str, str]) -> PtqsamError:
     """``error`` with each setting named in ``options`` (setting -> the parameter of the option that
     set it) written as the running command's flag where the message names it (at its start, after
-    ``config`` or ``and``): ``config calib_images must be >= 1`` -> ``--calib-images must be >= 1``, since the
-    user typed the flag, not the config key."""
+    ``config`` or ``and``): ``config calib_images must be >= 1`` -> ``--calib-images must be >= 1``,
+    since the user typed the flag, not the config key."""
     command = click.get_current_context().command
     flags = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
     text = str(error)

@@ -248,18 +248,20 @@ def _pcc_sites(model: Sam) -> list[str]:
     return clipped
 
 
-def _mask_path_apart(units: list[Unit], loop: SampleLoop) -> list[tuple[list[Unit], SampleLoop]]:
-    """``units`` off the mask-prompt path with ``loop``, and those on it with ``loop`` given mask prompts
-    (the parts that have units)."""
+def _mask_path_apart(units: list[Unit]) -> list[tuple[list[Unit], bool]]:
+    """``units`` off the mask-prompt path, then those on it (``True``: their passes need mask
+    prompts); only the parts that have units."""
     on_path = [unit for unit in units if on_mask_path(unit.module)]
-    parts = [([unit for unit in units if unit not in on_path], loop), (on_path, loop.with_mask_prompts())]
-    return [(part, part_loop) for part, part_loop in parts if part]
+    parts = [([unit for unit in units if unit not in on_path], False), (on_path, True)]
+    return [(part, masked) for part, masked in parts if part]
 
 
 def _gptq(model: Sam, samples: Sequence[CalibrationSample], layers: list[Unit], progress: bool) -> dict[str, dict]:
-    loop = _encoder_loop(model, samples, [unit.module for unit in layers], progress)
-    return {name: record for part, part_loop in _mask_path_apart(layers, loop)
-            for name, record in gptq_pass(model, part_loop, part).items()}
+    records = {}
+    for part, masked in _mask_path_apart(layers):
+        loop = _encoder_loop(model, samples, [unit.module for unit in part], progress)
+        records.update(gptq_pass(model, loop.with_mask_prompts() if masked else loop, part))
+    return records
 
 
 def _encoder_loop(model: Sam, samples: Sequence[CalibrationSample], names: list[str], progress: bool) -> SampleLoop:
@@ -305,7 +307,8 @@ def _hessian(model: Sam, passes: SampleLoop, samples: Sequence[CalibrationSample
     units of the mask-prompt path apart, on the mask-prompted decoder calls. The
     groups are sized on the whole set ``samples`` (``passes`` may hold a process's shard), so every
     process under ``torchrun`` makes the same groups."""
-    for part, loop in _mask_path_apart(units, passes):
+    for part, masked in _mask_path_apart(units):
+        loop = passes.with_mask_prompts() if masked else passes
         for group_name, group in _capture_groups(model, part, samples).items():
             needs_encoder = any(part_of(unit.module) == "image_encoder" for unit in group)
             data = capture(model, group,

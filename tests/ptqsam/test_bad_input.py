@@ -272,7 +272,8 @@ def _dataset(area: float = 100.0, file_name: str = "1.png", float_pixels: float 
 OTHER_CASES = [
     Case("calibrate:calib-images-zero", ["calibrate", "--calib-images", "0"], "--calib-images must be >= 1"),
     Case("calibrate:search-rows-zero", ["calibrate", "--search-rows", "0"], "--search-rows must be >= 1"),
-    Case("calibrate:recon-drop-prob-out-of-range", ["calibrate", "--recon-drop-prob", "2"], "--recon-drop-prob must be"),
+    Case("calibrate:recon-drop-prob-out-of-range", ["calibrate", "--recon-drop-prob", "2"],
+         "--recon-drop-prob must be"),
     Case("calibrate:detections-without-their-prompt", ["calibrate", "--detections", "{tmp}/d.json"],
          "--detections prompts the images only with --prompt detections", {"d.json": "[]"}),
     Case("calibrate:detections-missing", ["calibrate", "--prompt", "detections", "--detections", "{tmp}/none.json"],
