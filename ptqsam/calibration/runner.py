@@ -272,7 +272,8 @@ def _encoder_loop(model: Sam, samples: Sequence[CalibrationSample], names: list[
 
 def _statistics(model: Sam, passes: SampleLoop, observed: list[str], decode: bool = True) -> set[str]:
     """Observe activations on every image and weights on the first; returns the sites reached
-    (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated).
+    (a site no pass reaches stays uncalibrated; box and point prompts never reach the mask-prompt
+    path, which gets a pass of its own with mask prompts).
     ``decode=False``: a pass over the encoder alone (for encoder sites). No site: no pass.
     Under ``torchrun`` each process observes its shard and the statistics are folded in the
     one-process order (:mod:`.gathered`); the weights are observed by the process holding image 0."""
