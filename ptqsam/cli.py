@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from ptqsam import __version__
-from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
+from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES, SITE_KINDS
 from ptqsam.demo import (DEMO_BITS, DEMO_CALIB_IMAGES, DEMO_CALIB_SETS, DEMO_FLOAT_SITES, DEMO_IMAGES, DEMO_RECIPES,
                          DEMO_RECON_ITERATIONS, DEMO_RECON_RECIPE, DEMO_SEARCH_ROWS, DEMO_WORKERS)
 from ptqsam.errors import PtqsamError
@@ -171,11 +172,41 @@ def _with_state(model, state: str | None, model_type: str, allow_other_weights: 
         "reference_drop_bug": REFERENCE_BUG_KEY in info.extra}
 
 
+#: the ``--recon-*`` options (their parameter names) and the reconstruction settings they override
+_RECON_OPTIONS = {"recon_iterations": "iterations", "recon_batch_size": "batch_size",
+                  "recon_weight_lr": "weight_lr", "recon_act_lr": "activation_lr", "recon_drop_prob": "drop_prob",
+                  "recon_loss": "loss"}
+#: how errors name those settings (``reconstruction iterations``) -> the option that sets each
+_RECON_KEYS = {f"reconstruction {key}": option for option, key in _RECON_OPTIONS.items()}
+#: the demo's settings (config keys) -> its options that set them
+_DEMO_KEYS = {**{key: key for key in ("calib_images", "calib_sets", "float_sites", "search_rows", "seed", "device",
+                                      "out", "workers")}, "synthetic_images": "num_images"}
+
+
 def _reconstruction(**options: Any) -> dict[str, Any]:
-    """The ``--recon-*`` options given, as reconstruction overrides."""
-    names = {"recon_iterations": "iterations", "recon_batch_size": "batch_size", "recon_weight_lr": "weight_lr",
-             "recon_act_lr": "activation_lr", "recon_drop_prob": "drop_prob", "recon_loss": "loss"}
-    return {names[key]: value for key, value in options.items() if value is not None}
+    """The ``--recon-*`` options given, as reconstruction overrides (checked now, before any work)."""
+    from ptqsam.reconstruction.config import ReconstructionConfig
+
+    overrides = {_RECON_OPTIONS[key]: value for key, value in options.items() if value is not None}
+    try:
+        ReconstructionConfig().with_overrides(overrides)
+    except PtqsamError as error:
+        raise _with_flags(error, _RECON_KEYS) from None
+    return overrides
+
+
+def _with_flags(error: PtqsamError, options: dict[str, str]) -> PtqsamError:
+    """``error`` with each setting named in ``options`` (setting -> the parameter of the option that
+    set it) written as the running command's flag where the message names it (at its start, after
+    ``config`` or ``and``): ``config calib_images must be >= 1`` -> ``--calib-images must be >= 1``,
+    since the user typed the flag, not the config key."""
+    command = click.get_current_context().command
+    flags = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
+    text = str(error)
+    for key, option in sorted(options.items(), key=lambda item: -len(item[0])):
+        if option in flags:
+            text = re.sub(rf"(^|config |(?<= and )){re.escape(key)}(?![\w'])", flags[option], text)
+    return type(error)(text)
 
 
 def latex_option(func: Callable) -> Callable:
@@ -210,24 +241,45 @@ def _build(model_type: str, checkpoint: str | None, seed: int, device: str):
 
 def _calibration_inputs(model_type: str, checkpoint: str | None, device: str, images: str | None,
                         annotations: str | None, prompt: str, seed: int, recipe: str, calib_images: int,
-                        search_rows: int | None) -> tuple[Any, Any, Any, Any, list]:
+                        search_rows: int | None, detections: str | None = None) -> tuple[Any, Any, Any, Any, list]:
     """What a calibrating command starts from: its config, the float model, the recipe (checked
-    against the model's sites before any work), the calibration dataset and samples."""
+    against the model's sites before any work), the calibration dataset and samples (prompted by
+    the ``detections`` boxes with ``--prompt detections``)."""
     from ptqsam.data.selection import calibration_set
     from ptqsam.instrument.instrument import check_recipe_sites
 
-    config = _config(models=[model_type], calib_images_dir=images, calib_annotations=annotations, prompt=prompt,
-                     seed=seed, calib_images=calib_images, search_rows=search_rows)
+    config = _config({"calib_images_dir": "images", "calib_annotations": "annotations"}, models=[model_type],
+                     calib_images_dir=images, calib_annotations=annotations, prompt=prompt, seed=seed,
+                     calib_images=calib_images, search_rows=search_rows, detections=detections)
+    boxes = _prompt_detections(detections, prompt)
     model = _build(model_type, checkpoint, seed, device)
     checked = check_recipe_sites(model, recipe)
-    dataset, samples = calibration_set(config)
+    dataset, samples = calibration_set(config, detections=boxes)
     return config, model, checked, dataset, samples
 
 
-def _config(**kwargs: Any):
+def _prompt_detections(detections: str | None, prompt: str):
+    """The detector boxes (read now, before any work) that prompt the images of a command that
+    calibrates or inspects: ``--detections`` goes with ``--prompt detections``."""
+    from ptqsam.data.prompts import Detections
+
+    if detections is None:
+        return None
+    if prompt != "detections":
+        raise PtqsamError(f"--detections prompts the images only with --prompt detections (got --prompt {prompt})")
+    return Detections(detections)
+
+
+def _config(renamed: dict[str, str] | None = None, **kwargs: Any):
+    """The config of a command's options (None: the config's default). A bad value is an error naming
+    the option, as typed; ``renamed``: config key -> option parameter where they differ."""
     from ptqsam.config import ExperimentConfig
 
-    return ExperimentConfig.from_dict({k: v for k, v in kwargs.items() if v is not None})
+    values = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        return ExperimentConfig.from_dict(values)
+    except PtqsamError as error:
+        raise _with_flags(error, {**{key: (renamed or {}).get(key, key) for key in kwargs}, **_RECON_KEYS}) from None
 
 
 @main.command()
@@ -269,8 +321,11 @@ def demo(out: str, num_images: int, calib_images: int, calib_sets: int, float_si
     from ptqsam.preflight import check_output_file
     from ptqsam.sweep import run_sweep
 
-    config = demo_config(out, num_images, calib_images, calib_sets, float_sites, search_rows, recipes.split(","),
-                         bits.split(","), recon_recipe, recon_iterations, seed, device, workers)
+    try:
+        config = demo_config(out, num_images, calib_images, calib_sets, float_sites, search_rows, recipes.split(","),
+                             bits.split(","), recon_recipe, recon_iterations, seed, device, workers)
+    except PtqsamError as error:
+        raise _with_flags(error, {**_DEMO_KEYS, **_RECON_KEYS}) from None
     if latex:
         check_output_file(latex, "--latex")
     rows = run_sweep(config)
@@ -301,17 +356,19 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
     from ptqsam.bits import parse_bits
     from ptqsam.calibration import calibrate as run_calibration, save_calibrated
     from ptqsam.data.selection import data_fingerprint
+    from ptqsam.fingerprint import file_sha256
     from ptqsam.models.blocks import ENCODER_SITES
     from ptqsam.preflight import check_output_file
 
     if (images is None) != (annotations is None):
         raise PtqsamError("--images and --annotations go together: give both or neither")
     w, a = parse_bits(bits)
+    reconstruction = _reconstruction(**recon_options)
     check_output_file(state_path, "--out")
     _, model, recipe, dataset, samples = _calibration_inputs(model_type, checkpoint, device, images, annotations,
-                                                             prompt, seed, recipe, calib_images, search_rows)
+                                                             prompt, seed, recipe, calib_images, search_rows,
+                                                             detections)
     exclude = (ENCODER_SITES,) if float_encoder else ()
-    reconstruction = _reconstruction(**recon_options)
     report = run_calibration(model, recipe, w, a, samples, exclude, search_rows=search_rows,
                              reconstruction=reconstruction)
     if not _is_main():
@@ -323,7 +380,8 @@ def calibrate(model_type, checkpoint, device, images, annotations, detections, p
                                               for k, v in report.reconstruction.items()},
                            "reference_drop_bug": report.reference_drop_bug is not None}, indent=2))
     settings = {"data": data_fingerprint(dataset, report.image_ids), "prompt": prompt, "seed": seed,
-                "search_rows": search_rows, "exclude": list(exclude), "reconstruction": reconstruction}
+                "search_rows": search_rows, "exclude": list(exclude), "reconstruction": reconstruction,
+                **({"detections": file_sha256(detections)} if detections else {})}
     save_calibrated(model, state_path, report, recipe, model_type, w, a, settings)
 
 
@@ -434,7 +492,7 @@ def _plots(results: Path, out: Path | None = None) -> list[Path]:
 @data_options
 @click.option("--state", type=click.Path(dir_okay=False), default=None,
               help="Calibrated state: also list each site's quantizer and its parameters.")
-@click.option("--kind", default=None, help="Only sites of this kind (weight, input, probs, ...).")
+@click.option("--kind", type=click.Choice(SITE_KINDS), default=None, help="Only sites of this kind.")
 @click.option("--stats-images", type=int, default=0, show_default=True,
               help="Run this many images (drawn by --seed) and add each site's activation statistics "
                    "(min, max, mean, std, |x| 99.9th percentile; with --state, the relative quantization error).")
@@ -450,7 +508,9 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
 
     if stats_images < 0:
         raise PtqsamError(f"--stats-images must be >= 0, got {stats_images}")
-    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed)
+    config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
+                     detections=detections)
+    boxes = _prompt_detections(detections, prompt)
     model = _build(model_type, checkpoint, 0, device)
     quantizers = attached_quantizers(model) if state is None else \
         load_calibrated(model, state, None, model_type, allow_other_weights).quantizers
@@ -464,7 +524,7 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
             entry["quantizer"] = quantizers[row.name].summary()
         rows.append(entry)
     if stats_images:
-        rows = _with_statistics(model, config, rows, stats_images)
+        rows = _with_statistics(model, config, rows, stats_images, boxes)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -478,13 +538,13 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
     click.echo(f"{len(rows)} sites")
 
 
-def _with_statistics(model, config, rows: list[dict], count: int) -> list[dict]:
+def _with_statistics(model, config, rows: list[dict], count: int, detections=None) -> list[dict]:
     """The rows of the sites the images reach, each with its activation statistics."""
     from ptqsam.analysis import site_statistics
     from ptqsam.data.samples import calibration_samples
     from ptqsam.data.selection import dataset_for
 
-    samples = calibration_samples(dataset_for(config), count, config.seed, config.prompt)
+    samples = calibration_samples(dataset_for(config), count, config.seed, config.prompt, detections=detections)
     table = site_statistics(model, samples, [r["name"] for r in rows], seed=config.seed)
     return [{**r, "stats": table[r["name"]]} for r in rows if r["name"] in table]
 

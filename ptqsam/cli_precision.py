@@ -56,7 +56,8 @@ def sensitivity(model_type, checkpoint, device, images, annotations, detections,
         raise PtqsamError("--bits needs at least one bit-width, e.g. W4A4 or W4A4,W8A8")
     check_output_folder(out, "--out")
     config, model, recipe, dataset, samples = _calibration_inputs(model_type, checkpoint, device, images, annotations,
-                                                                  prompt, seed, recipe, calib_images, search_rows)
+                                                                  prompt, seed, recipe, calib_images, search_rows,
+                                                                  detections)
     result = sensitivity_study(model, recipe, bit_list, samples, granularity,
                                ("weight", "activation") if split_roles else ("all",),
                                "all_but" if leave_float else "only", (ENCODER_SITES,) if float_encoder else (),

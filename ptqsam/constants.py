@@ -6,6 +6,9 @@ MODEL_TYPES: tuple[str, ...] = ("vit_b", "vit_l", "vit_h", "tinysam", "mobilesam
 PROMPT_KINDS: tuple[str, ...] = ("box", "tight_box", "center_point", "random_points")
 #: Prompt kinds of an evaluation: ground truth, or detector boxes only (mask AP).
 EVAL_PROMPT_KINDS: tuple[str, ...] = PROMPT_KINDS + ("detections",)
+#: Kinds of site. "output" sites (the q@kᵀ logits, the attn@v context, the mask decoder's final
+#: matmul) are never quantized by the shipped recipes; they let calibration see layer outputs.
+SITE_KINDS: tuple[str, ...] = ("weight", "input", "query", "key", "value", "probs", "matmul_a", "matmul_b", "output")
 #: Devices a command runs on.
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 #: Recipe name and bits label of the float baseline run.

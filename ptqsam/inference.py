@@ -82,6 +82,7 @@ class SamRunner:
         points: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         multimask: bool = True,
+        masks: torch.Tensor | None = None,
     ) -> Prediction:
         """All prompts of one image in one decoder call.
 
@@ -91,6 +92,8 @@ class SamRunner:
           points: N x K x 2 (x, y) points in original image pixels, or None.
           labels: N x K point labels (1 foreground, 0 background); required with ``points``.
           multimask: three masks per prompt (take the best by predicted IoU) or one.
+          masks: N x 1 x h x w low-resolution mask logits as mask prompts (SAM's ``mask_input``:
+            iterative refinement feeds back a previous prediction's ``low_res_logits``), or None.
         """
         coords = box_tensor = None
         if boxes is not None:
@@ -106,7 +109,7 @@ class SamRunner:
             )
         if coords is None and box_tensor is None:
             raise DataError("decode needs box or point prompts")
-        sparse, dense = self.model.prompt_encoder(points=coords, boxes=box_tensor, masks=None)
+        sparse, dense = self.model.prompt_encoder(points=coords, boxes=box_tensor, masks=masks)
         low_res, iou = self.model.mask_decoder(
             image_embeddings=embedding.features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),

@@ -5,10 +5,15 @@ Every pass that runs a model over samples (calibration statistics, the bimodal f
 search's capture, activation analysis, reconstruction) goes through :class:`SampleLoop`; it reuses
 the float embeddings when the image encoder stays float. :func:`task_loss` gives the Hessian-guided
 search and the Fisher-weighted reconstruction loss their output gradients.
+
+A loop :meth:`~SampleLoop.with_mask_prompts` also gives each prompt a mask prompt, as SAM's
+iterative refinement does: the float model's best low-resolution mask logits for that prompt. Only
+such a loop reaches the sites of the mask-prompt path (:data:`~ptqsam.models.blocks.MASK_PROMPT_SITES`).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -17,6 +22,7 @@ from segment_anything.modeling import Sam
 
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.inference import ImageEmbedding, Prediction, SamRunner
+from ptqsam.instrument.modes import disabled
 from ptqsam.progress import bar
 
 
@@ -41,6 +47,7 @@ class SampleLoop:
         self.encoder_float = encoder_float
         self.progress = progress
         self.embeddings: dict[int, ImageEmbedding] = {}
+        self.mask_prompts = False
 
     def embed(self, sample: CalibrationSample) -> ImageEmbedding:
         """The sample's image embedding (cached while the encoder is float)."""
@@ -58,10 +65,27 @@ class SampleLoop:
                 for sample in self._iterate("embed"):
                     self.embed(sample)
 
+    def with_mask_prompts(self) -> SampleLoop:
+        """The same loop (samples, embeddings shared) whose decoder calls also give each prompt a mask
+        prompt: the float model's low-resolution mask logits of its best mask (by predicted IoU) for
+        that prompt, as SAM's iterative refinement feeds back a prediction."""
+        loop = copy.copy(self)
+        loop.mask_prompts = True
+        return loop
+
     def decode(self, embedding: ImageEmbedding, sample: CalibrationSample) -> Prediction:
         """Every prompt of the sample in one decoder call (multimask output)."""
         p = sample.prompts
-        return self.runner.decode(embedding, p.boxes, p.points, p.point_labels, multimask=True)
+        masks = self._mask_prompts(embedding, sample) if self.mask_prompts else None
+        return self.runner.decode(embedding, p.boxes, p.points, p.point_labels, multimask=True, masks=masks)
+
+    def _mask_prompts(self, embedding: ImageEmbedding, sample: CalibrationSample) -> torch.Tensor:
+        """N x 1 x h x w: per prompt, the low-resolution logits of the float model's best mask."""
+        p = sample.prompts
+        with torch.no_grad(), disabled(self.runner.model):
+            first = self.runner.decode(embedding, p.boxes, p.points, p.point_labels, multimask=True)
+        rows = torch.arange(first.low_res_logits.shape[0], device=first.low_res_logits.device)
+        return first.low_res_logits[rows, first.iou_predictions.argmax(dim=1)].unsqueeze(1)
 
     def run(self, description: str, before_each: Callable[[int], None] | None = None, decode: bool = True) -> None:
         """One pass without gradients; ``before_each(i)`` is called before sample ``i`` (whole-set

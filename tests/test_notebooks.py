@@ -11,10 +11,12 @@ import importlib.util
 import io
 from pathlib import Path
 
-import nbformat
 import pytest
-from matplotlib import pyplot as plt
-from PIL import Image
+
+pytest.importorskip("nbclient", reason="the notebook tests need the test extras (pip install -e '.[test]')")
+import nbformat  # noqa: E402  (the test extras: nbclient and nbformat come together)
+from matplotlib import pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parent.parent / "notebooks" / "execute.py"
 _spec = importlib.util.spec_from_file_location("execute_notebooks", SCRIPT)

@@ -170,7 +170,8 @@ def site_quantization_error(
       model: a calibrated model (:func:`ptqsam.calibration.calibrate`).
       samples: images with their prompts.
       site_names: sites to measure (each must carry a calibrated quantizer); default: every site
-        with a calibrated quantizer.
+        with a calibrated quantizer that the samples reach (box and point prompts never reach the
+        mask-prompt path).
     """
     calibrated = {n: q for n, q in attached_quantizers(model).items() if q.is_calibrated}
     names = list(calibrated) if site_names is None else _unique(site_names, "site_names")
@@ -180,7 +181,8 @@ def site_quantization_error(
     model_sites = sites(model)
     meters = {n: _ErrorMeter(calibrated[n], once=model_sites[n].kind == "weight") for n in names}
     _run_float(model, samples, [(model_sites[n], lambda m, args, out, meter=meters[n]: meter(args[0])) for n in names])
-    return {name: meters[name].relative_error(name) for name in names}
+    return {name: meters[name].relative_error(name) for name in names
+            if site_names is not None or meters[name].calls}
 
 
 def site_statistics(

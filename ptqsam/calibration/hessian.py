@@ -46,6 +46,7 @@ SEARCHED_KINDS = ("linear", "conv2d", "conv_transpose2d", "matmul")
 _KEPT_DIMS = {"linear": 1, "matmul": 2, "conv2d": 3, "conv_transpose2d": 3}
 NO_GRADIENT = "no gradient: the output does not reach the task loss"
 ZERO_GRADIENT = "zero gradient: the output is discarded before the task loss"
+SAMPLED_ZERO_GRADIENT = "zero gradient on every row sampled for the search (max_rows / --search-rows)"
 
 
 def search_units(model: nn.Module) -> list[Unit]:
@@ -140,7 +141,8 @@ def search_unit(unit: Unit, store: dict, model: nn.Module, max_rows: int | None 
 
     ``max_rows`` is the search's ``max_rows`` where the recipe leaves it unset: Linear units keep
     that many seeded-random tokens, matmul units rows of ``A``, convolutions whole batch elements
-    (:func:`quantizers.search.conv.subsample_batch`).
+    (:func:`quantizers.search.conv.subsample_batch`). Rows whose output gradient is zero throughout
+    (the IoU token's, say) leave the Hessian objective nothing to weigh: the l2 metric replaces it.
     """
     if not store["out"]:
         return None
@@ -153,6 +155,8 @@ def search_unit(unit: Unit, store: dict, model: nn.Module, max_rows: int | None 
     if fallback:
         cfg = replace(cfg, metric="l2")
     problem = _problem(unit, store, model, grad, cfg)
+    if problem.grad is not None and not bool(problem.grad.any()):
+        cfg, fallback = replace(cfg, metric="l2"), SAMPLED_ZERO_GRADIENT
     record = _search_pair(qa, qb, problem, replace(cfg, max_rows=None))
     record["metric"] = cfg.metric
     if fallback:

@@ -8,12 +8,18 @@
    post-LayerNorm ranges folded into the LayerNorm and the next Linear, :mod:`.repq`). A transform
    that changes the encoder moves step 1 after it.
 3. PCC (SAQ-SAM) for the mask-decoder quantizers whose spec asks for ``search: pcc`` (:mod:`.pcc`).
-4. Statistics of the other sites (the mask decoder), PCC-clipped quantizers quantizing.
-5. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`).
+4. Statistics of the other sites (the mask decoder), PCC-clipped quantizers quantizing; then of the
+   mask-prompt path (:data:`~ptqsam.models.blocks.MASK_PROMPT_SITES`), which box and point prompts
+   never reach, on the same prompts given a mask prompt each: the float model's best low-resolution
+   mask logits for that prompt (SAM's iterative refinement). Only the mask-path sites observe that
+   pass, so the other sites' statistics are those of the calibration prompts alone.
+5. Hessian-guided search for the operands whose spec asks for it (see :mod:`.hessian`); the units
+   of the mask-prompt path on the mask-prompted decoder calls of step 4.
 6. HLUQ grids (AHCPTQ): every hybrid log-uniform quantizer scores its (r, g) candidates by the
    output error of the Linear it feeds (:mod:`.hybrid`).
 7. ``finalize`` of every observed quantizer.
-8. GPTQ codes for the weight quantizers whose spec asks for ``search: gptq`` (:mod:`.gptq`).
+8. GPTQ codes for the weight quantizers whose spec asks for ``search: gptq`` (:mod:`.gptq`; the
+   mask-prompt path's layers on the mask-prompted calls).
 9. Block reconstruction, when the recipe asks for it (:mod:`ptqsam.reconstruction`; under ``torchrun``
    each process captures its shard, one process computes each step and the others follow it).
 
@@ -57,7 +63,7 @@ from ptqsam.instrument.modes import observing, quantizing
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.state import weights_fingerprint
 from ptqsam.instrument.units import Unit
-from ptqsam.models.blocks import group_by_block, model_blocks, part_of, touches_encoder
+from ptqsam.models.blocks import group_by_block, model_blocks, on_mask_path, part_of, touches_encoder
 from ptqsam.passes import SampleLoop
 from ptqsam.reconstruction.reconstruct import REFERENCE_BUG_KEY, reconstruct, reconstruction_units, reference_bug_sites
 from quantizers.modules.base import Mode, Quantizer
@@ -136,7 +142,8 @@ def calibrate(
     searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers} | set(clipped)
     observed = [name for name in quantizers if name not in searched]
     in_encoder = [name for name in observed if part_of(name) == "image_encoder"]
-    elsewhere = [name for name in observed if part_of(name) != "image_encoder"]
+    mask_path = [name for name in observed if on_mask_path(name)]
+    elsewhere = [name for name in observed if part_of(name) != "image_encoder" and name not in mask_path]
     folds_encoder = _folds_encoder(model, recipe)
 
     def encoder_statistics() -> set[str]:
@@ -151,6 +158,9 @@ def calibrate(
         report.passes["pcc"] = _timed(report, "pcc", lambda: pcc_pass(model, list(samples), clipped))
     with quantizing(model, clipped):
         reached |= _timed(report, "statistics", lambda: _statistics(model, passes, elsewhere))
+    if mask_path:
+        reached |= _timed(report, "mask_prompt_statistics",
+                          lambda: _statistics(model, passes.with_mask_prompts(), mask_path))
     _timed(report, "hessian_search", lambda: _hessian(model, passes, samples, units, report, search_rows))
     hybrid = hybrid_sites(model, [name for name in observed if name in reached])
     if hybrid:
@@ -165,8 +175,7 @@ def calibrate(
                          for name in (unit.a, unit.b) if name in quantizers]
     layers = gptq_units(model)
     if layers:
-        loop = _encoder_loop(model, samples, [unit.module for unit in layers], progress)
-        report.passes["gptq"] = _timed(report, "gptq", lambda: gptq_pass(model, loop, layers))
+        report.passes["gptq"] = _timed(report, "gptq", lambda: _gptq(model, samples, layers, progress))
     if config is not None:
         config = config.with_overrides(reconstruction or {})
         report.reconstruction = _timed(report, "reconstruction", lambda: reconstruct(model, samples, config, progress))
@@ -239,6 +248,22 @@ def _pcc_sites(model: Sam) -> list[str]:
     return clipped
 
 
+def _mask_path_apart(units: list[Unit]) -> list[tuple[list[Unit], bool]]:
+    """``units`` off the mask-prompt path, then those on it (``True``: their passes need mask
+    prompts); only the parts that have units."""
+    on_path = [unit for unit in units if on_mask_path(unit.module)]
+    parts = [([unit for unit in units if unit not in on_path], False), (on_path, True)]
+    return [(part, masked) for part, masked in parts if part]
+
+
+def _gptq(model: Sam, samples: Sequence[CalibrationSample], layers: list[Unit], progress: bool) -> dict[str, dict]:
+    records = {}
+    for part, masked in _mask_path_apart(layers):
+        loop = _encoder_loop(model, samples, [unit.module for unit in part], progress)
+        records.update(gptq_pass(model, loop.with_mask_prompts() if masked else loop, part))
+    return records
+
+
 def _encoder_loop(model: Sam, samples: Sequence[CalibrationSample], names: list[str], progress: bool) -> SampleLoop:
     """A loop whose passes run the image encoder when a hooked ``names`` entry is in it."""
     return SampleLoop(model, samples, encoder_float=not touches_encoder(names),
@@ -247,7 +272,8 @@ def _encoder_loop(model: Sam, samples: Sequence[CalibrationSample], names: list[
 
 def _statistics(model: Sam, passes: SampleLoop, observed: list[str], decode: bool = True) -> set[str]:
     """Observe activations on every image and weights on the first; returns the sites reached
-    (a site no pass reaches, e.g. the mask-prompt convs with box prompts, stays uncalibrated).
+    (a site no pass reaches stays uncalibrated; box and point prompts never reach the mask-prompt
+    path, which gets a pass of its own with mask prompts).
     ``decode=False``: a pass over the encoder alone (for encoder sites). No site: no pass.
     Under ``torchrun`` each process observes its shard and the statistics are folded in the
     one-process order (:mod:`.gathered`); the weights are observed by the process holding image 0."""
@@ -278,17 +304,21 @@ CAPTURE_BUDGET = 2**30
 def _hessian(model: Sam, passes: SampleLoop, samples: Sequence[CalibrationSample], units: list[Unit],
              report: CalibrationReport, search_rows: int | None) -> None:
     """Capture and search consecutive blocks together while their cache fits :data:`CAPTURE_BUDGET`
-    (one forward + backward pass over the images per group), a block at a time beyond it. The
+    (one forward + backward pass over the images per group), a block at a time beyond it; the
+    units of the mask-prompt path apart, on the mask-prompted decoder calls. The
     groups are sized on the whole set ``samples`` (``passes`` may hold a process's shard), so every
     process under ``torchrun`` makes the same groups."""
-    for group_name, group in _capture_groups(model, units, samples).items():
-        needs_encoder = any(part_of(unit.module) == "image_encoder" for unit in group)
-        data = capture(model, group, lambda loss: passes.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
-        data = _gathered_capture(data)
-        for unit in group:
-            record = search_unit(unit, data.pop(unit.name), model, search_rows)
-            if record is not None:  # None: no calibration image reaches the unit (left uncalibrated)
-                report.hessian[unit.name] = record
+    for part, masked in _mask_path_apart(units):
+        loop = passes.with_mask_prompts() if masked else passes
+        for group_name, group in _capture_groups(model, part, samples).items():
+            needs_encoder = any(part_of(unit.module) == "image_encoder" for unit in group)
+            data = capture(model, group,
+                           lambda loss: loop.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
+            data = _gathered_capture(data)
+            for unit in group:
+                record = search_unit(unit, data.pop(unit.name), model, search_rows)
+                if record is not None:  # None: no calibration image reaches the unit (left uncalibrated)
+                    report.hessian[unit.name] = record
     fallbacks = {name: record["fallback"] for name, record in report.hessian.items() if "fallback" in record}
     if fallbacks:
         log.warning("Hessian search: %d unit(s) searched on the unweighted output error (l2) instead: %s",

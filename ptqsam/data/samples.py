@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptqsam.data.coco import CocoDataset
-from ptqsam.data.prompts import PromptSet, gt_prompts
+from ptqsam.data.prompts import Detections, PromptSet, gt_prompts
 from ptqsam.errors import DataError
 
 log = logging.getLogger("ptqsam")
@@ -33,13 +33,17 @@ def choose_image_ids(dataset: CocoDataset, count: int, seed: int) -> list[int]:
 
 
 def calibration_samples(
-    dataset: CocoDataset, count: int, seed: int, prompt: str = "box", num_points: int = 1
+    dataset: CocoDataset, count: int, seed: int, prompt: str = "box", num_points: int = 1,
+    detections: Detections | None = None,
 ) -> list[CalibrationSample]:
-    """Load the calibration images chosen by ``seed`` with one ground-truth prompt per instance.
+    """Load the calibration images chosen by ``seed`` with one ground-truth prompt per instance, or,
+    for ``prompt="detections"`` with ``detections`` given, with every detector box of the image
+    (PTQ4SAM's calibration prompts). ``"detections"`` without ``detections`` (a sweep's detections
+    file covers the evaluated images, not the calibration set) prompts each instance with its box.
 
-    Images without a usable instance are skipped (and counted by the dataset). Fewer usable images
-    than ``count`` is not an error: a warning says how many are used (the saved state and the sweep
-    cell list them).
+    Images without a usable instance (with detections: without a detection) are skipped (and
+    counted by the dataset). Fewer usable images than ``count`` is not an error: a warning says how
+    many are used (the saved state and the sweep cell list them).
 
     >>> from ptqsam import calibration_samples
     >>> samples = calibration_samples(dataset, count=1, seed=0)     # a CocoDataset
@@ -47,16 +51,20 @@ def calibration_samples(
     (1, True)
     """
     ids = choose_image_ids(dataset, count, seed)
-    kind = "box" if prompt == "detections" else prompt
-    samples = [
-        CalibrationSample(s.image_id, s.image, gt_prompts(s.image_id, s.instances, kind, num_points, seed))
-        for s in dataset.samples(ids)
-    ]
+    if prompt == "detections" and detections is not None:
+        samples = [CalibrationSample(s.image_id, s.image, detections.for_image(s.image_id))
+                   for s in dataset.samples(ids, keep_empty=True) if len(detections.for_image(s.image_id))]
+        usable = f"detection in {detections.path}"
+    else:
+        kind = "box" if prompt == "detections" else prompt
+        samples = [CalibrationSample(s.image_id, s.image, gt_prompts(s.image_id, s.instances, kind, num_points, seed))
+                   for s in dataset.samples(ids)]
+        usable = "usable instance"
     if not samples:
-        raise DataError(f"none of the calibration images {ids} has a usable instance")
+        raise DataError(f"none of the calibration images {ids} has a {usable}")
     if len(samples) < count:
         log.warning("%d calibration images asked for, %d used: the dataset has %d readable image(s), and %d of "
-                    "those drawn have no usable instance", count, len(samples), len(dataset.image_ids),
-                    len(ids) - len(samples))
+                    "those drawn have no %s", count, len(samples), len(dataset.image_ids), len(ids) - len(samples),
+                    usable)
     log.info("calibration images (seed %d): %s", seed, [s.image_id for s in samples])
     return samples

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 from ptqsam.config import ExperimentConfig
 from ptqsam.data.coco import CocoDataset
 from ptqsam.data.generated import cached_dataset
+from ptqsam.data.prompts import Detections
 from ptqsam.data.samples import CalibrationSample, calibration_samples
 from ptqsam.fingerprint import file_sha256, settings_hash
 
@@ -39,12 +40,15 @@ def calibration_dataset_for(config: ExperimentConfig, seed: int | None = None) -
     return dataset_for(config)
 
 
-def calibration_set(config: ExperimentConfig, seed: int | None = None) -> tuple[CocoDataset, list[CalibrationSample]]:
+def calibration_set(config: ExperimentConfig, seed: int | None = None, detections: Detections | None = None
+                    ) -> tuple[CocoDataset, list[CalibrationSample]]:
     """The calibration dataset of a run and the images (with their prompts) calibration seed ``seed``
-    (default ``config.seed``) calibrates on: from a given dataset, ``calib_images`` images chosen by it."""
+    (default ``config.seed``) calibrates on: from a given dataset, ``calib_images`` images chosen by it;
+    with ``detections`` (of the calibration images) and the ``detections`` prompt, their detector boxes."""
     seed = config.seed if seed is None else seed
     dataset = calibration_dataset_for(config, seed)
-    return dataset, calibration_samples(dataset, config.calib_images, seed, config.prompt, config.num_points)
+    return dataset, calibration_samples(dataset, config.calib_images, seed, config.prompt, config.num_points,
+                                        detections)
 
 
 def generated(root: Path, count: int, seed: int) -> CocoDataset:

@@ -23,6 +23,7 @@ from ptqsam.embedding_cache import EmbeddingCache
 from ptqsam.errors import DataError, PtqsamError
 from ptqsam.evaluation.metrics import MiouAccumulator, mask_ap, mask_iou, mask_result, prompt_score
 from ptqsam.inference import ImageEmbedding, SamRunner
+from ptqsam.models.testbed import warn_untrained_single_mask
 from ptqsam.progress import bar
 
 
@@ -34,7 +35,8 @@ class EvalOptions:
       prompt: ground-truth prompt kind (``box``, ``tight_box``, ``center_point``,
         ``random_points``) for mIoU, or ``detections`` to evaluate mask AP only.
       num_points: points per instance for ``random_points``.
-      multimask: three masks per prompt, keep the one with the highest predicted IoU; else one.
+      multimask: three masks per prompt, keep the one with the highest predicted IoU; else one
+        (the testbed's single-mask output was never trained: :func:`evaluate` warns).
       score_with_iou: AP score = detector score × predicted IoU (PTQ4SAM) instead of the
         detector score alone.
       seed: seed of random point prompts.
@@ -132,6 +134,8 @@ def evaluate(
         >>> 0 < reference.metrics["miou"] <= 1, "agreement" in points.metrics
         (True, True)
     """
+    if distributed.is_main():
+        warn_untrained_single_mask(model, options.multimask)
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     local = _predict_images(model, dataset, distributed.shard(image_ids), options, detections, cache, cache_key,
                             progress and distributed.is_main(), description)

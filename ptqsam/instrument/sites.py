@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Kinds of site. "output" sites (the q@kᵀ logits, the attn@v context, the mask decoder's final
-#: matmul) are never quantized by the shipped recipes; they let calibration see layer outputs.
-SITE_KINDS = ("weight", "input", "query", "key", "value", "probs", "matmul_a", "matmul_b", "output")
+from ptqsam.constants import SITE_KINDS  # noqa: F401 - re-exported (ptqsam.instrument.SITE_KINDS)
 
 #: Kinds whose callers hand over a fresh temporary (the sited attention forwards pass the softmax
 #: output straight to the probs site): a quantizer may write its result into it.

@@ -10,6 +10,7 @@ from the architecture (which encoder class, how many layers), never from matchin
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, TypeVar
 
@@ -22,6 +23,9 @@ from ptqsam.models.tiny_vit import TinyViT
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 #: fnmatch pattern of every site of the image encoder (kept float with ``--float-encoder``).
 ENCODER_SITES = "image_encoder.*"
+#: fnmatch pattern of the mask-prompt path (the prompt encoder's mask downscaling): only a mask prompt
+#: (SAM's ``mask_input``, iterative refinement) reaches its sites; box and point prompts never do.
+MASK_PROMPT_SITES = "prompt_encoder.mask_downscaling.*"
 
 ItemT = TypeVar("ItemT")
 
@@ -74,6 +78,11 @@ def block_of(blocks: list[Block], name: str) -> Block | None:
 def touches_encoder(paths: Iterable[str]) -> bool:
     """Whether any of ``paths`` (sites or modules) lies in the image encoder."""
     return any(part_of(path) == "image_encoder" for path in paths)
+
+
+def on_mask_path(path: str) -> bool:
+    """Whether a site or module path lies on the mask-prompt path (:data:`MASK_PROMPT_SITES`)."""
+    return fnmatch.fnmatchcase(path, MASK_PROMPT_SITES)
 
 
 def group_by_block(blocks: list[Block], items: Iterable[ItemT], path: Callable[[ItemT], str]) -> dict[str, list[ItemT]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from functools import partial
 
@@ -9,6 +11,11 @@ from segment_anything.modeling import ImageEncoderViT, Sam
 from torch import nn
 
 from ptqsam.models.assembly import assemble_sam
+
+log = logging.getLogger("ptqsam")
+#: attribute set on every testbed model: its training (``experiments/testbed/train_testbed.py``) uses
+#: the three multimask outputs only, so the single-mask output (``multimask_output=False``) is untrained
+UNTRAINED_SINGLE_MASK = "ptqsam_untrained_single_mask"
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def build_testbed(config: TestbedConfig = TestbedConfig()) -> Sam:
         window_size=config.window_size,
         global_attn_indexes=config.global_attn_indexes,
     )
-    return assemble_sam(
+    model = assemble_sam(
         encoder,
         embed_dim=config.embed_dim,
         image_size=config.image_size,
@@ -82,3 +89,18 @@ def build_testbed(config: TestbedConfig = TestbedConfig()) -> Sam:
         num_multimask_outputs=config.num_multimask_outputs,
         iou_head_depth=config.iou_head_depth,
     )
+    setattr(model, UNTRAINED_SINGLE_MASK, True)
+    return model
+
+
+def warn_untrained_single_mask(model: nn.Module, multimask: bool) -> None:
+    """One warning (once per process) when ``model``'s single-mask output is used (``multimask``
+    False) and was never trained (the testbed's: see :data:`UNTRAINED_SINGLE_MASK`)."""
+    if not multimask and getattr(model, UNTRAINED_SINGLE_MASK, False):
+        _warn_single_mask()
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_single_mask() -> None:
+    log.warning("single-mask output on the testbed: it was never trained (the testbed is trained on its 3 multimask "
+                "outputs only) and gives near-whole-image masks; use the multimask output (best of 3)")

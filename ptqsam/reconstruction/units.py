@@ -9,7 +9,7 @@ from torch import nn
 
 from ptqsam.instrument.instrument import attached_quantizers
 from ptqsam.instrument.units import model_units
-from ptqsam.models.blocks import Block, model_blocks
+from ptqsam.models.blocks import Block, model_blocks, on_mask_path
 from ptqsam.reconstruction.config import ReconstructionConfig
 
 
@@ -38,8 +38,9 @@ def reconstruction_units(model: Sam, config: ReconstructionConfig) -> list[Recon
 
     ``stage`` (SAQ-SAM): the ViT encoder's blocks are grouped into stages, each running up to and
     including a global-attention block (SAM-B: blocks 0-2, 3-5, 6-8, 9-11); every other block
-    is a unit alone."""
-    calibrated = [n for n, q in attached_quantizers(model).items() if q.is_calibrated]
+    is a unit alone. The mask-prompt path (:data:`~ptqsam.models.blocks.MASK_PROMPT_SITES`) is no
+    unit: the calibration prompts do not reach it, so its quantizers stay as calibrated."""
+    calibrated = [n for n, q in attached_quantizers(model).items() if q.is_calibrated and not on_mask_path(n)]
     if config.unit == "layer":
         groups = [[(u.module, 1 if u.kind.startswith("conv") else -1)] for u in model_units(model) if u.output is None]
         kinds = ["layer"] * len(groups)

@@ -36,6 +36,16 @@ RECOMPILE_LIMIT = 64
 _settings = {"enabled": os.environ.get("QUANTIZERS_FUSED", "1") != "0", "min_numel": MIN_NUMEL}
 
 
+def _without_cuda_home_notice(record: logging.LogRecord) -> bool:
+    """False for torch's "No CUDA runtime is found, using CUDA_HOME=..." (logged once per process
+    when Inductor, compiling a kernel on a machine without a GPU, imports ``torch.utils.cpp_extension``
+    and a CUDA build of torch finds a CUDA toolkit): nothing is wrong on a CPU-only run."""
+    return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+logging.getLogger("torch.utils.cpp_extension").addFilter(_without_cuda_home_notice)
+
+
 @contextmanager
 def fused_kernels(enabled: bool = True, min_numel: int = MIN_NUMEL) -> Iterator[None]:
     """Use (or not) the fused kernels while the block runs, from ``min_numel`` elements on."""

@@ -109,8 +109,15 @@ def test_demo_reduced(run, tmp_path):
     (["calibrate", "--bits", "eight"], "eight"),
     (["plot", "."], "report.json"),
     (["inspect", "--stats-images", "-1"], "stats-images"),
-    (["calibrate", "--search-rows", "0"], "search_rows"),
+    (["calibrate", "--search-rows", "0"], "--search-rows must be >= 1"),
+    (["calibrate", "--calib-images", "0"], "--calib-images must be >= 1"),
+    (["calibrate", "--recon-iterations", "0"], "--recon-iterations must be >= 1"),
+    (["calibrate", "--detections", "dets.json"], "only with --prompt detections"),
     (["calibrate", "--images", "/x"], "--images and --annotations"),
+    (["evaluate", "--images", "/x"], "--images and --annotations go together"),
+    (["evaluate", "--eval-images", "-1"], "--eval-images must be >= 0"),
+    (["demo", "--images", "0"], "--images must be >= 1"),
+    (["demo", "--recon-iterations", "0"], "--recon-iterations must be >= 1"),
     (["sweep", "missing.yaml"], "not found"),
 ])
 def test_errors_are_one_line_and_non_zero(run, args, message, tmp_path):
@@ -238,3 +245,59 @@ def test_evaluate_records_what_it_evaluated_and_its_deltas_against_a_float_refer
     assert other.exit_code == 1 and "evaluation.data" in other.stderr  # other images: refused before evaluating
     quantized = CliRunner().invoke(main, ["evaluate", *data, "--reference", "q.json"])
     assert quantized.exit_code == 1 and "not the record of a float run" in quantized.stderr
+
+
+def test_error_messages_name_the_flags_typed_not_the_config_keys(run):
+    for args in (["calibrate", "--calib-images", "0"], ["calibrate", "--search-rows", "0"],
+                 ["demo", "--images", "0"], ["evaluate", "--images", "/x"]):
+        line = run(*args).stderr.strip().splitlines()[-1]
+        assert not any(key in line for key in ("calib_images", "search_rows", "synthetic_images", "config ")), line
+
+
+def test_inspect_refuses_an_unknown_kind_naming_the_valid_ones(run):
+    result = run("inspect", "--kind", "nonsense")
+    assert result.exit_code == 2 and "sites" not in result.stdout
+    assert "'nonsense' is not one of" in result.stderr and all(
+        kind in result.stderr for kind in ("'weight'", "'input'", "'probs'", "'matmul_a'"))
+    assert run("inspect", "--kind", "probs").exit_code == 0
+
+
+def _detections(dataset, path, per_image: int = 3):
+    """A detections file: ``per_image`` boxes on every image but the last (none there), unlike its
+    ground truth (one box per instance)."""
+    data = json.loads((dataset / "annotations.json").read_text())
+    images = sorted(image["id"] for image in data["images"])
+    boxes = [{"image_id": image, "category_id": 1, "bbox": [4 + 8 * k, 6 + 4 * k, 40, 30], "score": 0.9 - 0.1 * k}
+             for image in images[:-1] for k in range(per_image)]
+    path.write_text(json.dumps(boxes))
+    return images
+
+
+def test_calibrate_and_inspect_prompt_with_detector_boxes(run, five_images, tmp_path, caplog):
+    data = ["--images", str(five_images / "images"), "--annotations", str(five_images / "annotations.json")]
+    images = _detections(five_images, tmp_path / "dets.json")
+    detections = ["--prompt", "detections", "--detections", str(tmp_path / "dets.json")]
+    result = run("calibrate", *data, *detections, "--calib-images", "5", "--out", "s.pt")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["images"] == images[:-1] and printed["prompts"] == 3 * len(images[:-1])  # the detector's boxes
+    assert "5 calibration images asked for, 4 used" in caplog.text and "have no detection in" in caplog.text
+    stats = {}
+    for prompt in (detections, []):
+        inspected = run("inspect", *data, *prompt, "--kind", "probs", "--stats-images", "2", "--json")
+        assert inspected.exit_code == 0, inspected.output
+        stats[bool(prompt)] = [row["stats"] for row in json.loads(inspected.stdout)]
+    assert len(stats[True]) == 13 and stats[True] != stats[False]  # the boxes prompted the statistics
+
+
+def test_single_mask_output_of_the_testbed_is_warned_about(run, tiny_dataset_dir, caplog):
+    from ptqsam.models import testbed
+
+    data = ["--images", str(tiny_dataset_dir / "images"), "--annotations", str(tiny_dataset_dir / "annotations.json")]
+    testbed._warn_single_mask.cache_clear()
+    assert run("evaluate", *data, "--eval-images", "1").exit_code == 0
+    assert "single-mask" not in caplog.text
+    for _ in range(2):
+        assert run("evaluate", *data, "--eval-images", "1", "--single-mask").exit_code == 0
+    warnings = [r.getMessage() for r in caplog.records if "single-mask" in r.getMessage()]
+    assert len(warnings) == 1 and "never trained" in warnings[0] and "\n" not in warnings[0]  # once, one line

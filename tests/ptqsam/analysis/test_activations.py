@@ -180,6 +180,7 @@ def test_error_is_larger_at_4_bits_than_at_8_bits(make_model, samples) -> None:
     calibrate(model, "minmax", 4, 4, samples, progress=False)
     at4 = site_quantization_error(model, samples)
     assert at8.keys() == at4.keys() and len(at8) > 100
+    assert not any(name.startswith("prompt_encoder.mask_downscaling") for name in at8)  # box prompts: unreached
     smaller = [name for name in at8 if not at4[name] > at8[name] > 0]
     assert smaller == []
 

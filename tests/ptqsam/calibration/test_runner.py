@@ -38,8 +38,8 @@ def test_minmax_calibrates_every_reached_site_and_w8_beats_w4(tiny_dataset, rand
         model = random_testbed()
         report = calibrate(model, "minmax", bits, bits, samples, progress=False)
         calibrated = [n for n, q in report.quantizers.items() if q.is_calibrated]
-        assert set(calibrated) | set(report.unreached) == set(report.quantizers)
-        assert all(n.startswith("prompt_encoder.mask_downscaling") for n in report.unreached)
+        assert set(calibrated) == set(report.quantizers) and report.unreached == []  # mask path: mask prompts
+        assert any(n.startswith("prompt_encoder.mask_downscaling") for n in calibrated)
         with quantizing(model):
             agreement[bits] = evaluate(model, tiny_dataset, reference=reference, progress=False).metrics["agreement"]
     assert agreement[8] > 0.9

@@ -7,6 +7,9 @@ the input when it is handed over, and a clean fallback when compilation fails.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -185,3 +188,20 @@ def test_learned_qparams_and_rounding_keep_their_gradients_on_the_fused_path(cas
     assert torch.equal(fused_out, eager), name
     assert all(g is not None and bool(g.abs().sum() > 0) for g in fused_grads), name
     assert all(torch.equal(a, b) for a, b in zip(fused_grads, eager_grads)), name
+
+
+def test_torchs_no_cuda_runtime_notice_is_silenced_and_nothing_else(tmp_path) -> None:
+    """A CUDA build of torch on a machine without a GPU logs "No CUDA runtime is found, using
+    CUDA_HOME=..." when Inductor imports torch.utils.cpp_extension (every process that compiles a
+    kernel): once the quantizers are imported, that one line is filtered, other lines are not."""
+    probe = ("import logging, torch; logging.basicConfig(); torch.cuda.is_available = lambda: False; {imports}"
+             "import torch.utils.cpp_extension as extension; extension._find_cuda_home(); "
+             "logging.getLogger('torch.utils.cpp_extension').warning('another line')")
+
+    def stderr(imports: str) -> str:
+        return subprocess.run([sys.executable, "-c", probe.format(imports=imports)], capture_output=True, text=True,
+                              env={**os.environ, "CUDA_HOME": str(tmp_path)}, check=True).stderr
+
+    assert "No CUDA runtime is found" in stderr("")  # what torch prints on its own
+    quiet = stderr("import quantizers; ")
+    assert "No CUDA runtime is found" not in quiet and "another line" in quiet
