@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from quantizers.modules.factory import OBSERVERS, build_observer
+from quantizers.registry import OBSERVERS, build_observer
 from quantizers.spec import Granularity, QuantSpec
 
 PAGE_BYTES = resource.getpagesize()

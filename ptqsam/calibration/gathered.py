@@ -10,9 +10,8 @@ order-dependent statistics such as the EMA included, and float sums in the same 
 
 Histogram observers (percentile, KL) cannot summarize a batch apart from the range seen so far:
 each process observes its shard, then the histograms are moved to the widest range and summed
-(:meth:`~quantizers.observers.histogram.HistogramObserver.merge`). That equals one process up to
-the streaming rebinning, about one bin width of the clipping magnitude (exactly when no process
-sees a batch wider than its first one, e.g. one process).
+(:meth:`~quantizers.observers.histogram.HistogramObserver.merge`). Their ranges are powers of two,
+so the move adds whole bins and the merged counts are the one-process counts bit for bit.
 """
 
 from __future__ import annotations

@@ -24,8 +24,10 @@
    each process captures its shard, one process computes each step and the others follow it).
 
 Under ``torchrun`` each process runs the sample passes on its shard of the images and the
-statistics are folded in the one-process order (:mod:`.gathered`); the passes that cannot yet
-combine shards exactly (``repq_fold``, PCC, HLUQ, GPTQ) are refused before any work.
+statistics are folded in the one-process order (:mod:`.gathered`). The passes whose statistics do
+not split into per-image summaries (``repq_fold``, PCC, HLUQ, GPTQ) run on every process over the
+whole calibration set: the same data and the same state give every process the one-process result
+(no faster than one process, and exact).
 
 No pass before reconstruction quantizes, so the image encoder's output is float in each of them: it
 runs once per image (:class:`~ptqsam.passes.SampleLoop` keeps the embeddings), observed on the way,
@@ -55,7 +57,7 @@ from ptqsam.calibration.hessian import capture, search_unit, search_units
 from ptqsam.calibration.hybrid import hybrid_grid_pass, hybrid_sites
 from ptqsam.calibration.pcc import pcc_pass, pcc_sites
 from ptqsam.data.samples import CalibrationSample
-from ptqsam.errors import CalibrationError, DistributedError
+from ptqsam.errors import CalibrationError
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.instrument.instrument import attach, sites
 from ptqsam.instrument.inventory import site_inventory
@@ -130,7 +132,6 @@ def calibrate(
     config = recipe.reconstruction_config()
     weights = weights_fingerprint(model)
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
-    _refuse_unsharded(model, recipe, quantizers)
     start, stop = distributed.shard_bounds(len(samples))
     # no pass before reconstruction quantizes the encoder: its embeddings are float and kept
     passes = SampleLoop(model, samples[start:stop], True, progress and distributed.is_main(), start)
@@ -150,7 +151,8 @@ def calibrate(
         return _timed(report, "encoder_statistics", lambda: _statistics(model, passes, in_encoder, decode=False))
 
     reached = set() if folds_encoder else encoder_statistics()
-    _timed(report, "transforms", lambda: _transforms(model, recipe, passes, report))
+    whole = _whole_set_loop(model, samples, passes, progress)
+    _timed(report, "transforms", lambda: _transforms(model, recipe, passes, whole, report))
     if folds_encoder:
         passes.forget_embeddings()
         reached = encoder_statistics()
@@ -185,21 +187,6 @@ def calibrate(
     return report
 
 
-def _refuse_unsharded(model: Sam, recipe: Recipe, quantizers: Mapping[str, Quantizer]) -> None:
-    """Under ``torchrun``: one DistributedError, before any work, for the passes whose results are not
-    yet combined across the processes' shards exactly."""
-    if not distributed.active():
-        return
-    used = [name for name, present in (
-        ("repq_fold", any(transform.kind == "repq_fold" for transform in recipe.transforms)),
-        ("search 'pcc'", pcc_sites(model)),
-        ("hluq quantizers", hybrid_sites(model, list(quantizers))),
-        ("search 'gptq'", any(q.spec.search == "gptq" for q in quantizers.values()))) if present]
-    if used:
-        raise DistributedError(f"recipe {recipe.name!r} uses {', '.join(used)}, which cannot be calibrated under "
-                               "torchrun yet; calibrate it in one process (without torchrun)")
-
-
 def _timed(report: CalibrationReport, name: str, work: Callable[[], Any]) -> Any:
     start = time.perf_counter()
     result = work()
@@ -207,10 +194,20 @@ def _timed(report: CalibrationReport, name: str, work: Callable[[], Any]) -> Any
     return result
 
 
-def _transforms(model: Sam, recipe: Recipe, passes: SampleLoop, report: CalibrationReport) -> None:
+def _whole_set_loop(model: Sam, samples: Sequence[CalibrationSample], passes: SampleLoop,
+                    progress: bool) -> SampleLoop:
+    """The loop over every calibration image: ``passes`` itself in one process; under ``torchrun``
+    a loop of its own on every process, for the passes whose statistics are not split across the
+    processes (RepQ-ViT's fold: every process computes the one-process fold from the same data)."""
+    if not distributed.active():
+        return passes
+    return SampleLoop(model, list(samples), True, progress and distributed.is_main())
+
+
+def _transforms(model: Sam, recipe: Recipe, passes: SampleLoop, whole: SampleLoop, report: CalibrationReport) -> None:
     """The recipe's folds, in order. Under ``torchrun`` the bimodal fold's processes embed their
     images at once, then observe the keys one after the other (:func:`~ptqsam.distributed.
-    in_rank_order`: the one-process statistics)."""
+    in_rank_order`: the one-process statistics); RepQ-ViT's fold runs on the ``whole`` set."""
     relay = distributed.in_rank_order if distributed.active() else None
     for transform in recipe.transforms:
         if transform.kind == "bimodal_fold":
@@ -224,7 +221,7 @@ def _transforms(model: Sam, recipe: Recipe, passes: SampleLoop, report: Calibrat
             targets = repq.fold_targets(model, transform.matches)
             if targets:
                 report.passes.setdefault(repq.STATE_KEY, {}).update(
-                    repq.repq_fold_pass(model, targets, lambda: passes.run("repq fold (float)")))
+                    repq.repq_fold_pass(model, targets, lambda: whole.run("repq fold (float)")))
 
 
 def _folds_encoder(model: Sam, recipe: Recipe) -> bool:

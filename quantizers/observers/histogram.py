@@ -1,13 +1,16 @@
 """Histogram observers: Percentile and KL (TensorRT entropy calibration).
 
-Both keep, per quantization group, a fixed-bin histogram of ``|x|`` on ``[0, hist_range]`` plus
+Both keep, per quantization group, a fixed-bin histogram of ``|x|`` on ``[0, hist_range)`` plus
 the running min and max, and choose a clipping magnitude ``amax`` from the histogram.
 
-Streaming: ``hist_range`` is always the running ``max |x|`` of the group. When a batch exceeds it,
-the old counts move to the wider bins: each old bin's count is split between the (at most two) new
-bins it overlaps, in proportion to the overlap. That assumes counts are spread evenly inside an old
-bin, so after growth the histogram is exact only to about one bin width (counts become fractional,
-hence float64). Memory is ``groups × bins`` counts, whatever the number of batches.
+``hist_range`` is the smallest power of two above the running ``max |x|`` of the group (0 while
+every value seen is 0). A power of two makes the histogram exact and independent of the order of
+the data: ``x`` falls in bin ``floor(x · 2^-k · bins)`` (the power-of-two scaling is exact), and
+when a batch widens the range ``d`` doublings, old bin ``i`` lies wholly inside new bin
+``floor(i / 2^d)``, so the counts move without splitting. Histograms of different data therefore
+merge exactly (:meth:`HistogramObserver.merge`: a stream, or shards on several processes, give the
+same counts bit for bit). At least half of the bins lie on the observed values. Memory is
+``groups × bins`` counts, whatever the number of batches.
 """
 
 from __future__ import annotations
@@ -27,38 +30,39 @@ from quantizers.registry import register_observer
 from quantizers.spec import QuantSpec
 
 
-def abs_histogram(rows: torch.Tensor, upper: torch.Tensor, bins: int) -> torch.Tensor:
-    """Per-row counts of ``|rows|`` in ``bins`` equal bins on ``[0, upper]`` (float64, ``(groups, bins)``).
+def power_of_two_above(amax: torch.Tensor) -> torch.Tensor:
+    """Per group, the smallest power of two strictly above ``amax`` (float64; 0 where ``amax`` is 0)."""
+    _, exponent = torch.frexp(amax.double())  # amax = m · 2^e with m in [0.5, 1), so amax < 2^e
+    return torch.where(amax > 0, torch.ldexp(torch.ones_like(amax, dtype=torch.float64), exponent), 0.0)
 
-    Values at or above ``upper`` count in the last bin; a row with ``upper == 0`` counts in bin 0.
-    The rows are read in bounded blocks.
+
+def abs_histogram(rows: torch.Tensor, upper: torch.Tensor, bins: int) -> torch.Tensor:
+    """Per-row counts of ``|rows|`` in ``bins`` equal bins on ``[0, upper)`` (float64, ``(groups, bins)``).
+
+    ``upper`` is a power of two per row, above every value of the row (or 0: the row is all zeros
+    and counts in bin 0). The rows are read in bounded blocks, in float64, where ``x / upper`` is
+    exact for any float32 ``x`` (float32 would overflow ``1 / upper`` for tiny ranges).
     """
     counts = torch.zeros(rows.shape[0], bins, dtype=torch.float64, device=rows.device)
-    # |x| / upper, not |x| * (bins / upper): bins / upper overflows float32 for tiny or denormal
-    # ranges; an upper of 0 divides by inf (bin 0); clamping before the cast keeps inf in range.
-    upper = torch.where(upper > 0, upper, torch.inf)
+    inverse = torch.where(upper > 0, 1.0 / upper.double(), 0.0)  # exact: upper is a power of two
     for groups, block in row_blocks(rows):
-        index = block.abs().div_(upper[groups, None]).mul_(bins).clamp_(max=bins - 1).long()
+        index = block.double().abs_().mul_(inverse[groups, None]).mul_(bins).clamp_(max=bins - 1).long()
         index += torch.arange(index.shape[0], device=index.device).unsqueeze(1) * bins
         counts[groups] += torch.bincount(index.reshape(-1), minlength=index.shape[0] * bins).reshape(-1, bins)
     return counts
 
 
-def rebin(counts: torch.Tensor, old_range: torch.Tensor, new_range: torch.Tensor) -> torch.Tensor:
-    """Per-row float64 counts on ``[0, old_range]`` moved to as many bins on ``[0, new_range]``.
-
-    Each old bin's count is split between the new bins it overlaps in proportion to the overlap
-    (``new_range >= old_range``; a zero ``old_range`` puts everything in bin 0).
-    """
+def widen(counts: torch.Tensor, old_range: torch.Tensor, new_range: torch.Tensor) -> torch.Tensor:
+    """Per-row counts on ``[0, old_range)`` moved to as many bins on ``[0, new_range)``, both powers
+    of two (``new_range >= old_range``): old bin ``i`` lies wholly in new bin ``floor(i / 2^d)``,
+    ``d = log2(new_range / old_range)``, so counts move whole. A zero ``old_range`` (only zeros seen)
+    keeps everything in bin 0."""
     bins = counts.shape[1]
-    ratio = (old_range.double() / new_range.double().clamp(min=torch.finfo(torch.float64).tiny)).unsqueeze(1)
-    edges = torch.arange(bins + 1, dtype=torch.float64, device=counts.device) * ratio  # old edges in units of new bins
-    low, high = edges[:, :-1], edges[:, 1:]
-    first = low.floor().clamp_(max=bins - 1)
-    share = torch.where(high > low, (torch.minimum(high, first + 1) - low) / (high - low), 1.0)
-    first = first.long()
-    moved = torch.zeros_like(counts).scatter_add_(1, first, counts * share)
-    return moved.scatter_add_(1, (first + 1).clamp_(max=bins - 1), counts * (1 - share))
+    _, old_exponent = torch.frexp(old_range.double())
+    _, new_exponent = torch.frexp(new_range.double())
+    doublings = torch.where(old_range > 0, new_exponent - old_exponent, 62).clamp(0, 62).long()
+    index = torch.arange(bins, device=counts.device).unsqueeze(0) >> doublings.unsqueeze(1)
+    return torch.zeros_like(counts).scatter_add_(1, index, counts)
 
 
 @dataclass(frozen=True)
@@ -100,20 +104,20 @@ class HistogramObserver(Observer):
         super().__init__(spec)
         self.bins = int(self.options.bins)
         self.register_buffer("hist", torch.empty(0, dtype=torch.float64))
-        self.register_buffer("hist_range", torch.empty(0))
+        self.register_buffer("hist_range", torch.empty(0, dtype=torch.float64))
         self.register_buffer("min_val", torch.empty(0))
         self.register_buffer("max_val", torch.empty(0))
 
-    splits = False  # a batch's histogram depends on the range seen so far
+    splits = False  # a batch's histogram depends on the range seen so far (shards merge instead)
 
     def _summarize(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def _absorb(self, x: torch.Tensor) -> None:
         lo, hi = batch_minmax(x, self.spec.granularity)
-        amax = torch.maximum(-lo, hi)
+        upper = power_of_two_above(torch.maximum(-lo, hi))
         if self.hist.numel() == 0:
-            self.min_val, self.max_val, self.hist_range = lo, hi, amax
+            self.min_val, self.max_val, self.hist_range = lo, hi, upper
             self.hist = torch.zeros(lo.numel(), self.bins, dtype=torch.float64, device=lo.device)
         else:
             if lo.numel() != self.min_val.numel():
@@ -121,23 +125,25 @@ class HistogramObserver(Observer):
                     f"{type(self).__name__}: batch has {lo.numel()} groups, earlier batches {self.min_val.numel()}"
                 )
             self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
-            if bool((amax > self.hist_range).any()):
-                wider = torch.maximum(self.hist_range, amax)
-                self.hist = rebin(self.hist, self.hist_range, wider)
-                self.hist_range = wider
+            self._widen_to(torch.maximum(self.hist_range, upper))
         self.hist += abs_histogram(group_rows(x, self.spec.granularity), self.hist_range, self.bins)
 
+    def _widen_to(self, upper: torch.Tensor) -> None:
+        if bool((upper > self.hist_range).any()):
+            self.hist = widen(self.hist, self.hist_range, upper)
+            self.hist_range = upper
+
     def merge(self, others: list[Observer]) -> None:
-        """Add the histograms of copies that observed other data: the ranges agree on the widest
-        (each histogram moved to it by :func:`rebin`), then the counts are summed in order. Equal to
-        observing all the data in one stream up to the rebinning, i.e. about one bin width."""
+        """Add the histograms of copies that observed other data: each moves to the widest range
+        (:func:`widen`, exact) and the counts are summed, so the result equals one stream over all
+        the data bit for bit (counts are whole numbers in float64)."""
         parts = [o for o in [self, *others] if o.hist.numel()]  # type: ignore[attr-defined]
         if not parts:
             return
         widest = torch.stack([p.hist_range for p in parts]).amax(0)
         hist = torch.zeros_like(parts[0].hist)
         for part in parts:
-            hist += part.hist if torch.equal(part.hist_range, widest) else rebin(part.hist, part.hist_range, widest)
+            hist += widen(part.hist, part.hist_range, widest)
         self.min_val = torch.stack([p.min_val for p in parts]).amin(0)
         self.max_val = torch.stack([p.max_val for p in parts]).amax(0)
         self.hist, self.hist_range = hist, widest
@@ -146,7 +152,7 @@ class HistogramObserver(Observer):
     @property
     def bin_width(self) -> torch.Tensor:
         """Width of one bin per group (float64)."""
-        return self.hist_range.double() / self.bins
+        return self.hist_range / self.bins
 
     def _calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         observed = torch.maximum(-self.min_val, self.max_val)

@@ -111,8 +111,9 @@ def killed_rank_job(data_dir: str, out_file: str, victim: int) -> None:
 
 
 SEARCH_ROWS = 64
-#: recipes of the calibration check: MinMax, PTQ4SAM (BIG, AGQ), percentile and EMA observers, Hessian search
-CALIBRATION_RECIPES = ["minmax", "ptq4sam", "mixed-observers", "hessian-decoder"]
+#: recipes of the calibration check: MinMax, PTQ4SAM (BIG, AGQ), percentile and EMA observers, Hessian
+#: search, and the passes each process runs over the whole set (RepQ-ViT's fold, PCC, HLUQ, GPTQ)
+CALIBRATION_RECIPES = ["minmax", "ptq4sam", "mixed-observers", "hessian-decoder", "whole-set-passes"]
 MIXED_OBSERVERS = """
 name: mixed-observers
 keep_float: []
@@ -148,8 +149,23 @@ prepend_rules:
     spec: {bits: A, symmetric: false, granularity: {kind: channel, axis: -1}, observer: avg_minmax,
            quantizer: channel_groups, quantizer_options: {groups: 2, milestones: [0.2, 0.6]}}
 """
+WHOLE_SET_PASSES = """
+name: whole-set-passes
+extends: minmax
+transforms:
+  - kind: repq_fold
+    sites: ["image_encoder.blocks.0"]
+prepend_rules:
+  - include: ["mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.input"]
+    spec: {bits: A, symmetric: false, search: pcc, search_options: {percentiles: [0.9, 0.999], rounds: 1, images: 2}}
+  - include: ["mask_decoder.transformer.layers.0.mlp.lin2.input"]
+    spec: {bits: A, quantizer: hluq, quantizer_options: {range_rates: [0.1, 0.5], grid_rates: [0.25]}}
+  - include: ["mask_decoder.transformer.layers.0.mlp.*.weight"]
+    spec: {bits: W, symmetric: false, granularity: {kind: channel, axis: 0}, observer: minmax, search: gptq}
+"""
 #: recipes given as YAML text here
-TEST_RECIPES = {"mixed-observers": MIXED_OBSERVERS, "hessian-decoder": HESSIAN_DECODER, "cag-stages": CAG_STAGES}
+TEST_RECIPES = {"mixed-observers": MIXED_OBSERVERS, "hessian-decoder": HESSIAN_DECODER, "cag-stages": CAG_STAGES,
+                "whole-set-passes": WHOLE_SET_PASSES}
 
 
 def calibrate_job(data_dir: str, recipes: list[str], encoder: bool) -> dict[str, Any]:

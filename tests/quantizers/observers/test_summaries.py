@@ -1,4 +1,5 @@
-"""Deferred observation: summaries folded in order give the streaming state exactly; histograms merge."""
+"""Deferred observation: summaries folded in order give the streaming state exactly; histograms merge
+exactly too."""
 
 from __future__ import annotations
 
@@ -80,18 +81,9 @@ def _streamed_and_merged(kind: str, batches: list[torch.Tensor], copies: int):
 
 
 @pytest.mark.parametrize("kind", HISTOGRAMS)
-def test_histograms_of_equal_range_merge_exactly(kind):
-    batches = _batches(6)
-    peak = max(float(x.abs().max()) for x in batches)
-    batches = [torch.cat([x.flatten(), torch.tensor([peak])]) for x in batches]  # every batch has the widest range
-    streamed, merged = _streamed_and_merged(kind, batches, 3)
+@pytest.mark.parametrize("copies", [2, 3])
+def test_histograms_of_shards_merge_to_the_streamed_state(kind, copies):
+    # the batches widen the range as they go, so each shard ends at a different range
+    streamed, merged = _streamed_and_merged(kind, _batches(6), copies)
     _assert_same_state(streamed, merged)
-
-
-@pytest.mark.parametrize("kind", HISTOGRAMS)
-def test_merged_histograms_stay_within_a_bin_of_the_stream(kind):
-    streamed, merged = _streamed_and_merged(kind, _batches(6), 2)
-    assert torch.equal(merged.hist_range, streamed.hist_range)
-    assert float(merged.hist.sum()) == pytest.approx(float(streamed.hist.sum()), rel=1e-12)
-    width = float(streamed.bin_width)
-    assert abs(float(merged._histogram_amax()) - float(streamed._histogram_amax())) <= 2 * width
+    assert torch.equal(merged._histogram_amax(), streamed._histogram_amax())
