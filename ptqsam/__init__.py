@@ -18,6 +18,9 @@ labels (``"W4A4"``) or ``w_bits, a_bits`` as the library takes them::
 | ``sweep`` / ``plot`` | :func:`run_sweep` / :func:`plot_report` |
 | ``inspect`` | :func:`site_inventory`, :func:`site_statistics` |
 | ``sensitivity`` | :func:`sensitivity_study` |
+| ``allocate`` | :func:`allocate_bits` |
+| ``accuracy-control`` | :func:`accuracy_control` |
+| ``pareto`` | :func:`pareto_front` |
 | ``demo`` | :func:`run_demo` |
 
 Names are imported on first use (``import ptqsam`` stays light; the CLI's ``--help`` too).
@@ -49,6 +52,9 @@ _EXPORTS = {
     "site_inventory": "ptqsam.instrument.inventory",
     "site_statistics": "ptqsam.analysis.activations",
     "sensitivity_study": "ptqsam.api",
+    "allocate_bits": "ptqsam.api",
+    "accuracy_control": "ptqsam.api",
+    "pareto_front": "ptqsam.api",
     "ExperimentConfig": "ptqsam.config",
     "run_sweep": "ptqsam.api",
     "plot_report": "ptqsam.plots.charts",

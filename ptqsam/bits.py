@@ -25,6 +25,15 @@ def parse_bits(text: str) -> tuple[int, int]:
     return check_bit_width(int(match[1]), "weight bits"), check_bit_width(int(match[2]), "activation bits")
 
 
+def parse_bits_list(text: str) -> list[tuple[int, int]]:
+    """A comma list of labels (``"W4A4,W8A8"``, as ``--bits`` takes) as bits; empty items are skipped.
+
+    >>> parse_bits_list("W4A4, W8A8")
+    [(4, 4), (8, 8)]
+    """
+    return [parse_bits(label) for label in text.split(",") if label.strip()]
+
+
 def check_bit_width(bits: Any, what: str) -> int:
     """``bits`` if it is a possible bit-width, else RecipeError naming ``what``."""
     try:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from ptqsam import __version__
-from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES, SITE_KINDS
+from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES, PROMPT_KINDS, SITE_KINDS
 from ptqsam.demo import (DEMO_BITS, DEMO_CALIB_IMAGES, DEMO_CALIB_SETS, DEMO_FLOAT_SITES, DEMO_IMAGES, DEMO_RECIPES,
                          DEMO_RECON_ITERATIONS, DEMO_RECON_RECIPE, DEMO_SEARCH_ROWS, DEMO_WORKERS)
 from ptqsam.errors import PtqsamError
@@ -114,19 +114,33 @@ def model_options(func: Callable) -> Callable:
     return wrapper
 
 
-def data_options(func: Callable) -> Callable:
-    @click.option("--images", type=click.Path(file_okay=False), default=None,
-                  help="COCO-format image folder (default: a generated synthetic dataset).")
-    @click.option("--annotations", type=click.Path(dir_okay=False), default=None,
-                  help="COCO instances JSON for --images.")
-    @click.option("--detections", type=click.Path(dir_okay=False), default=None,
-                  help="Detector boxes (COCO results JSON) for mask AP.")
-    @click.option("--prompt", type=click.Choice(EVAL_PROMPT_KINDS), default="box", show_default=True)
-    @click.option("--seed", type=int, default=0, show_default=True)
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
-    return wrapper
+def data_options(func: Callable | None = None, *, detections: bool = True) -> Callable:
+    """--images, --annotations, --detections, --prompt and --seed; ``detections=False`` for a
+    command that measures mIoU only (ground-truth prompts): --detections is refused, saying why,
+    and --prompt offers no detections prompt."""
+    options = [
+        click.option("--images", type=click.Path(file_okay=False), default=None,
+                     help="COCO-format image folder (default: a generated synthetic dataset)."),
+        click.option("--annotations", type=click.Path(dir_okay=False), default=None,
+                     help="COCO instances JSON for --images."),
+        click.option("--detections", type=click.Path(dir_okay=False), default=None,
+                     help="Detector boxes (COCO results JSON) for mask AP.") if detections else
+        click.option("--detections", hidden=True, expose_value=False, callback=_no_detections),
+        click.option("--prompt", type=click.Choice(EVAL_PROMPT_KINDS if detections else PROMPT_KINDS), default="box",
+                     show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True)]
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate if func is None else decorate(func)
+
+
+def _no_detections(context: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.UsageError(f"{context.command.name} measures mIoU with ground-truth prompts: --detections (detector "
+                               "boxes, for mask AP) means nothing here; `ptqsam evaluate --detections` measures mask AP")
 
 
 def quant_options(func: Callable) -> Callable:

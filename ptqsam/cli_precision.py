@@ -9,16 +9,10 @@ from pathlib import Path
 
 import click
 
-from ptqsam.cli import (_build, _calibration_inputs, _config, _reconstruction, data_options, main, model_options,
+from ptqsam.cli import (_calibration_inputs, _config, _reconstruction, _with_flags, data_options, main, model_options,
                         quant_options)
-from ptqsam.constants import DEVICES, MODEL_TYPES
+from ptqsam.constants import CONTROL_DEFAULTS, DEVICES, MODEL_TYPES, PARETO_DEFAULTS
 from ptqsam.errors import PtqsamError
-
-
-def _bits_list(text: str) -> list[tuple[int, int]]:
-    from ptqsam.bits import parse_bits
-
-    return [parse_bits(label) for label in text.split(",") if label.strip()]
 
 
 @main.command()
@@ -41,6 +35,7 @@ def sensitivity(model_type, checkpoint, device, images, annotations, detections,
     """Which groups of sites hurt most when quantized, measured on calibration images against the
     float model (--bits takes a comma list: one calibration per bit-width)."""
     from ptqsam.analysis.sensitivity import sensitivity_study
+    from ptqsam.bits import parse_bits_list
     from ptqsam.data.selection import data_fingerprint
     from ptqsam.models.blocks import ENCODER_SITES
     from ptqsam.models.zoo import weights_id
@@ -51,7 +46,7 @@ def sensitivity(model_type, checkpoint, device, images, annotations, detections,
         raise PtqsamError("--images and --annotations go together: give both or neither")
     if top < 1:
         raise PtqsamError(f"--top must be >= 1, got {top}")
-    bit_list = _bits_list(bits)
+    bit_list = parse_bits_list(bits)
     if not bit_list:
         raise PtqsamError("--bits needs at least one bit-width, e.g. W4A4 or W4A4,W8A8")
     check_output_folder(out, "--out")
@@ -87,42 +82,18 @@ def sensitivity(model_type, checkpoint, device, images, annotations, detections,
 def allocate(study, budgets, metric, candidates, name, out) -> None:
     """Bits per group from a sensitivity study (`ptqsam sensitivity`) minimising the summed
     sensitivity under budgets; writes a recipe YAML the recipe system runs as is."""
-    from collections import Counter
-
     from ptqsam.analysis.sensitivity import load_sensitivity
     from ptqsam.io import json_text
     from ptqsam.mixed_precision.recipes import write_recipe
-    from ptqsam.mixed_precision.workflow import allocate_study
+    from ptqsam.mixed_precision.workflow import allocate_study, study_model
     from ptqsam.preflight import check_output_file
 
     check_output_file(out, "--out")
     bits = None if candidates is None else [_positive_int(text, "--candidates") for text in candidates.split(",")]
     result = load_sensitivity(study)
-    model = _study_model(result, "cpu")
-    allocation, recipe, comments = allocate_study(result, model, budgets, metric, name, bits)
-    click.echo(json_text({"recipe": out, "budgets": [b.describe() for b in allocation.budgets],
-                          "costs": allocation.costs, "predicted_sensitivity": allocation.sensitivity,
-                          "choices": dict(sorted(Counter(c.label for c in allocation.choices.values()).items()))}),
-               nl=False)
+    allocation, recipe, comments = allocate_study(result, study_model(result), budgets, metric, name, bits)
+    click.echo(json_text({"recipe": out, **allocation.summary()}), nl=False)
     write_recipe(out, recipe, comments)
-
-
-def _study_model(result, device: str):
-    """The float model a sensitivity study measured (its model type, checkpoint and seed); a
-    PtqsamError when its weights are not the study's (the checkpoint file changed since)."""
-    from ptqsam.models.zoo import weights_id
-
-    settings = result.settings
-    missing = [key for key in ("model", "checkpoint", "weights", "config") if key not in settings]
-    if missing:
-        raise PtqsamError(f"the study does not record its model ({', '.join(missing)} missing): write it with "
-                          "`ptqsam sensitivity`")
-    seed = settings["config"]["seed"]
-    weights = weights_id(settings["model"], settings["checkpoint"], seed)
-    if weights != settings["weights"]:
-        raise PtqsamError(f"the study measured weights {settings['weights']}, but {settings['model']} with checkpoint "
-                          f"{settings['checkpoint']} and seed {seed} has weights {weights}")
-    return _build(settings["model"], settings["checkpoint"], seed, device)
 
 
 def _positive_int(text: str, option: str) -> int:
@@ -143,41 +114,35 @@ def _positive_int(text: str, option: str) -> int:
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="COCO-format image folder evaluated (default: a generated set of --synthetic-images).")
 @click.option("--annotations", type=click.Path(dir_okay=False), default=None)
-@click.option("--synthetic-images", type=int, default=48, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="results/accuracy_control", show_default=True)
+@click.option("--synthetic-images", type=int, default=CONTROL_DEFAULTS["synthetic_images"], show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=CONTROL_DEFAULTS["out"], show_default=True)
 def accuracy_control(study, target, start, raise_to, control_images, max_steps, metric, images, annotations,
                      synthetic_images, out) -> None:
     """From uniform --start, raise the most sensitive groups of a study one by one until the mIoU
     loss on held-out images is within --target; writes the recipe and the trajectory. The study's
     seed draws the control images (as it drew the calibration images)."""
     from ptqsam.analysis.sensitivity import load_sensitivity
-    import math
-
-    from ptqsam.bits import parse_bits
-    from ptqsam.io import json_text, write_or_rescue
-    from ptqsam.mixed_precision.recipes import write_recipe
-    from ptqsam.mixed_precision.workflow import control_study
+    from ptqsam.io import json_text
+    from ptqsam.mixed_precision.workflow import check_control, control_bits, control_study, study_model, write_control
     from ptqsam.preflight import check_output_folder
 
-    if not (target >= 0 and math.isfinite(target)):
-        raise PtqsamError(f"--target must be a finite number >= 0, got {target}")
-    if control_images < 1 or (max_steps is not None and max_steps < 0):
-        raise PtqsamError("--control-images must be >= 1 and --max-steps >= 0")
-    low, high = parse_bits(start), None if raise_to.strip().lower() == "float" else parse_bits(raise_to)
+    try:
+        check_control(target, control_images, max_steps)
+    except PtqsamError as error:
+        raise _with_flags(error, {key: key for key in ("target", "control_images", "max_steps")}) from None
+    low, high = control_bits(start, raise_to)
     check_output_folder(out, "--out")
     result = load_sensitivity(study)
     config = _config(**{**result.settings["config"], "images": images, "annotations": annotations,
                         "synthetic_images": synthetic_images, "out": out})
-    model = _study_model(result, config.device)
-    summary, recipe, comments = control_study(result, model, config, low, high, target, control_images, max_steps,
-                                              metric, Path(out) / "recipe.yaml")
+    summary, recipe, comments = control_study(result, study_model(result, config.device), config, low, high, target,
+                                              control_images, max_steps, metric, Path(out) / "recipe.yaml")
     click.echo(json_text(summary), nl=False)
-    write_recipe(Path(out) / "recipe.yaml", recipe, comments)
-    write_or_rescue(Path(out) / "control.json", lambda file: file.write(json_text(summary)))
+    write_control(out, summary, recipe, comments)
 
 
 @main.command()
-@data_options
+@data_options(detections=False)
 @click.option("--model", "model_type", type=click.Choice(MODEL_TYPES), default="testbed", show_default=True)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None)
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
@@ -185,20 +150,21 @@ def accuracy_control(study, target, start, raise_to, control_images, max_steps, 
 @click.option("--bits", default="W4A4,W6A6,W8A8", show_default=True, help="Uniform bit-widths.")
 @click.option("--mixed", "mixed", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="A recipe YAML with explicit bits (from `allocate` or `accuracy-control`). Repeatable.")
-@click.option("--calib-images", type=int, default=4, show_default=True)
-@click.option("--synthetic-images", type=int, default=48, show_default=True)
+@click.option("--calib-images", type=int, default=PARETO_DEFAULTS["calib_images"], show_default=True)
+@click.option("--synthetic-images", type=int, default=PARETO_DEFAULTS["synthetic_images"], show_default=True)
 @click.option("--search-rows", type=int, default=None)
-@click.option("--out", type=click.Path(file_okay=False), default="results/pareto", show_default=True)
-def pareto(images, annotations, detections, prompt, seed, model_type, checkpoint, device, recipe, bits, mixed,
+@click.option("--out", type=click.Path(file_okay=False), default=PARETO_DEFAULTS["out"], show_default=True)
+def pareto(images, annotations, prompt, seed, model_type, checkpoint, device, recipe, bits, mixed,
            calib_images, synthetic_images, search_rows, out) -> None:
     """Size, BOPs and mIoU of uniform bit-widths and mixed-precision recipes, each calibrated and
-    evaluated on the same images (generated by default: the demo's images and calibration set)."""
+    evaluated on the same images (generated by default: the demo's images and calibration set) with
+    ground-truth prompts (mask AP with detector boxes: `ptqsam evaluate --detections`)."""
+    from ptqsam.bits import parse_bits_list
     from ptqsam.mixed_precision.pareto import pareto_markdown
-    from ptqsam.mixed_precision.workflow import pareto_study, write_pareto_study
-    from ptqsam.models.zoo import weights_id
+    from ptqsam.mixed_precision.workflow import pareto_run, write_pareto_study
     from ptqsam.preflight import check_output_folder, check_recipes
 
-    uniform = _bits_list(bits)
+    uniform = parse_bits_list(bits)
     if not uniform and not mixed:
         raise PtqsamError("nothing to compare: give --bits or --mixed")
     check_output_folder(out, "--out")
@@ -206,8 +172,6 @@ def pareto(images, annotations, detections, prompt, seed, model_type, checkpoint
                      calib_images=calib_images, synthetic_images=synthetic_images, search_rows=search_rows,
                      device=device, out=out)
     check_recipes([recipe, *mixed], [model_type])
-    model = _build(model_type, checkpoint, seed, device)
-    rows, settings = pareto_study(model, config, recipe, uniform, list(mixed), Path(out),
-                                  weights_id(model_type, checkpoint, seed))
+    rows, settings = pareto_run(config, recipe, uniform, list(mixed), checkpoint)
     click.echo(pareto_markdown(rows))
     write_pareto_study(rows, settings, Path(out))

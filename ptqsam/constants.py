@@ -13,3 +13,7 @@ SITE_KINDS: tuple[str, ...] = ("weight", "input", "query", "key", "value", "prob
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 #: Recipe name and bits label of the float baseline run.
 FLOAT = "float"
+#: What ``ptqsam pareto`` and :func:`ptqsam.pareto_front` run on unless told (config fields).
+PARETO_DEFAULTS = {"calib_images": 4, "synthetic_images": 48, "out": "results/pareto"}
+#: What ``ptqsam accuracy-control`` and :func:`ptqsam.accuracy_control` evaluate on unless told.
+CONTROL_DEFAULTS = {"synthetic_images": 48, "out": "results/accuracy_control"}

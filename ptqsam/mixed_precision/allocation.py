@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
-from typing import Collection, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -108,6 +109,13 @@ class Allocation:
     sensitivity: float
     costs: dict[str, float]
     budgets: tuple[Budget, ...]
+
+    def summary(self) -> dict[str, Any]:
+        """What ``ptqsam allocate`` prints: the budgets, the costs, the predicted summed sensitivity
+        and how many groups got each choice."""
+        counts = Counter(choice.label for choice in self.choices.values())
+        return {"budgets": [b.describe() for b in self.budgets], "costs": self.costs,
+                "predicted_sensitivity": self.sensitivity, "choices": dict(sorted(counts.items()))}
 
 
 def group_choices(result: SensitivityResult, metric: str = "mse",

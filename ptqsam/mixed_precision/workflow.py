@@ -4,6 +4,7 @@ control, and the cost-against-mIoU table; each reads its inputs, runs and writes
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Collection, Sequence
@@ -11,7 +12,7 @@ from typing import Any, Collection, Sequence
 from segment_anything.modeling import Sam
 
 from ptqsam.analysis.sensitivity import SensitivityResult
-from ptqsam.bits import bits_label
+from ptqsam.bits import bits_label, parse_bits
 from ptqsam.calibration.runner import calibrate
 from ptqsam.config import ExperimentConfig
 from ptqsam.constants import FLOAT
@@ -22,15 +23,41 @@ from ptqsam.evaluation.evaluator import EvalOptions, evaluate
 from ptqsam.fingerprint import fingerprint
 from ptqsam.instrument import Recipe, load_recipe
 from ptqsam.instrument.recipe import BITS_PLACEHOLDERS
+from ptqsam.io import json_text, write_or_rescue
 from ptqsam.mixed_precision.allocation import Allocation, allocate, group_choices, parse_budget
 from ptqsam.mixed_precision.control import HeldOutMeasure, accuracy_control, ranked_groups
 from ptqsam.mixed_precision.costs import ModelCosts, model_costs
 from ptqsam.mixed_precision.pareto import RecipeRun, RunCache, pareto_rows, write_pareto
-from ptqsam.mixed_precision.recipes import mixed_recipe
+from ptqsam.mixed_precision.recipes import mixed_recipe, write_recipe
+from ptqsam.models.zoo import build_model, weights_id
 from ptqsam.plots.precision import MIXED, plot_pareto
+from ptqsam.preflight import check_device
 
 #: Uniform bit-widths whose costs a written recipe lists for comparison.
 REFERENCE_BITS = ((4, 4), (6, 6), (8, 8))
+
+
+def study_model(result: SensitivityResult, device: str = "cpu") -> Sam:
+    """The float model a sensitivity study written by ``ptqsam sensitivity`` measured (its model
+    type, checkpoint and seed); an AllocationError when the study does not record it, or when its
+    weights are not the study's (the checkpoint file changed since)."""
+    settings = result.settings
+    missing = [key for key in ("model", "checkpoint", "weights", "config") if key not in settings]
+    if missing:
+        raise AllocationError(f"the study does not record its model ({', '.join(missing)} missing): write it with "
+                              "`ptqsam sensitivity`, or pass the model")
+    seed = settings["config"]["seed"]
+    weights = weights_id(settings["model"], settings["checkpoint"], seed)
+    if weights != settings["weights"]:
+        raise AllocationError(f"the study measured weights {settings['weights']}, but {settings['model']} with "
+                              f"checkpoint {settings['checkpoint']} and seed {seed} has weights {weights}")
+    return built_model(settings["model"], settings["checkpoint"], seed, device)
+
+
+def built_model(model_type: str, checkpoint: str | None, seed: int, device: str) -> Sam:
+    """:func:`~ptqsam.models.build_model` on ``device`` (checked first)."""
+    check_device(device)
+    return build_model(model_type, checkpoint, seed=seed).to(device)
 
 
 def study_costs(result: SensitivityResult, model: Sam) -> ModelCosts:
@@ -64,6 +91,28 @@ def allocate_study(result: SensitivityResult, model: Sam, budget_texts: Sequence
     return allocation, mixed_recipe(base, allocation.bits_by_site, name, description), comments
 
 
+def control_bits(start: str, raise_to: str) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """Accuracy control's bit labels as bits: ``start`` (``"W4A4"``) and ``raise_to`` (a label, or
+    ``"float"``: None)."""
+    return parse_bits(start), None if raise_to.strip().lower() == FLOAT else parse_bits(raise_to)
+
+
+def check_control(target: float, control_images: int, max_steps: int | None) -> None:
+    """An AllocationError naming the first accuracy-control setting out of range."""
+    if not (target >= 0 and math.isfinite(target)):
+        raise AllocationError(f"target must be a finite number >= 0, got {target}")
+    if control_images < 1:
+        raise AllocationError(f"control_images must be >= 1, got {control_images}")
+    if max_steps is not None and max_steps < 0:
+        raise AllocationError(f"max_steps must be >= 0, got {max_steps}")
+
+
+def write_control(out: str | Path, summary: dict[str, Any], recipe: Recipe, comments: Sequence[str]) -> None:
+    """``recipe.yaml`` and ``control.json`` (the summary) of :func:`control_study` under ``out``."""
+    write_recipe(Path(out) / "recipe.yaml", recipe, comments)
+    write_or_rescue(Path(out) / "control.json", lambda file: file.write(json_text(summary)))
+
+
 def control_study(result: SensitivityResult, model: Sam, config: ExperimentConfig, low: tuple[int, int],
                   high: tuple[int, int] | None, target: float, control_images: int, max_steps: int | None,
                   metric: str, recipe_path: Path) -> tuple[dict[str, Any], Recipe, list[str]]:
@@ -71,6 +120,7 @@ def control_study(result: SensitivityResult, model: Sam, config: ExperimentConfi
     base recipe at ``low`` and ``high`` on the study's calibration images, decides on
     ``control_images`` images of the evaluated set and verifies on the others. Returns the summary
     (naming ``recipe_path``), the recipe and the comments to write above it."""
+    check_control(target, control_images, max_steps)
     base = Recipe.from_dict(result.settings["recipe"])
     calibration, samples = calibration_set(config)
     ids = [s.image_id for s in samples]
@@ -133,6 +183,16 @@ def pareto_study(model: Sam, config: ExperimentConfig, recipe: str, bits: Sequen
     return rows, {"config": config.to_dict(), "weights": weights, "data": settings["data"],
                   "calibration_data": settings["calibration_data"], "base_recipe": base.name,
                   "recipes": {r.label: r.recipe.to_dict() for r in runs}}
+
+
+def pareto_run(config: ExperimentConfig, recipe: str, bits: Sequence[tuple[int, int]], mixed: Sequence[str],
+               checkpoint: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``ptqsam pareto``: :func:`pareto_study` of the config's first model (with ``checkpoint``, on
+    its device), its runs kept under ``config.out``."""
+    model_type = config.models[0]
+    model = built_model(model_type, checkpoint, config.seed, config.device)
+    return pareto_study(model, config, recipe, bits, mixed, Path(config.out),
+                        weights_id(model_type, checkpoint, config.seed))
 
 
 def write_pareto_study(rows: Sequence[dict[str, Any]], settings: dict[str, Any], out: Path) -> list[Path]:
