@@ -35,7 +35,7 @@ STEPS = [
     ("agq", [f"{BENCH}/bench_agq.py", "--device", "{device}", "--rows", "512"], 4),
     ("overhead vit_b", [f"{BENCH}/bench_instrument_overhead.py", "--device", "{device}", "--repeats", "5"], 12),
     ("calibration testbed", [f"{BENCH}/bench_calibration.py", "--device", "{device}", "--model", "testbed",
-                             "--recipes", "minmax,ptq4vit,ptq4sam", "--images", "2"], 7),
+                             "--recipes", "minmax,ptq4vit,ptq4sam", "--images", "1"], 7),
     ("calibration vit_b", [f"{BENCH}/bench_calibration.py", "--device", "{device}", "--model", "vit_b",
                            "--recipes", "ptq4sam", "--images", "1", "--agq-rows", "512"], 6),
     ("throughput", [f"{BENCH}/bench_eval_throughput.py", "--device", "{device}", "--models", "testbed,vit_b",
