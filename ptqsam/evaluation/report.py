@@ -190,11 +190,6 @@ def screen_table(rows: Sequence[Mapping[str, Any]], full_table: str | Path, widt
     return summary_table(rows, leading) + note
 
 
-def _marked(row: Mapping[str, Any], column: str) -> Any:
-    value = row.get(column, "")
-    return f"{value}{BUG_MARK}" if column == "recipe" and row.get("reference_drop_bug") else value
-
-
 def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=_all_columns(rows), extrasaction="ignore", lineterminator="\n")
