@@ -6,7 +6,9 @@ is the baseline of the degradation report and the reference of the agreement met
 
 Each cell records the fingerprint of the settings that made it (:mod:`ptqsam.fingerprint`: model,
 checkpoint content, recipe content, bits, calibration images and their data, evaluated images and
-their data, prompt, mask and scoring options, seed, ptqsam version). A cell file whose fingerprint
+their data, prompt, mask and scoring options, seed, ptqsam version, and the arithmetic: device,
+torch version and torch's thread count, since float sums taken in another order can move a
+low-bit result by more than its last digit). A cell file whose fingerprint
 differs from the current settings, or that cannot be read (zero bytes, invalid JSON), is computed
 again with a warning naming what changed, and overwritten: a result is never reported under
 settings that did not make it.
@@ -308,11 +310,14 @@ class _ModelContext:
         self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size, data_id)
         self._reference: EvalResult | None = None
         self._calibration: dict[int, tuple] = {}
+        #: what the cells' float arithmetic depends on (see :func:`_compute` for the thread count)
+        self.arithmetic = {"device": config.device, "torch": torch.__version__,
+                           "threads": 1 if config.workers > 1 else torch.get_num_threads()}
 
     def fingerprint(self, cell: Cell) -> dict[str, Any]:
         """The fingerprint of the settings that make ``cell``'s result."""
         settings: dict[str, Any] = {"model": cell.model, "weights": self.checkpoint_id, "recipe": FLOAT,
-                                    "bits": cell.bits, "evaluation": self.evaluation}
+                                    "bits": cell.bits, "evaluation": self.evaluation, "arithmetic": self.arithmetic}
         if cell.recipe != FLOAT:
             settings.update(recipe=cell_recipe(self.config, cell).to_dict(),
                             quantize_encoder=self.config.quantize_encoder,

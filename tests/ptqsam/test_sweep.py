@@ -7,6 +7,7 @@ import json
 import numpy as np
 import yaml
 import pytest
+import torch
 
 from ptqsam.config import ExperimentConfig
 from ptqsam.evaluation import evaluator
@@ -178,6 +179,13 @@ def test_a_cell_is_reused_only_under_the_settings_that_made_it(tmp_path, random_
         return rows
 
     rerun(config, set(), None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # other float sums: the numbers may move
+    try:
+        rerun(config, {float_cell, quantized_cell}, "arithmetic.threads")
+    finally:
+        torch.set_num_threads(threads)
+    rerun(config, {float_cell, quantized_cell}, "arithmetic.threads")
     data = minmax.to_dict()
     data["rules"][0]["spec"]["symmetric"] = False  # same file name, other recipe
     recipe.write_text(yaml.safe_dump(data))
