@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
-from ptqsam.bits import parse_bits
+from ptqsam.bits import parse_bits, parse_bits_list
 from ptqsam.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -99,8 +99,6 @@ def bits_list(bits: str | Sequence[str | tuple[int, int]]) -> list[tuple[int, in
     >>> bits_list("W4A4,W8A8") == bits_list(["W4A4", (8, 8)]) == [(4, 4), (8, 8)]
     True
     """
-    from ptqsam.bits import parse_bits_list
-
     return parse_bits_list(bits) if isinstance(bits, str) else [bit_arguments(b, []) for b in bits]
 
 

@@ -245,14 +245,6 @@ def _show_report(rows: list[dict[str, Any]], full_table: Path, latex: str | None
         click.echo(f"LaTeX table: {latex}")
 
 
-def _build(model_type: str, checkpoint: str | None, seed: int, device: str):
-    from ptqsam.models import build_model
-    from ptqsam.preflight import check_device
-
-    check_device(device)
-    return build_model(model_type, checkpoint, seed=seed).to(device)
-
-
 def _calibration_inputs(model_type: str, checkpoint: str | None, device: str, images: str | None,
                         annotations: str | None, prompt: str, seed: int, recipe: str, calib_images: int,
                         search_rows: int | None, detections: str | None = None) -> tuple[Any, Any, Any, Any, list]:
@@ -261,12 +253,13 @@ def _calibration_inputs(model_type: str, checkpoint: str | None, device: str, im
     the ``detections`` boxes with ``--prompt detections``)."""
     from ptqsam.data.selection import calibration_set
     from ptqsam.instrument.instrument import check_recipe_sites
+    from ptqsam.models.zoo import built_model
 
     config = _config({"calib_images_dir": "images", "calib_annotations": "annotations"}, models=[model_type],
                      calib_images_dir=images, calib_annotations=annotations, prompt=prompt, seed=seed,
                      calib_images=calib_images, search_rows=search_rows, detections=detections)
     boxes = _prompt_detections(detections, prompt)
-    model = _build(model_type, checkpoint, seed, device)
+    model = built_model(model_type, checkpoint, seed, device)
     checked = check_recipe_sites(model, recipe)
     dataset, samples = calibration_set(config, detections=boxes)
     return config, model, checked, dataset, samples
@@ -424,7 +417,7 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
     from ptqsam.evaluation.records import (PER_INSTANCE, check_reference, evaluation_record, evaluation_settings,
                                            read_float_record, reference_result)
     from ptqsam.io import json_text, write_or_rescue
-    from ptqsam.models.zoo import weights_id
+    from ptqsam.models.zoo import built_model, weights_id
     from ptqsam.preflight import check_output_file
 
     if out:
@@ -433,7 +426,7 @@ def evaluate(model_type, checkpoint, device, images, annotations, detections, pr
     config = _config(models=[model_type], images=images, annotations=annotations, detections=detections,
                      prompt=prompt, seed=seed, eval_images=eval_images)
     boxes = Detections(detections) if detections else None
-    model = _build(model_type, checkpoint, seed, device)
+    model = built_model(model_type, checkpoint, seed, device)
     mode, used = _with_state(model, state, model_type, allow_other_weights)
     dataset = dataset_for(config)
     ids = dataset.image_ids[:eval_images] if eval_images else list(dataset.image_ids)
@@ -519,13 +512,14 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
     --stats-images, activation statistics."""
     from ptqsam.calibration import load_calibrated
     from ptqsam.instrument import attached_quantizers, site_inventory
+    from ptqsam.models.zoo import built_model
 
     if stats_images < 0:
         raise PtqsamError(f"--stats-images must be >= 0, got {stats_images}")
     config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
                      detections=detections)
     boxes = _prompt_detections(detections, prompt)
-    model = _build(model_type, checkpoint, 0, device)
+    model = built_model(model_type, checkpoint, 0, device)
     quantizers = attached_quantizers(model) if state is None else \
         load_calibrated(model, state, None, model_type, allow_other_weights).quantizers
     rows = []

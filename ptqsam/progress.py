@@ -1,5 +1,6 @@
 """Progress bars on stderr: every bar ptqsam shows is made by :func:`bar`, so :func:`silenced`
-(the CLI's ``--quiet``, for CI logs) turns every one of them off."""
+(the CLI's ``--quiet``, for CI logs) turns every one of them off, and under ``torchrun`` only
+rank 0 draws them."""
 
 from __future__ import annotations
 
@@ -23,5 +24,8 @@ def silenced(quiet: bool = True) -> Iterator[None]:
 
 
 def bar(iterable: Iterable[Any] | None = None, *, enabled: bool = True, **options: Any) -> tqdm:
-    """A tqdm bar on stderr, drawn only when ``enabled`` and not :func:`silenced`; ``options`` go to tqdm."""
-    return tqdm(iterable, disable=not enabled or _STATE["quiet"], **options)
+    """A tqdm bar on stderr, drawn only when ``enabled``, not :func:`silenced` and on rank 0;
+    ``options`` go to tqdm."""
+    from ptqsam import distributed
+
+    return tqdm(iterable, disable=not enabled or _STATE["quiet"] or not distributed.is_main(), **options)

@@ -152,7 +152,7 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
     shared = _Shared.of(config)
     records: dict[Cell, dict[str, Any]] = {}
     checkpoints = {}
-    with bar(total=len(todo), enabled=progress and distributed.is_main(), bar_format=CELL_LINE) as overall:
+    with bar(total=len(todo), enabled=progress, bar_format=CELL_LINE) as overall:
         for model_type in config.models:
             context = _ModelContext(config, model_type, shared, progress)
             checkpoints[model_type] = context.checkpoint_id
@@ -190,6 +190,12 @@ def _cell_done(overall, cell: Cell, how: str) -> None:
     overall.update()
 
 
+def _cell_threads(config: ExperimentConfig) -> int:
+    """The torch threads a cell is computed on: one with worker processes (here too), else this
+    process's."""
+    return 1 if config.workers > 1 else torch.get_num_threads()
+
+
 def _compute(config: ExperimentConfig, context: "_ModelContext",
              missing: list[tuple[Cell, dict[str, Any]]]) -> Iterator[tuple[Cell, dict[str, Any]]]:
     """Each missing cell with its new record: the float cell (the others' reference) first, in this
@@ -198,7 +204,7 @@ def _compute(config: ExperimentConfig, context: "_ModelContext",
     parallel = [(cell, stamp) for cell, stamp in missing if cell.recipe != FLOAT] if config.workers > 1 else []
     threads = torch.get_num_threads()
     for cell, stamp in [item for item in missing if item not in parallel]:
-        torch.set_num_threads(1 if config.workers > 1 else threads)
+        torch.set_num_threads(_cell_threads(config))
         try:
             record = {**context.run(cell), "fingerprint": stamp}
         finally:
@@ -311,8 +317,7 @@ class _ModelContext:
         self._reference: EvalResult | None = None
         self._calibration: dict[int, tuple] = {}
         #: what the cells' float arithmetic depends on (see :func:`_compute` for the thread count)
-        self.arithmetic = {"device": config.device, "torch": torch.__version__,
-                           "threads": 1 if config.workers > 1 else torch.get_num_threads()}
+        self.arithmetic = {"device": config.device, "torch": torch.__version__, "threads": _cell_threads(config)}
 
     def fingerprint(self, cell: Cell) -> dict[str, Any]:
         """The fingerprint of the settings that make ``cell``'s result."""

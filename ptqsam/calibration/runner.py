@@ -134,7 +134,7 @@ def calibrate(
     quantizers = attach(model, recipe, w_bits, a_bits, exclude)
     start, stop = distributed.shard_bounds(len(samples))
     # no pass before reconstruction quantizes the encoder: its embeddings are float and kept
-    passes = SampleLoop(model, samples[start:stop], True, progress and distributed.is_main(), start)
+    passes = SampleLoop(model, samples[start:stop], True, progress, start)
     report = CalibrationReport([s.image_id for s in samples], sum(len(s.prompts) for s in samples), quantizers,
                                weights=weights)
 
@@ -201,7 +201,7 @@ def _whole_set_loop(model: Sam, samples: Sequence[CalibrationSample], passes: Sa
     processes (RepQ-ViT's fold: every process computes the one-process fold from the same data)."""
     if not distributed.active():
         return passes
-    return SampleLoop(model, list(samples), True, progress and distributed.is_main())
+    return SampleLoop(model, list(samples), True, progress)
 
 
 def _transforms(model: Sam, recipe: Recipe, passes: SampleLoop, whole: SampleLoop, report: CalibrationReport) -> None:

@@ -138,7 +138,7 @@ def evaluate(
         warn_untrained_single_mask(model, options.multimask)
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     local = _predict_images(model, dataset, distributed.shard(image_ids), options, detections, cache, cache_key,
-                            progress and distributed.is_main(), description)
+                            progress, description)
     parts = distributed.gather_parts([local])
     result: EvalResult | PtqsamError | None = None
     if parts is not None:

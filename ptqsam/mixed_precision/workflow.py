@@ -29,9 +29,8 @@ from ptqsam.mixed_precision.control import HeldOutMeasure, accuracy_control, ran
 from ptqsam.mixed_precision.costs import ModelCosts, model_costs
 from ptqsam.mixed_precision.pareto import RecipeRun, RunCache, pareto_rows, write_pareto
 from ptqsam.mixed_precision.recipes import mixed_recipe, write_recipe
-from ptqsam.models.zoo import build_model, weights_id
+from ptqsam.models.zoo import built_model, weights_id
 from ptqsam.plots.precision import MIXED, plot_pareto
-from ptqsam.preflight import check_device
 
 #: Uniform bit-widths whose costs a written recipe lists for comparison.
 REFERENCE_BITS = ((4, 4), (6, 6), (8, 8))
@@ -52,12 +51,6 @@ def study_model(result: SensitivityResult, device: str = "cpu") -> Sam:
         raise AllocationError(f"the study measured weights {settings['weights']}, but {settings['model']} with "
                               f"checkpoint {settings['checkpoint']} and seed {seed} has weights {weights}")
     return built_model(settings["model"], settings["checkpoint"], seed, device)
-
-
-def built_model(model_type: str, checkpoint: str | None, seed: int, device: str) -> Sam:
-    """:func:`~ptqsam.models.build_model` on ``device`` (checked first)."""
-    check_device(device)
-    return build_model(model_type, checkpoint, seed=seed).to(device)
 
 
 def study_costs(result: SensitivityResult, model: Sam) -> ModelCosts:

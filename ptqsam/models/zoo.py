@@ -90,6 +90,14 @@ def build_model(model_type: str, checkpoint: str | Path | None = None, seed: int
     return model.eval()
 
 
+def built_model(model_type: str, checkpoint: str | Path | None, seed: int, device: str) -> Sam:
+    """:func:`build_model` on ``device`` (checked first: a clear error where torch cannot run there)."""
+    from ptqsam.preflight import check_device
+
+    check_device(device)
+    return build_model(model_type, checkpoint, seed=seed).to(device)
+
+
 def model_skeleton(model_type: str) -> Sam:
     """The modules of ``model_type`` without weights (on the "meta" device: built in milliseconds,
     no memory), for listing its sites and checking recipes before any work."""

@@ -384,12 +384,12 @@ def _error_bars(ax: Axes, xs: Sequence[int], ys: Sequence[float], rows: Sequence
                 colour: str) -> str | None:
     """Each point's min … max over its calibration sets (two or more), else its bootstrap interval
     (when every point has one); what the bars are, or None when there are none."""
-    spans, note = [_span(r, key) for r in rows], None
+    spans, note = [_pair(r, f"{key}_min", f"{key}_max") for r in rows], None
     if all(span is not None and r.get("calib_sets", 2) > 1 for span, r in zip(spans, rows)):
         sets = sorted({r.get("calib_sets") for r in rows if r.get("calib_sets")})
         note = "min … max over " + (f"{sets[0]} calibration sets" if len(sets) == 1 else "the calibration sets")
     else:
-        spans = [_interval(r, key) for r in rows]
+        spans = [_pair(r, f"{key}_ci_low", f"{key}_ci_high") for r in rows]
         if all(span is not None for span in spans):
             note = f"{LEVEL:.0%} bootstrap interval over the instances"
     if note is not None:
@@ -446,15 +446,9 @@ def _check_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return rows
 
 
-def _span(row: Mapping[str, Any], key: str) -> tuple[float, float] | None:
-    """The metric's min and max over the row's calibration sets, when it has them."""
-    low, high = _metric(row, f"{key}_min"), _metric(row, f"{key}_max")
-    return None if low is None or high is None else (low, high)
-
-
-def _interval(row: Mapping[str, Any], key: str) -> tuple[float, float] | None:
-    """The metric's bootstrap interval over the evaluated instances, when the row has one."""
-    low, high = _metric(row, f"{key}_ci_low"), _metric(row, f"{key}_ci_high")
+def _pair(row: Mapping[str, Any], low_key: str, high_key: str) -> tuple[float, float] | None:
+    """``(row[low_key], row[high_key])`` when the row has both (a spread or an interval)."""
+    low, high = _metric(row, low_key), _metric(row, high_key)
     return None if low is None or high is None else (low, high)
 
 

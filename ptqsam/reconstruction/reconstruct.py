@@ -74,7 +74,6 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
         units = [unit for unit in units if unit.name in set(only)]
     records = {}
     with _frozen_parameters(model):
-        progress = progress and distributed.is_main()
         for index, unit in enumerate(bar(units, enabled=progress, desc="reconstruction", leave=False)):
             records[unit.name] = _reconstruct_unit(model, loop, shard, unit, config, index, progress)
             if config.reference_drop_bug:  # as the reference: the later units' inputs are cached with it on
