@@ -25,9 +25,9 @@ DEMO_CALIB_SETS = 3
 DEMO_CALIB_IMAGES = 4
 #: the protocol float list of the demo: every recipe quantizes the sites PTQ4SAM quantizes
 DEMO_FLOAT_SITES = "ptq4sam"
-#: the demo's optional reconstruction row (--recon-recipe ptq4sam-l): at the lowest bit-width, with few
-#: iterations per block; off by default, as its 3 calibration sets alone would take the demo past 5 minutes
-DEMO_RECON_RECIPE, DEMO_RECON_ITERATIONS = "", 300
+#: the demo's reconstruction row: at the lowest bit-width only, with few iterations per unit (PTQ4SAM-L
+#: runs 20,000 on 32 images; the demo's 4 calibration images over-fit more iterations: README)
+DEMO_RECON_RECIPE, DEMO_RECON_ITERATIONS = "ptq4sam-l", 100
 #: rows of each Hessian unit's cache that score its candidates in the demo (the full cache takes ~7x longer)
 DEMO_SEARCH_ROWS = 64
 #: generated images the demo evaluates

@@ -199,9 +199,11 @@ def _cell_threads(config: ExperimentConfig) -> int:
 def _compute(config: ExperimentConfig, context: "_ModelContext",
              missing: list[tuple[Cell, dict[str, Any]]]) -> Iterator[tuple[Cell, dict[str, Any]]]:
     """Each missing cell with its new record: the float cell (the others' reference) first, in this
-    process; the others here too, or in ``config.workers`` worker processes. With workers, every
-    cell is computed on one torch thread, here too, so its numbers do not depend on the machine."""
+    process; the others here too, or in ``config.workers`` worker processes, the reconstruction
+    cells (the longest) submitted first. With workers, every cell is computed on one torch thread,
+    here too, so its numbers do not depend on the machine."""
     parallel = [(cell, stamp) for cell, stamp in missing if cell.recipe != FLOAT] if config.workers > 1 else []
+    parallel.sort(key=lambda item: load_recipe(item[0].recipe).reconstruction is None)
     threads = torch.get_num_threads()
     for cell, stamp in [item for item in missing if item not in parallel]:
         torch.set_num_threads(_cell_threads(config))

@@ -314,7 +314,9 @@ class GroupMeter:
         return damage(self.reference, predictions)
 
     def _switched(self, group_sites: Sequence[str] | None) -> contextlib.AbstractContextManager:
-        patterns = [glob.escape(s) for s in group_sites or () if s in self.quantized]
+        if group_sites is None:
+            return quantizing(self.model)
+        patterns = [glob.escape(s) for s in group_sites if s in self.quantized]
         if self.mode == "only":
             return quantizing(self.model, patterns)
         stack = contextlib.ExitStack()

@@ -77,11 +77,7 @@ def _warn_once(message: str) -> None:
 
 def attached_quantizers(model: nn.Module) -> dict[str, Quantizer]:
     """``name -> quantizer`` of the sites that carry one."""
-    return {name: site.quantizer for name, site in sites(model).items() if _has_quantizer(site)}
-
-
-def _has_quantizer(site: Site) -> bool:
-    return "quantizer" in site._modules
+    return {name: site.quantizer for name, site in sites(model).items() if site.attached is not None}
 
 
 def attach_quantizer(site: Site, quantizer: Quantizer) -> Quantizer:
@@ -92,7 +88,7 @@ def attach_quantizer(site: Site, quantizer: Quantizer) -> Quantizer:
 
 def detach_site(site: Site) -> None:
     """Remove the quantizer of one site (no-op when it has none)."""
-    if _has_quantizer(site):
+    if site.attached is not None:
         del site.quantizer
 
 

@@ -39,8 +39,13 @@ class Site(nn.Module):
         self.name = ""  # set by instrument(): the owner's module path + the role
         self.handed_over = kind in HANDED_OVER_KINDS
 
+    @property
+    def attached(self) -> nn.Module | None:
+        """The attached quantizer, or None."""
+        return self._modules.get("quantizer")
+
     def forward(self, x: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
-        quantizer = self._modules.get("quantizer")
+        quantizer = self.attached
         if quantizer is None:
             return x
         if self.handed_over and not (self._forward_hooks or quantizer._forward_hooks):

@@ -44,6 +44,9 @@ class ReconstructionConfig:
       seed: seed of the image draws and of the drop masks.
       cache_bytes: cached block inputs/targets kept in memory (per process under ``torchrun``); the
         rest spills to disk.
+      query_chunk: query rows of a ViT attention map computed at a time while a unit learns, each
+        chunk recomputed in the backward pass so that no whole map is kept (0: whole maps). Memory,
+        not numerics: the chunks' products equal the whole map's up to float summation order.
       reference_drop_bug: reproduce PTQ4SAM's evaluation bug deliberately: after each block its
         layer-input quantizers keep dropping ``drop_prob`` of their elements, later blocks and the
         evaluation included (for comparison with published numbers only; results are marked).
@@ -65,6 +68,7 @@ class ReconstructionConfig:
     warmup: float = field(default=0.2, metadata={"min": 0.0})
     seed: int = field(default=0, metadata={"min": 0})
     cache_bytes: int = field(default=2 * 2**30, metadata={"min": 1})
+    query_chunk: int = field(default=1024, metadata={"min": 0})
     reference_drop_bug: bool = False
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 import zlib
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -32,6 +33,7 @@ from torch import nn
 from ptqsam import distributed
 from ptqsam.data.samples import CalibrationSample
 from ptqsam.errors import CalibrationError, DistributedError
+from ptqsam.instrument.attention import chunked_attention
 from ptqsam.instrument.instrument import attached_quantizers, sites
 from ptqsam.instrument.modes import disabled, dropping, quantizing
 from ptqsam.models.blocks import touches_encoder
@@ -43,6 +45,7 @@ from ptqsam.reconstruction.response import continuation
 from ptqsam.reconstruction.sharded import SampleShard, fetch, share_step
 from ptqsam.reconstruction.units import ReconUnit, reconstruction_units, unit_module
 from quantizers import Quantizer
+from quantizers.modules.base import overridden
 from quantizers.modules.uniform import UniformQuantizer
 from quantizers.parts.adaround import rounding_regulariser
 from quantizers.parts.rounding import NearestRounding
@@ -81,6 +84,25 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
     if config.reference_drop_bug:  # fresh generators: the masks a loaded state draws
         apply_reference_drop_bug(model, reference_bug_sites(model, units), config.drop_prob, config.seed)
     return records
+
+
+def unit_output_errors(model: Sam, samples: list[CalibrationSample],
+                       config: ReconstructionConfig = ReconstructionConfig()) -> dict[str, float]:
+    """Each unit's output MSE against the float model's on ``samples``, its inputs from the quantized
+    model as at evaluation (no dropping): on images reconstruction was not fitted on, whether it
+    carried over. Units as ``config.unit`` makes them; under ``torchrun`` each process holds its shard."""
+    config = replace(config, drop_prob=0.0, response_weight=0.0, loss="mse", reference_drop_bug=False)
+    shard = SampleShard(len(samples))
+    loop = SampleLoop(model, samples[shard.start:shard.stop], progress=False, first_index=shard.start,
+                      encoder_float=not touches_encoder(attached_quantizers(model)))
+    errors = {}
+    for unit in reconstruction_units(model, config):
+        data = _UnitData(loop, shard, model, unit, config)
+        try:
+            errors[unit.name] = _output_mse(unit_module(model, unit), unit, data)
+        finally:
+            data.close()
+    return errors
 
 
 def reference_bug_sites(model: Sam, units: list[ReconUnit]) -> list[str]:
@@ -241,7 +263,8 @@ def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: Recon
         if config.drop_prob > 0 and activations else contextlib.nullcontext({})
     losses = []
     steps = bar(range(config.iterations), enabled=progress, desc=unit.name, leave=False, mininterval=1.0)
-    with drop as dropped, quantizing(data.root, list(unit.quantizers), allow_drop=True), torch.enable_grad():
+    with drop as dropped, quantizing(data.root, list(unit.quantizers), allow_drop=True), torch.enable_grad(), \
+            chunked_attention(module, config.query_chunk or None):
         generators = [generator] + [q.drop_generator for q in dropped.values()]
         for step in steps:
             while events and events[0][0] == step:
@@ -355,17 +378,9 @@ def _output_mse(module: nn.Module, unit: ReconUnit, data: _UnitData) -> float:
     return total / count
 
 
-@contextlib.contextmanager
-def _no_dropping(model: nn.Module, names: tuple[str, ...]) -> Iterator[None]:
+def _no_dropping(model: nn.Module, names: tuple[str, ...]) -> contextlib.AbstractContextManager:
     quantizers = attached_quantizers(model)
-    saved = {n: quantizers[n].drop_prob for n in names}
-    try:
-        for name in names:
-            quantizers[name].drop_prob = 0.0
-        yield
-    finally:
-        for name, probability in saved.items():
-            quantizers[name].drop_prob = probability
+    return overridden([quantizers[n] for n in names], "drop_prob", 0.0)
 
 
 def _start_adaround(model: nn.Module, weights: dict[str, Quantizer]) -> tuple[list, list]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from enum import Enum
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -64,6 +65,8 @@ class Quantizer(LazyStateModule):
         self.drop_prob = 0.0
         self.drop_generator: torch.Generator | None = None
         self.dropped_elements = 0
+        #: elements of the whole tensor while a caller quantizes it in parts (:func:`in_parts`)
+        self.whole_numel: int | None = None
         #: while a list: observed batches are summarized into it instead of folded (:meth:`summarize`)
         self.deferred: list | None = None
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
@@ -218,6 +221,27 @@ class Quantizer(LazyStateModule):
 
     def extra_repr(self) -> str:
         return f"bits={self.spec.bits}, mode={self.mode.value}, calibrated={self.is_calibrated}"
+
+
+@contextlib.contextmanager
+def overridden(objects: Iterable[Any], attribute: str, value: Any) -> Iterator[None]:
+    """``attribute`` set to ``value`` on each of ``objects`` while the block runs; restored on exit."""
+    objects = list(objects)
+    saved = [getattr(o, attribute) for o in objects]
+    try:
+        for o in objects:
+            setattr(o, attribute, value)
+        yield
+    finally:
+        for o, previous in zip(objects, saved):
+            setattr(o, attribute, previous)
+
+
+def in_parts(quantizers: Iterable[Quantizer], numel: int | None) -> contextlib.AbstractContextManager:
+    """While a caller quantizes a tensor of ``numel`` elements in parts (chunks of rows, say), each
+    call's learned-step gradient counts the whole tensor (LSQ's N), as one call would; None: each
+    call's own tensor. Restored on exit."""
+    return overridden(quantizers, "whole_numel", numel)
 
 
 def describe_values(name: str, value: torch.Tensor) -> str:

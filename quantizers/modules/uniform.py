@@ -157,7 +157,8 @@ class UniformQuantizer(Quantizer):
         if self._fixed:
             return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, overwrite=overwrite)
         if "scale" in self._parameters:  # LSQ gradient scale 1/sqrt(N·qmax), N = elements per scale
-            scale = grad_scale(scale, 1.0 / math.sqrt(x.numel() / num_groups(x, self.spec.granularity) * qmax))
+            numel = self.whole_numel or x.numel()
+            scale = grad_scale(scale, 1.0 / math.sqrt(numel / num_groups(x, self.spec.granularity) * qmax))
         if "zero_point" in self._parameters:
             zero_point = round_ste(zero_point)
         return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, self.rounding)

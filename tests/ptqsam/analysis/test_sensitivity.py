@@ -76,6 +76,7 @@ def test_a_float_only_group_has_zero_sensitivity(calibrated, samples, mode):
         baseline = meter.measure(None)
         assert kept == baseline  # keeping float what is float already recovers nothing
         assert baseline.mse > 0 and moved.mse < baseline.mse
+    assert meter.measure(None).mse > 0  # None: every quantizer on, in either mode
     assert all(q.mode.value == "off" for q in model.mask_decoder.modules() if hasattr(q, "calibrated"))
 
 
