@@ -328,16 +328,20 @@ class _ModelContext:
         if cell.recipe != FLOAT:
             settings.update(recipe=cell_recipe(self.config, cell).to_dict(),
                             quantize_encoder=self.config.quantize_encoder,
-                            calibration={str(seed): self.calibration_settings(seed)
+                            calibration={str(seed): self.calibration_settings(seed, cell_recipe(self.config, cell))
                                          for seed in self.config.calibration_seeds()})
         return fingerprint(settings)
 
-    def calibration_settings(self, seed: int) -> dict[str, Any]:
-        """What the calibration on the set of calibration seed ``seed`` depends on."""
+    def calibration_settings(self, seed: int, recipe: Recipe) -> dict[str, Any]:
+        """What the calibration of ``recipe`` on the set of calibration seed ``seed`` depends on (the
+        sweep's reconstruction overrides only where the recipe reconstructs: the others ignore them)."""
         dataset, samples = self.calibration(seed)
-        return {"data": data_fingerprint(dataset, [s.image_id for s in samples]), "images": self.config.calib_images,
-                "prompt": self.config.prompt, "num_points": self.config.num_points, "seed": seed,
-                "search_rows": self.config.search_rows, "reconstruction": self.config.reconstruction}
+        settings = {"data": data_fingerprint(dataset, [s.image_id for s in samples]),
+                    "images": self.config.calib_images, "prompt": self.config.prompt,
+                    "num_points": self.config.num_points, "seed": seed, "search_rows": self.config.search_rows}
+        if recipe.reconstruction is not None:
+            settings["reconstruction"] = self.config.reconstruction
+        return settings
 
     def run(self, cell: Cell) -> dict[str, Any]:
         start = time.perf_counter()
@@ -371,7 +375,7 @@ class _ModelContext:
         saved = state_path(self.config, cell, seed)
         if distributed.is_main():
             save_calibrated(model, saved, report, recipe, self.model_type, w, a,
-                            {"calibration": self.calibration_settings(seed),
+                            {"calibration": self.calibration_settings(seed, recipe),
                              "quantize_encoder": self.config.quantize_encoder})
         reference = self.reference() if distributed.is_main() else None  # only rank 0 measures agreement
         with calibrated_quantizing(model, report.extra_state()):

@@ -28,6 +28,7 @@ from ptqsam.data import CocoDataset
 from ptqsam.data.samples import calibration_samples
 from ptqsam.instrument import attached_quantizers
 from ptqsam.models import build_model
+from ptqsam.reconstruction import ReconstructionConfig
 from ptqsam.reconstruction.reconstruct import unit_output_errors
 
 
@@ -40,7 +41,8 @@ def diagnose(state: Path, samples: list) -> dict:
     parts = {"all": None, "image encoder only": [n for n in names if n.startswith("image_encoder.")],
              "mask decoder only": [n for n in names if n.startswith("mask_decoder.")]}
     products = model_groups(model, "unit", parts["mask decoder only"])
-    return {"recipe": loaded.recipe.name, "units": unit_output_errors(model, samples),
+    units = loaded.recipe.reconstruction_config() or ReconstructionConfig()  # the recipe's units, else blocks
+    return {"recipe": loaded.recipe.name, "units": unit_output_errors(model, samples, units),
             "parts": {label: meter.measure(sites) for label, sites in parts.items()},
             "products": {g.name: meter.measure(g.sites) for g in products}}
 

@@ -9,6 +9,7 @@ attached the sites are identities and the outputs are bit-identical to the origi
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Any, Iterator
 
@@ -24,6 +25,8 @@ from ptqsam.instrument.units import Product
 from ptqsam.models.tiny_vit import Attention as TinyViTAttention
 from quantizers import Quantizer
 from quantizers.modules.base import Mode, in_parts, overridden
+
+log = logging.getLogger("ptqsam")
 
 
 class AttentionSites:
@@ -62,6 +65,7 @@ class SitedViTAttention(AttentionSites, ViTAttention):
 
     #: query rows per chunk while gradients flow; None: the whole map at once
     query_chunk: int | None = None
+    _said_whole = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
@@ -104,8 +108,14 @@ class SitedViTAttention(AttentionSites, ViTAttention):
 
     def _rows_separable(self) -> bool:
         """Whether the logits and probs quantizers treat each query row alike (one step per tensor,
-        head or key), so the map may be quantized a chunk of rows at a time."""
-        return all(_row_independent(site.attached) for site in (self.logits_site, self.probs_site))
+        head or key), so the map may be quantized a chunk of rows at a time; when not, the whole
+        map is kept (said once per module: memory grows with it)."""
+        separable = all(_row_independent(site.attached) for site in (self.logits_site, self.probs_site))
+        if not separable and not self._said_whole:
+            self._said_whole = True
+            log.warning("%s: its logits/probs quantizers need whole attention maps; computing them unchunked",
+                        self.probs_site.name.rpartition(".")[0])
+        return separable
 
 
 def _decomposed_rel_pos(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
@@ -121,8 +131,12 @@ def _decomposed_rel_pos(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: tor
 
 
 def _row_independent(quantizer: Quantizer | None) -> bool:
+    """Whether ``quantizer`` may see a (heads, rows, keys) map a chunk of rows at a time: off, or
+    quantizing elementwise with one step per tensor, per head (axis 0) or per key (axis 2)."""
     if quantizer is None or quantizer.mode is Mode.OFF:
         return True
+    if quantizer.mode is not Mode.QUANTIZE or not quantizer.ELEMENTWISE:
+        return False  # an observer must see whole maps; a kind may depend on the tensor at hand
     granularity = quantizer.spec.granularity
     return granularity.kind == "tensor" or (granularity.kind == "channel" and granularity.axis % 3 != 1)
 

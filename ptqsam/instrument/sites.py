@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ptqsam.constants import SITE_KINDS  # noqa: F401 - re-exported (ptqsam.instrument.SITE_KINDS)
+from quantizers import Quantizer
 
 #: Kinds whose callers hand over a fresh temporary (the sited attention forwards pass the softmax
 #: output straight to the probs site): a quantizer may write its result into it.
@@ -40,7 +41,7 @@ class Site(nn.Module):
         self.handed_over = kind in HANDED_OVER_KINDS
 
     @property
-    def attached(self) -> nn.Module | None:
+    def attached(self) -> Quantizer | None:
         """The attached quantizer, or None."""
         return self._modules.get("quantizer")
 

@@ -44,9 +44,12 @@ class ReconstructionConfig:
       seed: seed of the image draws and of the drop masks.
       cache_bytes: cached block inputs/targets kept in memory (per process under ``torchrun``); the
         rest spills to disk.
-      query_chunk: query rows of a ViT attention map computed at a time while a unit learns, each
-        chunk recomputed in the backward pass so that no whole map is kept (0: whole maps). Memory,
-        not numerics: the chunks' products equal the whole map's up to float summation order.
+      query_chunk: query rows of a ViT attention map computed at a time while a unit learns (maps
+        with more rows only: SAM-B's global blocks, never the testbed's 256), each chunk recomputed
+        in the backward pass so that no whole map is kept (0: whole maps). Without dropping the
+        values equal the whole map's up to float summation order; with QDrop the chunks draw their
+        masks in another order (the same statistics, other elements), so results computed with
+        another ``query_chunk`` (or before it existed) are not reproduced bit for bit.
       reference_drop_bug: reproduce PTQ4SAM's evaluation bug deliberately: after each block its
         layer-input quantizers keep dropping ``drop_prob`` of their elements, later blocks and the
         evaluation included (for comparison with published numbers only; results are marked).

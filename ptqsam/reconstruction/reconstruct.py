@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import replace
 import zlib
+from dataclasses import replace
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
@@ -264,7 +264,7 @@ def _optimise(module: nn.Module, unit: ReconUnit, data: _UnitData, config: Recon
     losses = []
     steps = bar(range(config.iterations), enabled=progress, desc=unit.name, leave=False, mininterval=1.0)
     with drop as dropped, quantizing(data.root, list(unit.quantizers), allow_drop=True), torch.enable_grad(), \
-            chunked_attention(module, config.query_chunk or None):
+            chunked_attention(data.root, config.query_chunk or None):
         generators = [generator] + [q.drop_generator for q in dropped.values()]
         for step in steps:
             while events and events[0][0] == step:

@@ -57,6 +57,9 @@ class Quantizer(LazyStateModule):
     Options: type[Options] = Options
     #: granularity kinds the kind implements; a spec asking for another is refused when it is made
     GRANULARITIES: tuple[str, ...] = GRANULARITY_KINDS
+    #: whether :meth:`fake_quantize` maps each element by the qparams alone (no statistic of the tensor
+    #: at hand), so that a caller may quantize a tensor in parts (:func:`in_parts`); kinds opt in
+    ELEMENTWISE: bool = False
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__()

@@ -67,6 +67,7 @@ class HybridLogUniformQuantizer(Quantizer):
     """
 
     GRANULARITIES = ("tensor",)
+    ELEMENTWISE = True
 
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)

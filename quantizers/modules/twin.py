@@ -55,6 +55,7 @@ class _TwinSearchQuantizer(Quantizer):
     """
 
     GRANULARITIES = ("tensor",)
+    ELEMENTWISE = True
 
     #: whether the grid is best seen on a logarithmic axis
     log_axis = False

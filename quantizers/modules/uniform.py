@@ -42,6 +42,8 @@ class UniformQuantizer(Quantizer):
       observer: the statistics collector; built from ``spec`` when omitted.
     """
 
+    ELEMENTWISE = True
+
     def __init__(self, spec: QuantSpec, observer: Observer | None = None) -> None:
         super().__init__(spec)
         self.observer = observer if observer is not None else build_observer(spec)

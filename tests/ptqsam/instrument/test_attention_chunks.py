@@ -11,6 +11,7 @@ from ptqsam.calibration import calibrate
 from ptqsam.instrument import attached_quantizers, dropping, quantizing
 from ptqsam.instrument import attention
 from ptqsam.instrument.attention import chunked_attention
+from quantizers import Mode
 
 BLOCK = "image_encoder.blocks.2"  # the testbed's first global-attention block: 16 × 16 = 256 query rows
 CHUNK = 64
@@ -109,3 +110,26 @@ def test_chunking_is_off_without_gradients_and_restored_on_exit(block):
             assert module.query_chunk == CHUNK
             assert torch.equal(module(x), whole)
     assert module.query_chunk is None
+
+
+def test_observers_and_kinds_not_elementwise_see_whole_maps_said_once(block, monkeypatch, caplog):
+    model, names, _ = block
+    module = model.get_submodule(BLOCK).attn
+    calls = []
+    monkeypatch.setattr(attention, "checkpoint", lambda function, *args, **kwargs: calls.append(1) or function(*args))
+    x = torch.randn(1, 16, 16, module.qkv.in_features, requires_grad=True)
+    probs = module.probs_site.attached
+    with chunked_attention(module, CHUNK), quantizing(model, names):
+        module(x)
+        assert len(calls) == 256 // CHUNK
+        calls.clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(type(probs), "ELEMENTWISE", False)  # a kind that reads the tensor at hand
+            module(x)
+            module(x)
+        assert not calls
+        probs.mode = Mode.OBSERVE  # an observer must see whole maps
+        module(x)
+    assert not calls
+    assert type(probs).ELEMENTWISE
+    assert caplog.text.count("need whole attention maps") == 1
