@@ -242,8 +242,8 @@ def run_demo(progress: bool = True, **options: Any) -> list[dict[str, Any]]:
     returns the report's rows. With worker processes (the demo's default: 2) a script calling it
     needs the ``if __name__ == "__main__":`` guard (the workers are spawned and import it).
 
-    >>> rows = run_demo(recipes=["minmax"], bits=["W8A8"], images=2, calib_images=1, calib_sets=1,
-    ...                 workers=1, out="demo", progress=False)
+    >>> rows = run_demo(recipes=["minmax"], bits=["W8A8"], recon_recipe="", images=2, calib_images=1,
+    ...                 calib_sets=1, workers=1, out="demo", progress=False)
     >>> [row["recipe"] for row in rows]
     ['float', 'minmax']
     """
