@@ -326,9 +326,9 @@ class _ModelContext:
         settings: dict[str, Any] = {"model": cell.model, "weights": self.checkpoint_id, "recipe": FLOAT,
                                     "bits": cell.bits, "evaluation": self.evaluation, "arithmetic": self.arithmetic}
         if cell.recipe != FLOAT:
-            settings.update(recipe=cell_recipe(self.config, cell).to_dict(),
-                            quantize_encoder=self.config.quantize_encoder,
-                            calibration={str(seed): self.calibration_settings(seed, cell_recipe(self.config, cell))
+            recipe = cell_recipe(self.config, cell)
+            settings.update(recipe=recipe.to_dict(), quantize_encoder=self.config.quantize_encoder,
+                            calibration={str(seed): self.calibration_settings(seed, recipe)
                                          for seed in self.config.calibration_seeds()})
         return fingerprint(settings)
 

@@ -64,11 +64,7 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
         # each process would draw the dropped elements of its shard's captures from a fresh generator
         raise DistributedError("reference_drop_bug cannot be reproduced under torchrun (the dropped elements "
                                "depend on the one-process order of the captures); reconstruct in one process")
-    quantizers = attached_quantizers(model)
-    encoder_float = not touches_encoder(quantizers)
-    shard = SampleShard(len(samples))
-    loop = SampleLoop(model, samples[shard.start:shard.stop], encoder_float=encoder_float, progress=False,
-                      first_index=shard.start)
+    shard, loop = _sharded_loop(model, samples)
     units = reconstruction_units(model, config)
     if only is not None:
         unknown = sorted(set(only) - {unit.name for unit in units})
@@ -92,9 +88,7 @@ def unit_output_errors(model: Sam, samples: list[CalibrationSample],
     model as at evaluation (no dropping): on images reconstruction was not fitted on, whether it
     carried over. Units as ``config.unit`` makes them; under ``torchrun`` each process holds its shard."""
     config = replace(config, drop_prob=0.0, response_weight=0.0, loss="mse", reference_drop_bug=False)
-    shard = SampleShard(len(samples))
-    loop = SampleLoop(model, samples[shard.start:shard.stop], progress=False, first_index=shard.start,
-                      encoder_float=not touches_encoder(attached_quantizers(model)))
+    shard, loop = _sharded_loop(model, samples)
     errors = {}
     for unit in reconstruction_units(model, config):
         data = _UnitData(loop, shard, model, unit, config)
@@ -103,6 +97,14 @@ def unit_output_errors(model: Sam, samples: list[CalibrationSample],
         finally:
             data.close()
     return errors
+
+
+def _sharded_loop(model: Sam, samples: list[CalibrationSample]) -> tuple[SampleShard, SampleLoop]:
+    """This process's shard of ``samples`` and the loop over it (the encoder float unless quantized)."""
+    shard = SampleShard(len(samples))
+    loop = SampleLoop(model, samples[shard.start:shard.stop], progress=False, first_index=shard.start,
+                      encoder_float=not touches_encoder(attached_quantizers(model)))
+    return shard, loop
 
 
 def reference_bug_sites(model: Sam, units: list[ReconUnit]) -> list[str]:
