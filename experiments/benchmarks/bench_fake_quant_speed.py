@@ -13,7 +13,12 @@ printed), then the methods run in turn (interleaved) ``--repeats`` times; median
 
     python experiments/benchmarks/bench_fake_quant_speed.py --repeats 5            # 12×4096×4096 fp32
     python experiments/benchmarks/bench_fake_quant_speed.py --shape 12 1024 4096   # quicker
-    python experiments/benchmarks/bench_fake_quant_speed.py --device cuda
+    python experiments/benchmarks/bench_fake_quant_speed.py --device cuda --profile 8
+
+``--profile N`` then profiles one more call of each fused kernel (the ``after`` rows) with
+``torch.profiler`` and prints its top N entries by own device time: the kernels the compiler
+made, their launch counts and the host work around them (what a slow fused kernel on a GPU spends
+its time on).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def main() -> None:
     parser.add_argument("--shift", type=int, default=4, help="twin softmax shift m")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=0, help="print this many profiler entries per fused kernel")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -77,6 +83,22 @@ def main() -> None:
             met = ratio <= goal and clone <= CLONE_GOAL
             verdict = f"<={goal:g} {'met' if met else 'NOT'}"
         print(f"{name:36s} {median:8.3f} {ratio:8.2f} {clone:8.2f} {verdict:>10s} {first_call[name]:10.2f}")
+    if args.profile:
+        _profile({name: run for name, run in methods.items() if name.endswith(": after")}, x, args.profile)
+
+
+def _profile(methods: dict[str, Callable[[], object]], x: torch.Tensor, top: int) -> None:
+    """One profiled call of each method: its top ``top`` entries by own device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = x.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    for name, run in methods.items():
+        with profile(activities=activities) as prof:
+            _timed(run, x)
+        print(f"--- {name}: one call, top {top} by {sort}")
+        print(prof.key_averages().table(sort_by=sort, row_limit=top))
 
 
 def _timed(run: Callable[[], object], x: torch.Tensor) -> float:

@@ -31,7 +31,7 @@ MIN_STEP_SECONDS = 20
 #: (name, command, lines of its output's tail to show); {device} is replaced by ``--device``
 STEPS = [
     ("cuda tests", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"], 3),
-    ("kernels", [f"{BENCH}/bench_fake_quant_speed.py", "--device", "{device}", "--repeats", "5"], 16),
+    ("kernels", [f"{BENCH}/bench_fake_quant_speed.py", "--device", "{device}", "--repeats", "5", "--profile", "6"], 80),
     ("agq", [f"{BENCH}/bench_agq.py", "--device", "{device}", "--rows", "512"], 4),
     ("overhead vit_b", [f"{BENCH}/bench_instrument_overhead.py", "--device", "{device}", "--repeats", "5"], 12),
     ("calibration testbed", [f"{BENCH}/bench_calibration.py", "--device", "{device}", "--model", "testbed",

@@ -10,7 +10,8 @@ arithmetic.
 Kernels compile once per process and device type with dynamic shapes (every scalar is passed as a
 tensor, so no value triggers a recompilation); Inductor keeps the compiled code in its on-disk
 cache, so later processes load it in seconds. Small tensors (below :func:`min_numel` elements) and
-tensors that are not contiguous float32 keep the callers' eager kernels. Where compilation fails
+tensors that are not contiguous float32 keep the callers' eager kernels (uniform fake quantization
+first brings a tensor that is dense in another layout into memory order, :func:`memory_order`). Where compilation fails
 (no C++ compiler, no Triton), the kernel says so once in the log and the eager kernels take over.
 ``QUANTIZERS_FUSED=0`` in the environment, or :func:`fused_kernels`, turns the fused path off.
 """
@@ -68,7 +69,8 @@ class FusedKernel:
 
     ``x`` is the tensor the kernel streams, ``out`` where it writes (``x`` itself, or a view of
     it, to overwrite it: that runs a second compiled variant taking ``x`` once, since aliased
-    inputs are a fragile corner of the compiler), the others small tensors on its device. If
+    inputs are a fragile corner of the compiler), the others small tensors on its device. Inputs
+    are detached: a kernel never carries gradients (callers take it only where none flow). If
     compiling or running the compiled code fails, the failure is logged once, the kernel is turned
     off on that device type and ``fn`` runs eagerly (same values, unfused); the callers' eager
     kernels take over from then on.
@@ -97,6 +99,7 @@ class FusedKernel:
         if device in self._off:
             return self.fn(x, out, *small)
         in_place = out.data_ptr() == x.data_ptr()
+        x, out, small = _plain(x), _plain(out), tuple(_plain(t) for t in small)
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                 return self._variant(in_place)(x, *small) if in_place else self._variant(in_place)(x, out, *small)
@@ -111,6 +114,29 @@ class FusedKernel:
             fn = _overwriting(self.fn) if in_place else self.fn
             self._compiled[in_place] = torch.compile(fn, dynamic=True, fullgraph=True)
         return self._compiled[in_place]
+
+
+def memory_order(x: torch.Tensor) -> tuple[int, ...] | None:
+    """The permutation ``p`` for which ``x.permute(p)`` is contiguous, when ``x`` is dense in some
+    layout (a transposed or permuted view of a contiguous tensor, a channels-last activation); None
+    when ``x`` has gaps or overlaps. An elementwise kernel can then run on ``x.permute(p)`` and
+    give its result back as ``out.permute(inverse)``, in ``x``'s own layout, without a copy."""
+    order = tuple(sorted(range(x.dim()), key=lambda d: -x.stride(d)))
+    return order if x.permute(order).is_contiguous() else None
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A detached alias of ``t`` that is not a view, with the strides of a fresh tensor where ``t``
+    is contiguous: compiled code guards on a view's base and on the strides of dimensions of size 1
+    (which torch leaves arbitrary), so without this each caller's layout costs a recompilation."""
+    t = t.detach()
+    if t.is_contiguous():
+        strides = [1] * t.dim()
+        for i in range(t.dim() - 2, -1, -1):
+            strides[i] = strides[i + 1] * t.shape[i + 1]
+        if list(t.stride()) != strides:
+            t = t.as_strided(t.shape, strides).detach()
+    return t
 
 
 def _overwriting(fn: Callable) -> Callable:

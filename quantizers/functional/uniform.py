@@ -19,7 +19,7 @@ import torch
 
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_finite, check_peak, check_tensor
-from quantizers.functional.fused import FusedKernel, constant
+from quantizers.functional.fused import FusedKernel, constant, memory_order
 from quantizers.spec import PER_TENSOR, Granularity, check_bits
 
 #: Smallest scale ever produced (an all-zero tensor gets this, never a zero scale).
@@ -125,12 +125,16 @@ def fake_quantize(
     granularity: Granularity = PER_TENSOR,
     rounding: Callable[[torch.Tensor], torch.Tensor] | None = None,
     overwrite: bool = False,
+    qparams_checked: bool = False,
 ) -> torch.Tensor:
     """Fake-quantize ``x``; gradients follow the clipped straight-through estimator.
 
     ``scale``/``zero_point`` hold one entry per quantization group (see :func:`num_groups`).
     Non-float32 inputs are computed in float32 and cast back. ``overwrite=True`` says the caller
     hands ``x`` over: the result may be written into it (the fused kernel does; use the result).
+    ``qparams_checked=True`` says these very qparam values already passed this check on this grid
+    (a quantizer whose qparams did not change since): their values are not read again (on a GPU,
+    that read is a synchronisation per call).
 
     Without ``rounding``, torch's fused ``fake_quantize_per_{tensor,channel}_affine`` ops compute
     it (exact; gradient for ``x`` only). With a ``rounding`` (e.g. :func:`round_ste`, or a learned
@@ -143,9 +147,11 @@ def fake_quantize(
     if rounding is not None:
         check_finite(x)
         return _fake_quantize_autograd(x, scale, zero_point, qmin, qmax, granularity, rounding)
-    scale, zero_point = _check_qparams(scale, zero_point, qmin, qmax, num_groups(x, granularity))
-    if granularity.kind != "group" and _fused_uniform.wants(x) and _grad_free(x, scale):
-        return _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrite)
+    scale, zero_point = _check_qparams(scale, zero_point, qmin, qmax, num_groups(x, granularity), qparams_checked)
+    if granularity.kind != "group" and _grad_free(x, scale):
+        fused = _fused_in_memory_order(x, scale, zero_point, qmin, qmax, granularity, overwrite)
+        if fused is not None:
+            return fused
     check_finite(x)
     out_dtype = x.dtype
     xf = x if x.dtype == torch.float32 else x.float()
@@ -177,6 +183,22 @@ def _uniform(x: torch.Tensor, out: torch.Tensor, inv_scale: torch.Tensor, scale:
 
 
 _fused_uniform = FusedKernel(_uniform)
+
+
+def _fused_in_memory_order(x, scale, zero_point, qmin, qmax, granularity, overwrite) -> torch.Tensor | None:
+    """The fused kernel's result, or None where ``x`` does not take it. A tensor dense in another
+    layout (a transposed or permuted view, channels-last) is computed on its contiguous permutation
+    and returned in its own layout, as torch's ops return it."""
+    if x.is_contiguous():
+        return _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrite) \
+            if _fused_uniform.wants(x) else None
+    perm = memory_order(x)
+    if perm is None or not _fused_uniform.wants(x.permute(perm)):
+        return None
+    if granularity.kind == "channel":
+        granularity = Granularity("channel", perm.index(channel_axis(x, granularity)))
+    out = _fake_quantize_fused(x.permute(perm), scale, zero_point, qmin, qmax, granularity, overwrite)
+    return out.permute(sorted(range(x.dim()), key=perm.__getitem__))
 
 
 def _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrite) -> torch.Tensor:
@@ -286,7 +308,7 @@ def channel_axis(x: torch.Tensor, granularity: Granularity) -> int:
 
 
 def _check_qparams(
-    scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, groups: int
+    scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, groups: int, values_checked: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
     zero_point = torch.as_tensor(zero_point).reshape(-1).to(torch.int32)
@@ -296,6 +318,8 @@ def _check_qparams(
         )
     if not qmin < qmax:
         raise QuantizationError(f"empty integer grid [{qmin}, {qmax}]")
+    if values_checked:
+        return scale, zero_point
     # one device-to-host read when everything is valid (each check below costs one on a GPU)
     valid = ((torch.isfinite(scale) & (scale > 0)).all() & ((zero_point >= qmin) & (zero_point <= qmax)).all()
              & torch.isfinite(_grid_ends(scale, zero_point, qmin, qmax)).all())

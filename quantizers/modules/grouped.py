@@ -79,6 +79,9 @@ class ChannelGroupQuantizer(UniformQuantizer):
     def group_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.scale[self.channel_group], self.zero_point[self.channel_group]
 
+    def _qparam_sources(self) -> tuple[torch.Tensor, ...]:
+        return self.scale, self.zero_point, self.channel_group
+
     def milestones(self) -> tuple[float, ...]:
         return self.options.milestones
 

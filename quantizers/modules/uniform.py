@@ -50,6 +50,7 @@ class UniformQuantizer(Quantizer):
         self.rounding: Rounding = NearestRounding()
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
+        self._checked_qparams: tuple | None = None
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -157,13 +158,22 @@ class UniformQuantizer(Quantizer):
         qmin, qmax = self.qrange
         scale, zero_point = self.group_qparams()
         if self._fixed:
-            return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, overwrite=overwrite)
+            key = _qparams_key(self._qparam_sources(), qmin, qmax)
+            out = fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, overwrite=overwrite,
+                                qparams_checked=key is not None and _same_key(key, self._checked_qparams))
+            self._checked_qparams = key
+            return out
         if "scale" in self._parameters:  # LSQ gradient scale 1/sqrt(N·qmax), N = elements per scale
             numel = self.whole_numel or x.numel()
             scale = grad_scale(scale, 1.0 / math.sqrt(numel / num_groups(x, self.spec.granularity) * qmax))
         if "zero_point" in self._parameters:
             zero_point = round_ste(zero_point)
         return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, self.rounding)
+
+    def _qparam_sources(self) -> tuple[torch.Tensor, ...]:
+        """The tensors :meth:`group_qparams` is made from: while none of them changes, the qparam
+        values checked at one call need no check at the next."""
+        return self.scale, self.zero_point
 
     @property
     def _fixed(self) -> bool:
@@ -190,3 +200,20 @@ class UniformQuantizer(Quantizer):
 
     def _parameter_summary(self) -> str:
         return " ".join(describe_values(name, getattr(self, name)) for name in QPARAMS)
+
+
+def _qparams_key(sources: tuple[torch.Tensor, ...], qmin: int, qmax: int) -> tuple | None:
+    """What the last check of the qparam values saw: each source tensor (held, so no other tensor
+    can take its identity), its version counter (bumped by every in-place change) and data pointer
+    (a ``.data`` swap), and the grid. None when a source is an inference tensor, which has no
+    version counter: checked at every call. Like :mod:`quantizers.modules.cache`, a write into the
+    same memory that torch does not track (through ``.numpy()``) is not seen."""
+    if any(t.is_inference() for t in sources):
+        return None
+    return (*((t, t._version, t.data_ptr()) for t in sources), qmin, qmax)
+
+
+def _same_key(key: tuple, checked: tuple | None) -> bool:
+    if checked is None or len(key) != len(checked):
+        return False
+    return all(a == b if not isinstance(a, tuple) else (a[0] is b[0] and a[1:] == b[1:]) for a, b in zip(key, checked))

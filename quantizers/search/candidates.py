@@ -9,11 +9,13 @@ for ``cosine`` and ``pearson``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from quantizers.errors import QuantizationError
 from quantizers.functional.fused import FusedKernel
 from quantizers.functional.uniform import fake_quantize_candidates, quant_range
 
@@ -33,14 +35,44 @@ class Operand:
 
 @dataclass(frozen=True)
 class Output:
-    """The float output scored in ``groups`` equal slices along ``axis`` (the layer objective is the
+    """The float output scored in ``groups`` equal slices along one axis (the layer objective is the
     mean over them). An operand has one scale per output group (each touches only its slice) or
-    one scale for all; ``ref`` and ``weight`` are ``(groups, E)``."""
+    one scale for all. ``ref`` and ``weight`` are the output reshaped to ``(pre, groups, post)``:
+    the axis split in ``groups``, everything before it in ``pre``, the rest of the axis and
+    everything after it in ``post`` (build with :meth:`along`). Candidate outputs take the same
+    shape, so layers of every rank share the compiled scoring kernels (one graph per pattern of
+    size-1 dimensions, which the compiler specialises)."""
 
     ref: torch.Tensor
     weight: torch.Tensor | None
-    axis: int
-    groups: int
+
+    @classmethod
+    def along(cls, ref: torch.Tensor, weight: torch.Tensor | None, axis: int, groups: int) -> "Output":
+        """``ref`` (and ``weight``, the same shape or None) split in ``groups`` along ``axis``."""
+        view = grouped_shape(ref.shape, axis, groups)
+        return cls(ref.reshape(view), None if weight is None else weight.reshape(view))
+
+    @property
+    def groups(self) -> int:
+        return self.ref.shape[1]
+
+    def candidates(self, out_hat: torch.Tensor) -> torch.Tensor:
+        """Candidate outputs ``(c, *output shape)`` as ``(c, pre, groups, post)``."""
+        return out_hat.reshape(out_hat.shape[0], *self.ref.shape)
+
+
+def grouped_shape(shape: torch.Size, axis: int, groups: int) -> tuple[int, int, int]:
+    """``(pre, groups, post)``: ``shape`` with ``axis`` split in ``groups`` equal slices."""
+    size = shape[axis]
+    if size % groups:
+        raise QuantizationError(f"axis {axis} of size {size} does not split into {groups} equal groups")
+    pre = math.prod(shape[:axis])
+    return pre, groups, math.prod(shape) // (pre * groups)
+
+
+def by_group(t: torch.Tensor) -> torch.Tensor:
+    """``(..., pre, groups, post)`` as ``(..., groups, pre·post)``: each group's elements in one row."""
+    return t.transpose(-3, -2).reshape(*t.shape[:-3], t.shape[-2], -1)
 
 
 def score_candidates(
@@ -67,24 +99,29 @@ def score_candidates(
 
 
 def candidate_scores(out_hat: torch.Tensor, output: Output, metric: str) -> torch.Tensor:
-    """``(c, groups)`` scores of candidate outputs ``(c, *out.shape)`` against ``output``."""
-    if metric in ("hessian", "l2") and _fused_scores.wants(out_hat):
-        weight = output.ref if output.weight is None else output.weight  # a placeholder, unused by l2
-        return _fused_scores(out_hat, output.ref, weight, output.axis, output.groups, output.weight is not None)
-    moved = out_hat.movedim(output.axis + 1, 1).reshape(out_hat.shape[0], output.groups, -1)
-    return group_scores(moved, output.ref, output.weight, metric)
+    """``(c, groups)`` scores of candidate outputs ``(c, *output shape)`` against ``output``."""
+    grouped = output.candidates(out_hat)
+    weight = () if output.weight is None else (output.weight,)
+    if metric in ("hessian", "l2"):
+        kernel = _fused_weighted_scores if weight else _fused_scores
+        if kernel.wants(grouped):
+            return kernel(grouped, output.ref, *weight)
+    return group_scores(by_group(grouped), by_group(output.ref), by_group(*weight) if weight else None, metric)
 
 
-def _squared_errors(out_hat: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor, axis: int, groups: int,
-                    weighted: bool) -> torch.Tensor:
-    """Fused kernel: ``(c, groups)`` mean (weighted) squared error of candidate outputs ``(c, *shape)``
-    against ``ref`` ``(groups, E)`` (``shape`` moved so that ``axis`` leads, then split in groups)."""
-    moved = out_hat.movedim(axis + 1, 1).reshape(out_hat.shape[0], groups, -1)
-    err = (moved - ref).square()
-    return (err * weight if weighted else err).mean(dim=-1)
+def _squared_errors(out_hat: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Fused kernel: ``(c, groups)`` mean squared error of candidate outputs ``(c, pre, groups,
+    post)`` against ``ref`` ``(pre, groups, post)``."""
+    return (out_hat - ref).square().mean(dim=(1, 3))
+
+
+def _weighted_squared_errors(out_hat: torch.Tensor, ref: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Fused kernel: :func:`_squared_errors` with each element weighted (``weight`` like ``ref``)."""
+    return ((out_hat - ref).square() * weight).mean(dim=(1, 3))
 
 
 _fused_scores = FusedKernel(_squared_errors)
+_fused_weighted_scores = FusedKernel(_weighted_squared_errors)
 
 
 def quantize_groups(t: torch.Tensor, axis: int, groups: int, scales: torch.Tensor, bits: int) -> torch.Tensor:
@@ -97,9 +134,9 @@ def quantize_groups(t: torch.Tensor, axis: int, groups: int, scales: torch.Tenso
 
 def flat_score(out_hat: torch.Tensor, out: torch.Tensor, grad_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
     """The score of one output over all its elements (one group)."""
-    weight = None if grad_sq is None else grad_sq.reshape(1, -1)
-    flat_hat, flat_ref = out_hat.detach().float().reshape(1, -1), out.detach().float().reshape(1, -1)
-    return candidate_scores(flat_hat, Output(flat_ref, weight, axis=0, groups=1), metric)[0, 0]
+    weight = None if grad_sq is None else grad_sq.reshape(-1)
+    flat_hat, flat_ref = out_hat.detach().float().reshape(1, -1), out.detach().float().reshape(-1)
+    return candidate_scores(flat_hat, Output.along(flat_ref, weight, axis=0, groups=1), metric)[0, 0]
 
 
 def group_scores(

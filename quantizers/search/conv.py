@@ -30,8 +30,6 @@ from quantizers.search.hessian import (
     _alternate,
     _grad_weight,
     _row_subset,
-    _split,
-    _split_or_none,
 )
 from quantizers.spec import check_bits
 
@@ -180,7 +178,7 @@ def search_conv(
         Operand(x.detach().float(), check_bits(a_bits), axis=0, groups=1),
     )
     ref, weight_sq = by_rows(out.detach().float()), None if grad_sq is None else by_rows(grad_sq)
-    output = Output(_split(ref, 2, groups), _split_or_none(weight_sq, 2, groups), axis=2, groups=groups)
+    output = Output.along(ref, weight_sq, 2, groups)
     (w_scale, x_scale), history = _alternate(operands, forward, output, config)
     return LinearScales(w_scale, x_scale, history)
 

@@ -37,6 +37,7 @@ from quantizers.search.base import ScaleSearch
 from quantizers.search.candidates import Operand as _Operand
 from quantizers.search.candidates import Output as _Output
 from quantizers.search.candidates import flat_score as _flat_score
+from quantizers.search.candidates import grouped_shape as _grouped_shape
 from quantizers.search.candidates import quantize_groups as _quantize_groups
 from quantizers.search.candidates import score_candidates as _score_candidates
 from quantizers.spec import check_bits
@@ -268,14 +269,20 @@ def search_linear(
     b = None if bias is None else bias.detach().float()
 
     def forward(w_hat: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        y = x_hat @ w_hat.transpose(-1, -2)
-        return y if b is None else y + b
+        """One product for all candidates (the bias added inside it): ``(c, N, out)`` for ``c``
+        weights ``(c, out, in)`` or inputs ``(c, N, in)``."""
+        if w_hat.dim() == 3:
+            xs = x_hat.expand(w_hat.shape[0], *x_hat.shape)
+            return torch.bmm(xs, w_hat.transpose(1, 2)) if b is None else torch.baddbmm(b, xs, w_hat.transpose(1, 2))
+        flat = x_hat.reshape(-1, x_hat.shape[-1])
+        y = flat @ w_hat.T if b is None else torch.addmm(b, flat, w_hat.T)
+        return y.reshape(*x_hat.shape[:-1], w_hat.shape[0])
 
     operands = (
         _Operand(weight.detach().float(), check_bits(w_bits), axis=0, groups=groups),
         _Operand(x2, check_bits(a_bits), axis=0, groups=1),
     )
-    output = _Output(_split(out2, 1, groups), _split_or_none(grad_sq, 1, groups), axis=1, groups=groups)
+    output = _Output.along(out2, grad_sq, 1, groups)
     (w_scale, x_scale), history = _alternate(operands, forward, output, config)
     return LinearScales(w_scale, x_scale, history)
 
@@ -320,7 +327,7 @@ def search_matmul(
         _Operand(a.detach().float(), check_bits(a_bits), axis, heads),
         _Operand(b.detach().float(), check_bits(b_bits), axis, heads),
     )
-    output = _Output(_split(out.detach().float(), axis, heads), _split_or_none(grad_sq, axis, heads), axis, heads)
+    output = _Output.along(out.detach().float(), grad_sq, axis, heads)
     (a_scale, b_scale), history = _alternate(operands, torch.matmul, output, config)
     return MatmulScales(a_scale, b_scale, history)
 
@@ -386,15 +393,9 @@ def _row_subset(rows: int, keep: int) -> torch.Tensor | None:
 
 
 def _split(t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
-    """``(groups, -1)`` view: ``groups`` equal contiguous slices of ``t`` along ``axis``."""
-    size = t.shape[axis]
-    if size % groups:
-        raise QuantizationError(f"axis {axis} of size {size} does not split into {groups} equal groups")
+    """``(groups, -1)``: ``groups`` equal contiguous slices of ``t`` along ``axis``, one per row."""
+    _grouped_shape(t.shape, axis, groups)  # refuses an axis that does not split evenly
     return t.movedim(axis, 0).reshape(groups, -1)
-
-
-def _split_or_none(t: torch.Tensor | None, axis: int, groups: int) -> torch.Tensor | None:
-    return None if t is None else _split(t, axis, groups)
 
 
 def _grad_weight(grad: torch.Tensor | None, out: torch.Tensor, metric: str) -> torch.Tensor | None:

@@ -205,3 +205,31 @@ def test_torchs_no_cuda_runtime_notice_is_silenced_and_nothing_else(tmp_path) ->
     assert "No CUDA runtime is found" in stderr("")  # what torch prints on its own
     quiet = stderr("import quantizers; ")
     assert "No CUDA runtime is found" not in quiet and "another line" in quiet
+
+
+def test_memory_order_finds_the_layout_of_dense_tensors_only():
+    base = torch.zeros(2, 3, 4, 5)
+    assert fused.memory_order(base) == (0, 1, 2, 3)
+    assert fused.memory_order(base.permute(0, 2, 3, 1)) == (0, 3, 1, 2)
+    assert base.permute(0, 2, 3, 1).permute(fused.memory_order(base.permute(0, 2, 3, 1))).is_contiguous()
+    assert fused.memory_order(base[:, :2]) is None  # gaps: a slice
+    assert fused.memory_order(torch.zeros(4, 1).expand(4, 6)) is None  # overlaps: an expanded view
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("granularity", [Granularity(), Granularity("channel", 1), Granularity("channel", 3)])
+def test_permuted_dense_tensors_take_the_fused_kernel_in_their_own_layout(granularity, overwrite, monkeypatch):
+    calls = []
+    original = FusedKernel.__call__
+    monkeypatch.setattr(FusedKernel, "__call__", lambda self, *a: calls.append(self.name) or original(self, *a))
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 8, 256, 40, generator=g) * 3).transpose(1, 3)  # (4, 40, 256, 8), dense, not contiguous
+    groups = 1 if granularity.kind == "tensor" else x.shape[granularity.axis]
+    scale, zero = torch.rand(groups, generator=g) * 0.05 + 0.01, torch.zeros(groups, dtype=torch.int32)
+    expected = (torch.fake_quantize_per_tensor_affine(x, float(scale), 0, -128, 127) if groups == 1
+                else torch.fake_quantize_per_channel_affine(x, scale, zero, granularity.axis, -128, 127))
+    given = x.clone() if overwrite else x
+    out = fake_quantize(given, scale, zero, -128, 127, granularity, overwrite=overwrite)
+    assert calls == ["uniform"]
+    assert torch.equal(out, expected) and out.stride() == x.stride()
+    assert overwrite == (out.data_ptr() == given.data_ptr())

@@ -123,3 +123,36 @@ def test_bad_input_while_quantizing_raises() -> None:
     quantizer = _calibrated(QuantSpec())
     with pytest.raises(QuantizationError, match="NaN"):
         quantizer(torch.tensor([[float("nan")] * 64] * 4))
+
+
+def test_qparam_values_are_checked_once_until_they_change(monkeypatch) -> None:
+    import quantizers.functional.uniform as functional
+
+    checks = []
+    grid_ends = functional._grid_ends
+    monkeypatch.setattr(functional, "_grid_ends", lambda *a: checks.append(1) or grid_ends(*a))
+    quantizer = build_quantizer(QuantSpec(bits=8, symmetric=True))
+    quantizer.set_qparams(torch.tensor(0.05), torch.tensor(0))
+    quantizer.mode = Mode.QUANTIZE
+    x = _data(5)
+    first = quantizer(x)
+    assert len(checks) == 1 and torch.equal(quantizer(x), first) and len(checks) == 1  # unchanged: not re-read
+    with torch.no_grad():
+        quantizer.scale.fill_(float("nan"))  # in place: the version counter moves
+    with pytest.raises(QuantizationError, match="finite and positive"):
+        quantizer(x)
+    quantizer.scale = torch.tensor([-1.0])  # a new tensor
+    with pytest.raises(QuantizationError, match="finite and positive"):
+        quantizer(x)
+    quantizer.set_qparams(torch.tensor(0.05), torch.tensor(0))
+    quantizer(x)
+    quantizer.scale.data = torch.tensor([0.0])  # swapped storage, same tensor and version counter
+    with pytest.raises(QuantizationError, match="finite and positive"):
+        quantizer(x)
+    quantizer.set_qparams(torch.tensor(0.1), torch.tensor(0))
+    assert torch.equal(quantizer(x), torch.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127))
+    with torch.inference_mode():  # inference tensors have no version counter: checked at every call
+        quantizer.scale = torch.tensor([0.1])
+    calls = len(checks)
+    quantizer(x), quantizer(x)
+    assert len(checks) == calls + 2

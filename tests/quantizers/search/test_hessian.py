@@ -24,6 +24,7 @@ from quantizers.search.hessian import (
 )
 from quantizers.registry import SEARCHES
 from quantizers.search import hessian
+from quantizers.search.candidates import Output
 from quantizers.spec import QuantSpec
 
 SMALL = HessianSearchConfig(n=40)
@@ -273,17 +274,34 @@ def reference_scores(op, candidates, candidate_output, output, config):
         rows = torch.fake_quantize_per_channel_affine(
             moved.reshape(op.groups, -1), candidates[:, k].contiguous(), zeros, 0, qmin, qmax)
         q = rows.reshape(moved.shape).movedim(0, op.axis)
-        out_hat = candidate_output(q.unsqueeze(0))[0].movedim(output.axis, 0).reshape(output.groups, -1)
+        out_hat = by_group(output.candidates(candidate_output(q.unsqueeze(0)))[0])
+        ref, weight = by_group(output.ref), None if output.weight is None else by_group(output.weight)
         if config.metric in ("hessian", "l2"):
-            err = (out_hat - output.ref) ** 2
-            per_group = (err if output.weight is None else err * output.weight).mean(dim=1)
+            err = (out_hat - ref) ** 2
+            per_group = (err if weight is None else err * weight).mean(dim=1)
         else:
-            hat, ref = out_hat, output.ref
+            hat = out_hat
             if config.metric == "pearson":
                 hat, ref = hat - hat.mean(dim=1, keepdim=True), ref - ref.mean(dim=1, keepdim=True)
             per_group = 1 - (hat * ref).sum(dim=1) / (hat.norm(dim=1) * ref.norm(dim=1)).clamp(min=1e-38)
         columns.append(per_group if op.groups == output.groups else per_group.mean().reshape(1))
     return torch.stack(columns, dim=1)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, 3, -1])
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_the_grouped_output_holds_each_slice_of_the_axis_in_its_group(axis, groups):
+    t = torch.randn(4, 8, 4, 12, generator=torch.Generator().manual_seed(axis + 7 * groups))
+    output = Output.along(t, t * 2, axis, groups)
+    expected = t.movedim(axis, 0).reshape(groups, -1)  # group k: slice k of the axis, everything else
+    for rows in (by_group(output.ref), by_group(output.weight) / 2):
+        assert torch.equal(rows.sort(dim=1).values, expected.sort(dim=1).values)
+    assert output.groups == groups and output.candidates(torch.stack([t, t])).shape == (2, *output.ref.shape)
+
+
+def by_group(t):
+    """A ``(pre, groups, post)`` output view as ``(groups, pre·post)``."""
+    return t.transpose(0, 1).reshape(t.shape[1], -1)
 
 
 def layer_case(seed: int):
