@@ -83,11 +83,17 @@ def _same(old: tuple, new: tuple) -> bool:
         and old_ref() is new_ref()
         and old_version == new_version
         and old_geometry == new_geometry
-        and len(old_state) == len(new_state)
-        and all(a is b and _same_stamp(va, vb) for (a, va), (b, vb) in zip(old_state, new_state))
+        and same_tensors(old_state, new_state)
         and len(old_modules) == len(new_modules)
         and all(a is b for a, b in zip(old_modules, new_modules))
     )
+
+
+def same_tensors(old: tuple, new: tuple) -> bool:
+    """Whether two tuples of ``(tensor, stamp, *more)`` entries hold the same tensors (by identity)
+    with the same stamps (:func:`_stamp`, or a version counter) and equal ``more``."""
+    return len(old) == len(new) and all(
+        a[0] is b[0] and _same_stamp(a[1], b[1]) and a[2:] == b[2:] for a, b in zip(old, new))
 
 
 def _stamp(t: torch.Tensor) -> int | torch.Tensor:

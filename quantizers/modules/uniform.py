@@ -13,6 +13,7 @@ from quantizers.errors import QuantizationError
 from quantizers.functional.uniform import fake_quantize, grad_scale, group_rows, num_groups, round_ste
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer, describe_values
+from quantizers.modules.cache import same_tensors
 from quantizers.observers.base import Observer
 from quantizers.parts.adaround import AdaRoundRounding
 from quantizers.parts.codes import CodeRounding
@@ -210,10 +211,8 @@ def _qparams_key(sources: tuple[torch.Tensor, ...], qmin: int, qmax: int) -> tup
     same memory that torch does not track (through ``.numpy()``) is not seen."""
     if any(t.is_inference() for t in sources):
         return None
-    return (*((t, t._version, t.data_ptr()) for t in sources), qmin, qmax)
+    return tuple((t, t._version, t.data_ptr()) for t in sources), qmin, qmax
 
 
 def _same_key(key: tuple, checked: tuple | None) -> bool:
-    if checked is None or len(key) != len(checked):
-        return False
-    return all(a == b if not isinstance(a, tuple) else (a[0] is b[0] and a[1:] == b[1:]) for a, b in zip(key, checked))
+    return checked is not None and key[1:] == checked[1:] and same_tensors(key[0], checked[0])
