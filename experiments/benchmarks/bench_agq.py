@@ -3,12 +3,13 @@
 The map is a softmax of q·kᵀ/√d over a square token grid, with a distance bias, heads from flat to
 peaked (SAM-B's global attention is 12 heads × 4096 × 4096, d = 64: the default). Rows: the search
 of the code before the change (``--baseline DIR``: exhaustive, every row), this code's exhaustive
-search, and this code's search on ``--rows`` query rows per head. Columns: seconds for all τ
+search, and this code's search sampled to ``--numel`` map elements (the log quantizer's ``search_numel``;
+the default, 2^22, samples 85 rows per head of SAM-B's maps). Columns: seconds for all τ
 (1, 2, 4), the chosen τ, its s, s against the first row's, and the exact objective at that s
 against the first row's (the search minimises it; > 1 is worse). Each row runs in its own process.
 
-    python experiments/benchmarks/bench_agq.py --heads 12 --side 32 --rows 128 --baseline ../main   # quick
-    python experiments/benchmarks/bench_agq.py --rows 512                                             # SAM-B size
+    python experiments/benchmarks/bench_agq.py --heads 12 --side 32 --numel 1048576 --baseline ../main  # quick
+    python experiments/benchmarks/bench_agq.py --bits 8                                                 # SAM-B size
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     attn, v = attention_map(args.heads, args.side, args.dim, 0, args.device)
-    extra = {} if args.sample is None else {"max_rows": args.sample}
+    extra = {}
+    if args.sample is not None:  # this tree only (a baseline may not have sample_rows)
+        from quantizers.functional.log import sample_rows
+
+        extra = {"max_rows": sample_rows(attn.shape, args.sample)}
     start = time.perf_counter()
     found = [agq_search(attn, v, args.bits, tau, 2.4, **extra) for tau in TAUS]
     seconds = time.perf_counter() - start
@@ -59,7 +64,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=64, help="tokens per side (N = side²)")
     parser.add_argument("--dim", type=int, default=64, help="head dimension d")
     parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--rows", type=int, default=512, help="query rows per head of the sampled search")
+    parser.add_argument("--numel", type=int, default=1 << 22, help="map elements of the sampled search")
     parser.add_argument("--sample", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--role", help=argparse.SUPPRESS)
     add_tree_arguments(parser)
@@ -69,7 +74,10 @@ def main() -> None:
     common = ["--role", "worker", "--heads", str(args.heads), "--side", str(args.side), "--dim", str(args.dim),
               "--bits", str(args.bits), "--threads", str(args.threads), "--device", args.device]
     runs = [(f"exhaustive ({label})", tree, []) for label, tree in trees(args.baseline)]
-    runs.append((f"{args.rows} rows/head (after)", TREE, ["--sample", str(args.rows)]))
+    from quantizers.functional.log import sample_rows
+
+    rows = sample_rows((args.heads, args.side**2, args.side**2), args.numel) or args.side**2
+    runs.append((f"{rows} rows/head (after)", TREE, ["--sample", str(args.numel)]))
     results = [(name, run_worker(__file__, tree, common + extra)) for name, tree, extra in runs]
     first = results[0][1]
     tokens = args.side * args.side

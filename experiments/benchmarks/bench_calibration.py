@@ -3,8 +3,8 @@
 Each measurement runs in a fresh subprocess on the same generated image(s), so the figures are
 side by side in one run. With ``--baseline DIR`` (a checkout of the code before a change), every
 task also runs with ``DIR`` first on ``PYTHONPATH``, right before the same task on this tree: a
-before/after table from one run. ``--agq-rows N`` adds the ``ptq4sam`` recipe with its AGQ search
-scored on N query rows per head (``search_rows``), on this tree only.
+before/after table from one run. ``--agq-numel N`` adds the ``ptq4sam`` recipe with its AGQ search
+sampled to N map elements (``search_numel``; 0: every row, the exhaustive search), on this tree only.
 
 Peak memory is the process's resident-set high-water mark (Linux VmHWM, reset just before the
 measured work via /proc/self/clear_refs), minus the resident set right before the work (model
@@ -12,7 +12,7 @@ built, images loaded). ``calib x float`` is calibration seconds per image over f
 seconds per image of the same tree.
 
     python experiments/benchmarks/bench_calibration.py --model testbed --recipes minmax,ptq4vit,ptq4sam
-    python experiments/benchmarks/bench_calibration.py --model vit_b --recipes ptq4sam --images 1 --agq-rows 512
+    python experiments/benchmarks/bench_calibration.py --model vit_b --recipes ptq4sam --images 1 --agq-numel 4194304
     python experiments/benchmarks/bench_calibration.py --model testbed --recipes ptq4vit --baseline ../main
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from trees import add_tree_arguments, run_worker, serve, trees
 
-SAMPLED = "ptq4sam-rows"
+SAMPLED = "ptq4sam-numel"
 
 
 def _rss_kib(field: str) -> int:
@@ -37,7 +37,8 @@ def _rss_kib(field: str) -> int:
 
 
 def _recipe(task: str):
-    """A shipped recipe by name; ``ptq4sam-rowsN``: ptq4sam with ``search_rows: N`` on its log quantizer."""
+    """A shipped recipe by name; ``ptq4sam-numelN``: ptq4sam with ``search_numel: N`` on its log quantizer
+    (0: None, every row)."""
     if not task.startswith(SAMPLED):
         return task
     from ptqsam.instrument.recipe import Recipe, load_recipe
@@ -45,7 +46,7 @@ def _recipe(task: str):
     data = load_recipe("ptq4sam").to_dict()
     for rule in data["rules"]:
         if rule["spec"].get("quantizer") == "log":
-            rule["spec"].setdefault("quantizer_options", {})["search_rows"] = int(task[len(SAMPLED):])
+            rule["spec"].setdefault("quantizer_options", {})["search_numel"] = int(task[len(SAMPLED):]) or None
     return Recipe.from_dict(data)
 
 
@@ -92,7 +93,8 @@ def main() -> None:
     parser.add_argument("--recipes", default="minmax,ptq4vit,ptq4sam")
     parser.add_argument("--bits", type=int, default=8)
     parser.add_argument("--images", type=int, default=2)
-    parser.add_argument("--agq-rows", type=int, help="also run ptq4sam with search_rows N (this tree only)")
+    parser.add_argument("--agq-numel", type=int,
+                        help="also run ptq4sam with search_numel N, 0: every row (this tree only)")
     parser.add_argument("--task", help=argparse.SUPPRESS)
     add_tree_arguments(parser)
     args = parser.parse_args()
@@ -102,7 +104,7 @@ def main() -> None:
     from ptqsam.models import build_model
     from ptqsam.models.zoo import image_size
 
-    tasks = ["float"] + args.recipes.split(",") + ([f"{SAMPLED}{args.agq_rows}"] if args.agq_rows else [])
+    tasks = ["float"] + args.recipes.split(",") + ([f"{SAMPLED}{args.agq_numel}"] if args.agq_numel is not None else [])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         size = image_size(build_model(args.model, seed=0))

@@ -32,12 +32,12 @@ MIN_STEP_SECONDS = 20
 STEPS = [
     ("cuda tests", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"], 3),
     ("kernels", [f"{BENCH}/bench_fake_quant_speed.py", "--device", "{device}", "--repeats", "5", "--profile", "6"], 80),
-    ("agq", [f"{BENCH}/bench_agq.py", "--device", "{device}", "--rows", "512"], 4),
+    ("agq", [f"{BENCH}/bench_agq.py", "--device", "{device}"], 4),
     ("overhead vit_b", [f"{BENCH}/bench_instrument_overhead.py", "--device", "{device}", "--repeats", "5"], 12),
     ("calibration testbed", [f"{BENCH}/bench_calibration.py", "--device", "{device}", "--model", "testbed",
                              "--recipes", "minmax,ptq4vit,ptq4sam", "--images", "1"], 7),
     ("calibration vit_b", [f"{BENCH}/bench_calibration.py", "--device", "{device}", "--model", "vit_b",
-                           "--recipes", "ptq4sam", "--images", "1", "--agq-rows", "512"], 6),
+                           "--recipes", "ptq4sam", "--images", "1", "--agq-numel", "4194304"], 6),
     ("throughput", [f"{BENCH}/bench_eval_throughput.py", "--device", "{device}", "--models", "testbed,vit_b",
                     "--images", "2"], 7),
 ]

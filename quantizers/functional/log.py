@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -241,10 +241,11 @@ def _log_fused(x: torch.Tensor, grid: LogGrid, out: torch.Tensor) -> None:
 
 def _log_binades(x: torch.Tensor, out: torch.Tensor, thresholds: torch.Tensor, level_patterns: torch.Tensor,
                  ints: torch.Tensor) -> torch.Tensor:
-    """Fused kernel on bit patterns (int32 views of float32 ``x`` and ``out``), see :class:`Binades`;
-    ``ints = [start, τ, 2^b, log2 τ]``. Writes the level's pattern, 0 for the zero code, ``x`` with
-    its sign bit set where the exact fix-up must decide. Returns ``[max pattern of |x|, min x as
-    int32 (0 for ±0), min pattern of the nonzero |x|]``."""
+    """Fused kernel on bit patterns (int32 views of float32 ``x`` and ``out``), see :class:`Binades`
+    (``thresholds`` and ``level_patterns``: the τ entries of one period); ``ints = [start, τ, 2^b,
+    log2 τ]``. Writes the level's pattern, 0 for the zero code, ``x`` with its sign bit set where
+    the exact fix-up must decide. Returns ``[max pattern of |x|, min x as int32 (0 for ±0), min
+    pattern of the nonzero |x|]``."""
     pattern = torch.bitwise_and(x, 0x7FFFFFFF)
     stats = torch.stack([torch.amax(pattern), torch.amin(torch.where(pattern == 0, 0, x)),
                          torch.amin(torch.where(pattern == 0, 0x7FFFFFFF, pattern))])
@@ -256,8 +257,8 @@ def _log_binades(x: torch.Tensor, out: torch.Tensor, thresholds: torch.Tensor, l
     code = torch.minimum(torch.clamp(code, min=0), ints[2])
     octaves = torch.bitwise_right_shift(code, ints[3])
     step = torch.bitwise_and(code, ints[1] - 1)
-    base = level_patterns[7]
-    for r in range(6, -1, -1):
+    base = level_patterns[-1]
+    for r in range(level_patterns.shape[0] - 2, -1, -1):
         base = torch.where(step == r, level_patterns[r], base)
     marked = torch.bitwise_or(pattern, -(2**31))
     normal = torch.bitwise_right_shift(base, 23) > octaves  # the level's exponent field stays >= 1
@@ -272,8 +273,9 @@ _fused_log_binades = FusedKernel(_log_binades)
 def _log_binades_fused(x: torch.Tensor, grid: LogGrid, out: torch.Tensor) -> None:
     binades = grid.binades
     thresholds, level_patterns, ints = grid.binade_tables(x.device)
-    stats = _fused_log_binades(x.view(-1).view(torch.int32), out.view(-1).view(torch.int32), thresholds,
-                               level_patterns, ints)
+    period = 1 << binades.tau_shift  # one graph per period: no comparisons with the padding
+    stats = _fused_log_binades(x.view(-1).view(torch.int32), out.view(-1).view(torch.int32), thresholds[:period],
+                               level_patterns[:period], ints)
     peak, lowest, smallest = (float(v) for v in np.array(stats.tolist(), dtype=np.int32).view(np.float32))
     check_peak(peak)
     _check_non_negative(lowest)
@@ -323,8 +325,9 @@ def agq_search(
     ``[min(0.1, 0.01·max(attn)), max(attn)]``; ``error`` is the objective at ``s``.
 
     ``max_rows`` (per head; None: all) evaluates the objective on a sample of the query rows
-    stratified by row maximum (see :func:`row_sample`); every τ is scored on the same rows and each
-    evaluation costs ``max_rows/N`` of the full one.
+    stratified by row maximum (see :func:`row_sample`); every τ is scored on the same rows, each
+    evaluation costs ``max_rows/N`` of the full one, and the search stops at
+    :data:`SAMPLED_XATOL` of ``max(attn)``. :func:`sample_rows` sizes ``max_rows`` to a budget.
     """
     return agq_searches(attn, v, bits, (tau,), p, max_rows)[0]
 
@@ -347,9 +350,28 @@ def agq_searches(
             lambda s: _output_error(sample, values, weights, LogGrid.build(s, tau, bits), p),
             bounds=(min(0.1, 0.01 * top), top),
             method="bounded",
+            options=None if weights is None else {"xatol": SAMPLED_XATOL * top},
         )
         found.append((float(result.x), float(result.fun)))
     return found
+
+
+#: Where a sampled search stops, relative to ``max(attn)``: its estimate of the objective moves the
+#: minimum by more than this (the exhaustive search keeps scipy's default, 1e-5 absolute).
+SAMPLED_XATOL = 1e-3
+
+#: Fewest query rows per map a sampled search keeps (the strongest row and three drawn ones).
+MIN_SAMPLE_ROWS = 4
+
+
+def sample_rows(shape: Sequence[int], max_numel: int | None) -> int | None:
+    """Query rows per map that keep a search of maps of ``shape`` ``(..., N, M)`` within about
+    ``max_numel`` elements per objective evaluation (at least :data:`MIN_SAMPLE_ROWS`); None when
+    every row fits (or ``max_numel`` is None)."""
+    if max_numel is None or math.prod(shape) <= max_numel:
+        return None
+    maps = math.prod(shape[:-2])
+    return max(MIN_SAMPLE_ROWS, max_numel // (maps * shape[-1]))
 
 
 def row_sample(maps: torch.Tensor, max_rows: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -382,20 +404,35 @@ def _output_error(maps: torch.Tensor, values: torch.Tensor | None, weights: torc
     """:func:`attention_output_error` of validated ``(heads, N, M)`` maps; with ``weights`` (one
     per row, summing to the rows they stand for), the weighted mean."""
     heads, n, m = maps.shape
-    rows = max(1, _BLOCK_NUMEL // (heads * m))
     total = 0.0
-    for start in range(0, n, rows):
-        block = maps[:, start : start + rows]
+    for group, rows in _blocks(heads, n, m):
+        block = maps[group, rows]
         diff = log_fake_quantize(block, grid).sub_(block)
         # float64: |err|^p overflows float32 for large values
-        err = (diff if values is None else torch.bmm(diff, values)).double().abs_().pow_(p)
+        err = (diff if values is None else torch.bmm(diff, values[group])).double().abs_().pow_(p)
         if weights is None:
             total += float(err.sum())
         else:
-            total += float(err.sum(dim=2).mul_(weights[start : start + rows]).sum())
+            total += float(err.sum(dim=2).mul_(weights[rows]).sum())
     out_cols = m if values is None else values.shape[-1]
     represented = n if weights is None else float(weights.sum())
     return total / (heads * represented * out_cols)
+
+
+def _blocks(heads: int, n: int, m: int) -> Iterator[tuple[slice, slice]]:
+    """``(heads, rows)`` slices of about :data:`_BLOCK_NUMEL` elements that are contiguous in a
+    contiguous ``(heads, n, m)`` tensor (so they take the fused kernel): groups of whole heads
+    when a head is smaller than a block, else blocks of rows within one head."""
+    per_head = n * m
+    if per_head <= _BLOCK_NUMEL:
+        group = _BLOCK_NUMEL // per_head
+        for start in range(0, heads, group):
+            yield slice(start, start + group), slice(None)
+        return
+    rows = max(1, _BLOCK_NUMEL // m)
+    for head in range(heads):
+        for start in range(0, n, rows):
+            yield slice(head, head + 1), slice(start, start + rows)
 
 
 def _check_p(p: float) -> None:
@@ -447,7 +484,7 @@ def _as_heads(attn: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor,
     check_tensor(attn, "attention map")
     if attn.dim() < 2:
         raise QuantizationError(f"attention map must have at least 2 dims (..., N, M), got {tuple(attn.shape)}")
-    heads = attn.detach().to(torch.float32).reshape(-1, *attn.shape[-2:])
+    heads = attn.detach().to(torch.float32).reshape(-1, *attn.shape[-2:]).contiguous()
     if v is None:
         return heads, None
     check_tensor(v, "attention values v")

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.log import MAX_TAU, LogGrid, agq_searches, attention_output_error, log_fake_quantize
+from quantizers.functional.log import (MAX_TAU, LogGrid, agq_searches, attention_output_error, log_fake_quantize,
+                                       sample_rows)
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer
 from quantizers.options import Options, check_int
@@ -21,15 +22,19 @@ from quantizers.spec import QuantSpec
 @dataclass(frozen=True)
 class LogOptions(Options):
     """``taus``: candidate τ values, each in (0, 64] (default 1, 2, 4); ``p``: error exponent
-    (default 2.4); ``scale``: a fixed s (no search), or None; ``search_rows``: query rows per head
-    the search scores s on (a sample stratified by row maximum, see
-    :func:`~quantizers.functional.log.row_sample`; e.g. 512 searches SAM's 64×64-token maps on an
-    eighth of their rows, at an eighth of the cost), or None (default) for every row."""
+    (default 2.4); ``scale``: a fixed s (no search), or None; ``search_numel``: the most map elements
+    an objective evaluation of the search reads: a larger stack of maps is searched on a sample of
+    its query rows, the same number from each map, stratified by row maximum (see
+    :func:`~quantizers.functional.log.sample_rows` and :func:`~quantizers.functional.log.row_sample`;
+    e.g. 2^21 samples SAM-B's 12×4096×4096 global maps at 42 rows per head and its 300 windowed
+    196×196 maps at 35 rows each), or None (default) for every row. A sample's objective ripples
+    with the grid's phase by more than the full objective varies near its minimum, so s may move by
+    several percent (``experiments/benchmarks/bench_agq.py`` measures it)."""
 
     taus: tuple[float, ...] = (1.0, 2.0, 4.0)
     p: float = 2.4
     scale: float | None = None
-    search_rows: int | None = None
+    search_numel: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.taus, (str, bytes)) or not hasattr(self.taus, "__iter__"):
@@ -40,8 +45,8 @@ class LogOptions(Options):
         object.__setattr__(self, "p", _positive(self.p, "p"))
         if self.scale is not None:
             object.__setattr__(self, "scale", _positive(self.scale, "scale"))
-        if self.search_rows is not None:
-            check_int(self.search_rows, "log quantizer search_rows", 4)
+        if self.search_numel is not None:
+            check_int(self.search_numel, "log quantizer search_numel", 1)
 
 
 @register_quantizer("log", LogOptions)
@@ -50,8 +55,8 @@ class LogQuantizer(Quantizer):
 
     Per observed batch ``forward(attn, v)`` and for each τ, the scale minimising the attention
     output error ``mean |Â·V − A·V|^p`` is found by bounded 1-D search
-    (:func:`~quantizers.functional.log.agq_search`, on ``search_rows`` query rows per head); the
-    per-τ best scale and error are summed.
+    (:func:`~quantizers.functional.log.agq_search`, on a row sample when the maps hold more than
+    ``search_numel`` elements); the per-τ best scale and error are summed.
     :meth:`finalize` picks τ = argmin of the summed errors and s = that τ's mean best scale.
     Without ``v`` (a batch observed as ``forward(attn)``) the error is measured on the attention
     map itself, ``mean |Â − A|^p``.
@@ -61,6 +66,7 @@ class LogQuantizer(Quantizer):
       p: error exponent (default 2.4).
       scale: a fixed s (no search; data then only chooses τ). With a single τ and a fixed scale,
         :meth:`finalize` needs no data (FQ-ViT log2 is ``taus=[1], scale=1``).
+      search_numel: search maps larger than this many elements on a row sample (default: every row).
 
     Arguments:
       spec: ``quantizer="log"`` spec; ``bits`` is the code width (2^b levels plus the zero code).
@@ -73,7 +79,7 @@ class LogQuantizer(Quantizer):
         super().__init__(spec)
         options = spec.quantizer_config
         self.taus, self.p, self.fixed_scale = options.taus, options.p, options.scale
-        self.search_rows = options.search_rows
+        self.search_numel = options.search_numel
         self.register_buffer("scale", torch.zeros((), dtype=torch.float64))
         self.register_buffer("tau", torch.zeros((), dtype=torch.float64))
         self.register_buffer("scale_sums", torch.zeros(len(self.taus), dtype=torch.float64))
@@ -93,7 +99,7 @@ class LogQuantizer(Quantizer):
         """Per τ, the batch's best scale and its error (float64, one entry per τ)."""
         v = context[0] if context else None
         if self.fixed_scale is None:
-            found = agq_searches(x, v, self.spec.bits, self.taus, self.p, self.search_rows)
+            found = agq_searches(x, v, self.spec.bits, self.taus, self.p, sample_rows(x.shape, self.search_numel))
         else:
             found = [(self.fixed_scale, attention_output_error(x, v, LogGrid.build(self.fixed_scale, tau, self.spec.bits),
                                                                self.p)) for tau in self.taus]

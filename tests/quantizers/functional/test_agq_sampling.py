@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from quantizers.functional.log import LogGrid, agq_searches, attention_output_error, row_sample
+from quantizers.functional.log import MIN_SAMPLE_ROWS, LogGrid, agq_searches, attention_output_error, row_sample, sample_rows
 
 TAUS = (1.0, 2.0, 4.0)
 
@@ -38,6 +38,23 @@ def test_the_sample_keeps_the_peaked_rows_and_stands_for_every_row() -> None:
     peaks = attn.amax(dim=2)
     strongest = peaks.topk(16, dim=1).values
     assert torch.equal(sample[:, :16].amax(dim=2), strongest)  # the quarter with the largest maxima, first
+
+
+@pytest.mark.parametrize(
+    ("shape", "rows"),
+    [
+        ((12, 4096, 4096), 85),  # SAM-B's global attention at 2^22 elements
+        ((2, 25, 12, 196, 196), 35),  # its windowed attention (2 images): the same rows from each map
+        ((32, 7, 4096), None),  # fits: every row
+        ((1 << 22, 2, 2), MIN_SAMPLE_ROWS),  # never fewer rows than that
+    ],
+)
+def test_sample_rows_keeps_an_evaluation_within_the_budget(shape: tuple[int, ...], rows: int | None) -> None:
+    assert sample_rows(shape, 1 << 22) == rows
+    assert sample_rows(shape, None) is None
+    if rows is not None and rows > MIN_SAMPLE_ROWS:
+        maps = math.prod(shape[:-2])
+        assert maps * rows * shape[-1] <= 1 << 22 < maps * (rows + 1) * shape[-1]
 
 
 @pytest.mark.parametrize("seed", [0, 1])

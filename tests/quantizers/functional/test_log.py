@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from quantizers.errors import QuantizationError
 from quantizers.functional import chunked
+from quantizers.functional import log as log_module
 from quantizers.functional.log import LogGrid, agq_search, attention_output_error, log_fake_quantize
 
 #: every test runs on the eager and on the fused kernels (see tests/quantizers/conftest.py)
@@ -190,6 +191,19 @@ def test_attention_output_error_is_mean_output_error_to_the_p() -> None:
     assert attention_output_error(a, v, grid, 2.4) == pytest.approx(expected, rel=1e-4)
     on_map = (a_hat - a).abs().pow(3.0).mean().item()
     assert attention_output_error(a, None, grid, 3.0) == pytest.approx(on_map, rel=1e-5)
+
+
+@pytest.mark.parametrize("block", [1 << 20, 2 * 16 * 16, 40])  # all heads at once, head groups, row blocks
+def test_attention_output_error_is_the_same_over_any_blocking(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, v = _attention(3, heads=5, n=16, d=6)  # with 2-head groups, the last group is partial
+    grid = LogGrid.build(0.4, 4, 4)
+    monkeypatch.setattr(log_module, "_BLOCK_NUMEL", block)
+    assert all(a[group, rows].is_contiguous() for group, rows in log_module._blocks(5, 16, 16))
+    errors = (log_fake_quantize(a, grid) @ v - a @ v).double().abs().pow(2.4)
+    assert attention_output_error(a, v, grid, 2.4) == pytest.approx(errors.mean().item(), rel=1e-6)
+    weights = torch.arange(1.0, 17.0, dtype=torch.float64)  # one per row, as a row sample's
+    weighted = float((errors.sum(2) * weights).sum()) / (5 * float(weights.sum()) * 6)
+    assert log_module._output_error(a, v, weights, grid, 2.4) == pytest.approx(weighted, rel=1e-6)
 
 
 def test_agq_search_returns_a_bounded_minimum_and_its_error() -> None:

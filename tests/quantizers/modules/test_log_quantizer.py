@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.log import LogGrid, agq_search, attention_output_error, log_fake_quantize
+from quantizers.functional.log import LogGrid, agq_search, agq_searches, attention_output_error, log_fake_quantize
 from quantizers.modules.base import Mode
 from quantizers.registry import build_quantizer
 from quantizers.modules.log import LogQuantizer
@@ -130,6 +132,18 @@ def test_negative_observed_input_raises() -> None:
         quantizer(torch.tensor([[0.5, -0.5], [0.2, 0.8]]))
 
 
+def test_maps_larger_than_search_numel_are_searched_on_a_row_sample() -> None:
+    a, v = _attention(2, (1.0, 2.0, 4.0), n=128, d=16, peaks=2, peak=3.0)  # 3 × 128 × 128 = 49,152
+    spec = QuantSpec(bits=4, quantizer="log")
+    exhaustive = build_quantizer(spec).summarize(a, v)
+    whole = build_quantizer(replace(spec, quantizer_options={"search_numel": a.numel()})).summarize(a, v)
+    assert all(torch.equal(x, y) for x, y in zip(whole, exhaustive))
+    sampled = build_quantizer(replace(spec, quantizer_options={"search_numel": 3 * 16 * 128})).summarize(a, v)
+    found = agq_searches(a, v, 4, (1.0, 2.0, 4.0), max_rows=16)
+    assert sampled[0].tolist() == [s for s, _ in found] and sampled[1].tolist() == [e for _, e in found]
+    assert not torch.equal(sampled[0], exhaustive[0])
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
@@ -140,6 +154,8 @@ def test_negative_observed_input_raises() -> None:
         ({"p": -1.0}, "p must"),
         ({"p": float("inf")}, "p must"),
         ({"scale": 0.0}, "scale"),
+        ({"search_numel": 0}, "search_numel"),
+        ({"search_numel": 1.5}, "search_numel"),
     ],
 )
 def test_bad_options_raise(options: dict, match: str) -> None:
