@@ -49,6 +49,13 @@ _NO_BOUNDARY = torch.iinfo(torch.int32).max
 #: Elements of one attention-row block while evaluating the AGQ objective.
 _BLOCK_NUMEL = 1 << 20
 
+#: Where a sampled search stops, relative to ``max(attn)``: its estimate of the objective moves the
+#: minimum by more than this (the exhaustive search keeps scipy's default, 1e-5 absolute).
+SAMPLED_XATOL = 1e-3
+
+#: Fewest query rows per map a sampled search keeps (the strongest row and three drawn ones).
+MIN_SAMPLE_ROWS = 4
+
 
 @dataclass(frozen=True, eq=False)
 class LogGrid:
@@ -354,14 +361,6 @@ def agq_searches(
         )
         found.append((float(result.x), float(result.fun)))
     return found
-
-
-#: Where a sampled search stops, relative to ``max(attn)``: its estimate of the objective moves the
-#: minimum by more than this (the exhaustive search keeps scipy's default, 1e-5 absolute).
-SAMPLED_XATOL = 1e-3
-
-#: Fewest query rows per map a sampled search keeps (the strongest row and three drawn ones).
-MIN_SAMPLE_ROWS = 4
 
 
 def sample_rows(shape: Sequence[int], max_numel: int | None) -> int | None:

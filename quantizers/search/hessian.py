@@ -36,6 +36,7 @@ from quantizers.registry import register_search
 from quantizers.search.base import ScaleSearch
 from quantizers.search.candidates import Operand as _Operand
 from quantizers.search.candidates import Output as _Output
+from quantizers.search.candidates import by_group as _by_group
 from quantizers.search.candidates import flat_score as _flat_score
 from quantizers.search.candidates import grouped_shape as _grouped_shape
 from quantizers.search.candidates import quantize_groups as _quantize_groups
@@ -158,7 +159,7 @@ def initial_scale(t: torch.Tensor, bits: int, axis: int = 0, groups: int = 1) ->
     """
     check_tensor(t)
     check_bits(bits)
-    amax = _split(t.detach().float(), axis, groups).abs().amax(dim=1)
+    amax = _by_group(t.detach().float().reshape(_grouped_shape(t.shape, axis, groups))).abs().amax(dim=1)
     return torch.clamp(amax / (2 ** (bits - 1) - 0.5), min=SCALE_EPS)
 
 
@@ -390,12 +391,6 @@ def _row_subset(rows: int, keep: int) -> torch.Tensor | None:
     if keep >= rows:
         return None
     return torch.randperm(rows, generator=torch.Generator().manual_seed(0))[:keep].sort().values
-
-
-def _split(t: torch.Tensor, axis: int, groups: int) -> torch.Tensor:
-    """``(groups, -1)``: ``groups`` equal contiguous slices of ``t`` along ``axis``, one per row."""
-    _grouped_shape(t.shape, axis, groups)  # refuses an axis that does not split evenly
-    return t.movedim(axis, 0).reshape(groups, -1)
 
 
 def _grad_weight(grad: torch.Tensor | None, out: torch.Tensor, metric: str) -> torch.Tensor | None:
