@@ -1,15 +1,18 @@
 """Evaluation throughput (images per second) of the float model and of W8A8 ``minmax`` fake
 quantization, with the profile's top entries.
 
-Each (model, tree) runs in a fresh subprocess on the same generated images: the float model
-evaluates them once untimed (warm-up: compilation, caches), then timed; the same model is then
-calibrated (``minmax`` W8A8, one image) and evaluated quantized, warm-up and timed. ``--profile``
-prints the top entries of a cProfile of each timed evaluation by own time (the model's own compute
-shows as the torch ops: linear, matmul, softmax, conv...; the rest is overhead). With
-``--baseline DIR`` every model also runs on a checkout of the code before a change, first.
+Each (model, tree) runs in a fresh subprocess on the same generated images, with two copies of the
+model: one float, one calibrated (``minmax`` W8A8, one image) and evaluated quantized. Each
+evaluates the images once untimed (warm-up: compilation, caches); then ``--repeats`` rounds time
+one float and one quantized pass each, alternated, so that a drift of the machine's speed reaches
+both; the table gives medians, the ratio of the medians and each mode's spread (min-max).
+``--profile N`` then prints the top N entries of a cProfile of one more pass of each mode by own
+time (the model's own compute shows as the torch ops: linear, matmul, softmax, conv...; the rest
+is overhead); profiled passes are not timed. With ``--baseline DIR`` every model also runs on a
+checkout of the code before a change, first.
 
-    python experiments/benchmarks/bench_eval_throughput.py --models testbed --images 8 --profile
-    python experiments/benchmarks/bench_eval_throughput.py --models vit_b --images 1
+    python experiments/benchmarks/bench_eval_throughput.py --models testbed --images 8 --profile 12
+    python experiments/benchmarks/bench_eval_throughput.py --models vit_b --images 1 --repeats 2
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,37 +40,47 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     dataset = CocoDataset(Path(args.data) / "images", Path(args.data) / "annotations.json")
-    model = build_model(args.model, seed=0).to(args.device)
+    plain = build_model(args.model, seed=0).to(args.device)
+    quantized = build_model(args.model, seed=0).to(args.device)
+    calibrate(quantized, "minmax", 8, 8, calibration_samples(dataset, 1, seed=0), progress=False)
+
+    def run_quantized() -> None:
+        with quantizing(quantized):
+            evaluate(quantized, dataset, progress=False)
+
+    runs = {"float": lambda: evaluate(plain, dataset, progress=False), "w8a8": run_quantized}
+    for run in runs.values():
+        run()  # warm-up
+    seconds: dict[str, list[float]] = {mode: [] for mode in runs}
+    for _ in range(args.repeats):
+        for mode, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds[mode].append(time.perf_counter() - start)
     result = {"model": args.model, "images": len(dataset.image_ids)}
-    result["float"] = _timed_evaluation(lambda: evaluate(model, dataset, progress=False), args.profile)
-    calibrate(model, "minmax", 8, 8, calibration_samples(dataset, 1, seed=0), progress=False)
-    with quantizing(model):
-        result["w8a8"] = _timed_evaluation(lambda: evaluate(model, dataset, progress=False), args.profile)
+    for mode, run in runs.items():
+        result[mode] = {"seconds": statistics.median(seconds[mode]), "min": min(seconds[mode]),
+                        "max": max(seconds[mode])}
+        if args.profile:
+            result[mode]["profile"] = _profile(run, args.profile)
     return result
 
 
-def _timed_evaluation(run, profile: int) -> dict:
-    run()  # warm-up
-    profiler = cProfile.Profile() if profile else None
-    start = time.perf_counter()
-    if profiler:
-        profiler.enable()
+def _profile(run, entries: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
     run()
-    if profiler:
-        profiler.disable()
-    seconds = time.perf_counter() - start
-    entry = {"seconds": seconds}
-    if profiler:
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(profile)
-        entry["profile"] = text.getvalue()
-    return entry
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(entries)
+    return text.getvalue()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="testbed,vit_b")
     parser.add_argument("--images", type=int, default=4, help="images per model (SAM-B: 1 or 2 on a CPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (one pass of each mode per round)")
     parser.add_argument("--profile", type=int, default=0, help="print this many top profile entries")
     parser.add_argument("--model", help=argparse.SUPPRESS)
     add_tree_arguments(parser)
@@ -83,17 +97,20 @@ def main() -> None:
             generate_dataset(tmp, args.images, seed=0, image_size=image_size(build_model(model, seed=0)))
             for label, tree in trees(args.baseline):
                 result = run_worker(__file__, tree, ["--model", model, "--data", tmp, "--threads", str(args.threads),
-                                                     "--device", args.device, "--profile", str(args.profile)])
+                                                     "--device", args.device, "--profile", str(args.profile),
+                                                     "--repeats", str(args.repeats)])
                 for mode in ("float", "w8a8"):
-                    rows.append((model, label, mode, result["images"], result[mode]["seconds"]))
+                    rows.append((model, label, mode, result["images"], result[mode]))
                     if args.profile:
                         print(f"--- {model} {mode} ({label}): top {args.profile} by own time\n{result[mode]['profile']}")
-    print(f"\n{args.threads} threads, device {args.device}")
-    print(f"{'model':<8} {'tree':<7} {'mode':<6} {'images':>6} {'seconds':>8} {'images/s':>9} {'x float':>8}")
-    floats = {(m, t): s for m, t, mode, _, s in rows if mode == "float"}
-    for model, label, mode, images, seconds in rows:
-        print(f"{model:<8} {label:<7} {mode:<6} {images:>6} {seconds:>8.2f} {images / seconds:>9.3f} "
-              f"{seconds / floats[model, label]:>8.2f}")
+    print(f"\n{args.threads} threads, device {args.device}, medians of {args.repeats} rounds")
+    print(f"{'model':<8} {'tree':<7} {'mode':<6} {'images':>6} {'seconds':>8} {'min':>7} {'max':>7} "
+          f"{'images/s':>9} {'x float':>8}")
+    floats = {(m, t): timing["seconds"] for m, t, mode, _, timing in rows if mode == "float"}
+    for model, label, mode, images, timing in rows:
+        seconds = timing["seconds"]
+        print(f"{model:<8} {label:<7} {mode:<6} {images:>6} {seconds:>8.2f} {timing['min']:>7.2f} {timing['max']:>7.2f} "
+              f"{images / seconds:>9.3f} {seconds / floats[model, label]:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def check_finite(x: torch.Tensor, what: str = "input") -> None:
     """Raise if ``x`` holds NaN or Inf."""
     # One reduction pass instead of a full boolean mask: NaN/Inf always propagate into the sum; a
     # non-finite sum of finite values (overflow) falls through to the exact check.
-    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    if not math.isfinite(float(x.detach().sum())) and not bool(torch.isfinite(x).all()):
         _non_finite(what)
 
 

@@ -81,6 +81,7 @@ class FusedKernel:
         self.name = fn.__name__.lstrip("_")
         self._compiled: dict[bool, Callable] = {}
         self._off: set[str] = set()
+        self._limit = None  # the recompile-limit patch, made once (building one costs more than the call)
 
     def wants(self, x: torch.Tensor, passes: int = 1) -> bool:
         """Whether ``x`` takes this kernel (on, large enough, contiguous float32, compilable here);
@@ -101,13 +102,18 @@ class FusedKernel:
         in_place = out.data_ptr() == x.data_ptr()
         x, out, small = _plain(x), _plain(out), tuple(_plain(t) for t in small)
         try:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            with self._recompile_limit():
                 return self._variant(in_place)(x, *small) if in_place else self._variant(in_place)(x, out, *small)
         except Exception as error:  # noqa: BLE001 - a compiler failure means: run eagerly from now on
             self._off.add(device)
             log.warning("quantizers: fused %s kernel unavailable on %s (%s: %s); using eager kernels",
                         self.name, device, type(error).__name__, str(error).strip().splitlines()[0] if str(error) else "")
             return self.fn(x, out, *small)
+
+    def _recompile_limit(self):
+        if self._limit is None:
+            self._limit = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
+        return self._limit
 
     def _variant(self, in_place: bool) -> Callable:
         if in_place not in self._compiled:
@@ -129,14 +135,18 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     """A detached alias of ``t`` that is not a view, with the strides of a fresh tensor where ``t``
     is contiguous: compiled code guards on a view's base and on the strides of dimensions of size 1
     (which torch leaves arbitrary), so without this each caller's layout costs a recompilation."""
-    t = t.detach()
-    if t.is_contiguous():
-        strides = [1] * t.dim()
-        for i in range(t.dim() - 2, -1, -1):
-            strides[i] = strides[i + 1] * t.shape[i + 1]
-        if list(t.stride()) != strides:
-            t = t.as_strided(t.shape, strides).detach()
+    if not (type(t) is torch.Tensor and t._base is None and not t.requires_grad):
+        t = t.detach()
+    if t.is_contiguous() and t.stride() != _contiguous_strides(t.shape):
+        t = t.as_strided(t.shape, _contiguous_strides(t.shape)).detach()
     return t
+
+
+def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * shape[i + 1]
+    return tuple(strides)
 
 
 def _overwriting(fn: Callable) -> Callable:

@@ -125,16 +125,12 @@ def fake_quantize(
     granularity: Granularity = PER_TENSOR,
     rounding: Callable[[torch.Tensor], torch.Tensor] | None = None,
     overwrite: bool = False,
-    qparams_checked: bool = False,
 ) -> torch.Tensor:
     """Fake-quantize ``x``; gradients follow the clipped straight-through estimator.
 
     ``scale``/``zero_point`` hold one entry per quantization group (see :func:`num_groups`).
     Non-float32 inputs are computed in float32 and cast back. ``overwrite=True`` says the caller
     hands ``x`` over: the result may be written into it (the fused kernel does; use the result).
-    ``qparams_checked=True`` says these very qparam values already passed this check on this grid
-    (a quantizer whose qparams did not change since): their values are not read again (on a GPU,
-    that read is a synchronisation per call).
 
     Without ``rounding``, torch's fused ``fake_quantize_per_{tensor,channel}_affine`` ops compute
     it (exact; gradient for ``x`` only). With a ``rounding`` (e.g. :func:`round_ste`, or a learned
@@ -147,12 +143,47 @@ def fake_quantize(
     if rounding is not None:
         check_finite(x)
         return _fake_quantize_autograd(x, scale, zero_point, qmin, qmax, granularity, rounding)
-    scale, zero_point = _check_qparams(scale, zero_point, qmin, qmax, num_groups(x, granularity), qparams_checked)
+    qparams = check_qparams(scale, zero_point, qmin, qmax, num_groups(x, granularity))
+    return fake_quantize_checked(x, qparams, granularity, overwrite)
+
+
+class CheckedQParams:
+    """Qparams that passed :func:`check_qparams` on the grid ``[qmin, qmax]``: ``scale`` (float32)
+    and ``zero_point`` (int32), one entry per group, flat. A holder of one (a quantizer whose
+    qparams did not change) quantizes with :func:`fake_quantize_checked` without reading their
+    values again (on a GPU, that read is a synchronisation per call); the fused kernel's scalars
+    are derived from them once."""
+
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> None:
+        self.scale, self.zero_point, self.qmin, self.qmax = scale, zero_point, qmin, qmax
+        self._kernel_args: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
+
+    def kernel_args(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """``(1/Δ, Δ, z, (qmin, qmax))`` for the fused kernel, the first three shaped ``shape``
+        against the tensor (detached: the kernel takes no gradient)."""
+        found = self._kernel_args.get(shape)
+        if found is None:
+            step = self.scale.detach().reshape(shape).clone()
+            ones = torch.ones((), dtype=torch.float32, device=step.device)
+            found = self._kernel_args[shape] = (ones / step, step, self.zero_point.reshape(shape).to(torch.float32),
+                                                constant((self.qmin, self.qmax), step.device))
+        return found
+
+
+def fake_quantize_checked(x: torch.Tensor, qparams: CheckedQParams, granularity: Granularity = PER_TENSOR,
+                          overwrite: bool = False) -> torch.Tensor:
+    """:func:`fake_quantize` (nearest rounding) with qparams already checked."""
+    check_tensor(x, finite=False)
+    groups = num_groups(x, granularity)
+    if qparams.scale.numel() != groups:
+        raise QuantizationError(f"expected {groups} scale/zero_point entries, got {qparams.scale.numel()}")
+    scale, zero_point = qparams.scale, qparams.zero_point
     if granularity.kind != "group" and _grad_free(x, scale):
-        fused = _fused_in_memory_order(x, scale, zero_point, qmin, qmax, granularity, overwrite)
+        fused = _fused_in_memory_order(x, qparams, granularity, overwrite)
         if fused is not None:
             return fused
     check_finite(x)
+    qmin, qmax = qparams.qmin, qparams.qmax
     out_dtype = x.dtype
     xf = x if x.dtype == torch.float32 else x.float()
     if granularity.kind == "tensor":
@@ -185,23 +216,23 @@ def _uniform(x: torch.Tensor, out: torch.Tensor, inv_scale: torch.Tensor, scale:
 _fused_uniform = FusedKernel(_uniform)
 
 
-def _fused_in_memory_order(x, scale, zero_point, qmin, qmax, granularity, overwrite) -> torch.Tensor | None:
+def _fused_in_memory_order(x, qparams, granularity, overwrite) -> torch.Tensor | None:
     """The fused kernel's result, or None where ``x`` does not take it. A tensor dense in another
     layout (a transposed or permuted view, channels-last) is computed on its contiguous permutation
     and returned in its own layout, as torch's ops return it."""
     if x.is_contiguous():
-        return _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrite) \
+        return _fake_quantize_fused(x, qparams, granularity, overwrite) \
             if _fused_uniform.wants(x) else None
     perm = memory_order(x)
     if perm is None or not _fused_uniform.wants(x.permute(perm)):
         return None
     if granularity.kind == "channel":
         granularity = Granularity("channel", perm.index(channel_axis(x, granularity)))
-    out = _fake_quantize_fused(x.permute(perm), scale, zero_point, qmin, qmax, granularity, overwrite)
+    out = _fake_quantize_fused(x.permute(perm), qparams, granularity, overwrite)
     return out.permute(sorted(range(x.dim()), key=perm.__getitem__))
 
 
-def _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrite) -> torch.Tensor:
+def _fake_quantize_fused(x, qparams: CheckedQParams, granularity, overwrite) -> torch.Tensor:
     """Per-tensor (``x`` as one row) or per-channel (``x`` as ``(outer, channels, inner)``)."""
     if granularity.kind == "tensor":
         view, shape = x.view(-1), ()
@@ -209,11 +240,8 @@ def _fake_quantize_fused(x, scale, zero_point, qmin, qmax, granularity, overwrit
         axis = channel_axis(x, granularity)
         view = x.view(math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1 :]))
         shape = (1, -1, 1)
-    step = scale.reshape(shape)
     out = x if overwrite else torch.empty_like(x)
-    peak = _fused_uniform(view, out.view(view.shape), torch.ones((), dtype=torch.float32, device=x.device) / step, step,
-                          zero_point.reshape(shape).to(torch.float32), constant((qmin, qmax), x.device))
-    check_peak(peak)
+    check_peak(_fused_uniform(view, out.view(view.shape), *qparams.kernel_args(shape)))
     return out
 
 
@@ -227,7 +255,8 @@ def fake_quantize_candidates(rows: torch.Tensor, scales: torch.Tensor, qmin: int
     candidates, groups = scales.shape
     flat = scales.reshape(-1)
     zero = torch.zeros(flat.shape, dtype=torch.int32, device=rows.device)
-    flat, zero = _check_qparams(flat, zero, qmin, qmax, candidates * groups)
+    checked = check_qparams(flat, zero, qmin, qmax)
+    flat, zero = checked.scale, checked.zero_point
     if _fused_uniform.wants(rows, passes=candidates) and _grad_free(rows, flat):
         step = flat.reshape(candidates, groups, 1)
         out = torch.empty((candidates, *rows.shape), dtype=torch.float32, device=rows.device)
@@ -307,19 +336,20 @@ def channel_axis(x: torch.Tensor, granularity: Granularity) -> int:
     return granularity.axis % x.dim()
 
 
-def _check_qparams(
-    scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int, groups: int, values_checked: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+def check_qparams(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+                  groups: int | None = None) -> CheckedQParams:
+    """QuantizationError unless ``scale`` is finite and positive, ``zero_point`` on the grid
+    ``[qmin, qmax]``, the grid's ends finite in float32, and (where given) ``groups`` entries of each."""
     scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
     zero_point = torch.as_tensor(zero_point).reshape(-1).to(torch.int32)
-    if scale.numel() != groups or zero_point.numel() != groups:
+    if groups is not None and (scale.numel() != groups or zero_point.numel() != groups):
         raise QuantizationError(
             f"expected {groups} scale/zero_point entries, got {scale.numel()} and {zero_point.numel()}"
         )
+    if scale.numel() != zero_point.numel():
+        raise QuantizationError(f"{scale.numel()} scales but {zero_point.numel()} zero points")
     if not qmin < qmax:
         raise QuantizationError(f"empty integer grid [{qmin}, {qmax}]")
-    if values_checked:
-        return scale, zero_point
     # one device-to-host read when everything is valid (each check below costs one on a GPU)
     valid = ((torch.isfinite(scale) & (scale > 0)).all() & ((zero_point >= qmin) & (zero_point <= qmax)).all()
              & torch.isfinite(_grid_ends(scale, zero_point, qmin, qmax)).all())
@@ -329,7 +359,7 @@ def _check_qparams(
         if bool(((zero_point < qmin) | (zero_point > qmax)).any()):
             raise QuantizationError(f"zero_point outside the grid [{qmin}, {qmax}]")
         check_grid_ends(scale, zero_point, qmin, qmax)
-    return scale, zero_point
+    return CheckedQParams(scale, zero_point, qmin, qmax)
 
 
 def check_grid_ends(scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> None:

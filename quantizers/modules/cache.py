@@ -22,7 +22,7 @@ or inference mode), so a cached tensor is never part of an autograd graph.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -63,6 +63,44 @@ class ParameterCache:
         return {"_key": None, "_value": None}
 
 
+T = TypeVar("T")
+
+
+class QParamsCache:
+    """What a quantizer's last check of its qparam values made (e.g.
+    :class:`~quantizers.functional.uniform.CheckedQParams`), reused while the tensors the qparams
+    come from are unchanged: the same tensors (held, so no other tensor can take their identity),
+    version counters (bumped by every in-place change) and data pointers (a ``.data`` swap), on the
+    same grid. Sources that are inference tensors have no version counter: checked at every call.
+    Like :class:`ParameterCache`, a write into the same memory that torch does not track (through
+    ``.numpy()``) is not seen."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._value: Any = None
+
+    def get(self, sources: tuple[torch.Tensor, ...], qmin: int, qmax: int, check: Callable[[], T]) -> T:
+        """``check()``'s result for these sources: the one remembered, or made now (and remembered
+        when it succeeds)."""
+        key = _qparams_key(sources, qmin, qmax)
+        if key is None or self._key is None or key[1:] != self._key[1:] or not same_tensors(key[0], self._key[0]):
+            self._value = check()
+            self._key = key
+        return self._value
+
+    def __deepcopy__(self, memo: dict) -> "QParamsCache":
+        return QParamsCache()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_key": None, "_value": None}
+
+
+def _qparams_key(sources: tuple[torch.Tensor, ...], qmin: int, qmax: int) -> tuple | None:
+    if any(t.is_inference() for t in sources):
+        return None
+    return tuple((t, t._version, t.data_ptr()) for t in sources), qmin, qmax
+
+
 def is_parameter(x: torch.Tensor) -> bool:
     """Whether ``x`` is an ``nn.Parameter`` or a view of one."""
     return isinstance(x._base if x._base is not None else x, nn.Parameter)
@@ -71,8 +109,10 @@ def is_parameter(x: torch.Tensor) -> bool:
 def _key(x: torch.Tensor, owner: nn.Module) -> tuple:
     base = x._base if x._base is not None else x
     geometry = (x.data_ptr(), tuple(x.shape), x.stride(), x.storage_offset(), x.dtype, x.device)
-    state = tuple((t, _stamp(t)) for t in (*owner.buffers(), *owner.parameters()))
-    return weakref.ref(base), base._version, geometry, state, tuple(m for m in owner.modules() if m is not owner)
+    modules = tuple(owner.modules())  # one walk of the submodules (owner first)
+    state = tuple((t, _stamp(t)) for m in modules for tensors in (m._buffers, m._parameters)
+                  for t in tensors.values() if t is not None)
+    return weakref.ref(base), base._version, geometry, state, modules[1:]
 
 
 def _same(old: tuple, new: tuple) -> bool:

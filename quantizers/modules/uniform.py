@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.uniform import fake_quantize, grad_scale, group_rows, num_groups, round_ste
+from quantizers.functional.uniform import (check_qparams, fake_quantize, fake_quantize_checked, grad_scale, group_rows,
+                                           num_groups, round_ste)
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer, describe_values
-from quantizers.modules.cache import same_tensors
+from quantizers.modules.cache import QParamsCache
 from quantizers.observers.base import Observer
 from quantizers.parts.adaround import AdaRoundRounding
 from quantizers.parts.codes import CodeRounding
@@ -51,7 +52,7 @@ class UniformQuantizer(Quantizer):
         self.rounding: Rounding = NearestRounding()
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
-        self._checked_qparams: tuple | None = None
+        self.checked_qparams = QParamsCache()
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -159,11 +160,9 @@ class UniformQuantizer(Quantizer):
         qmin, qmax = self.qrange
         scale, zero_point = self.group_qparams()
         if self._fixed:
-            key = _qparams_key(self._qparam_sources(), qmin, qmax)
-            out = fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, overwrite=overwrite,
-                                qparams_checked=key is not None and _same_key(key, self._checked_qparams))
-            self._checked_qparams = key
-            return out
+            checked = self.checked_qparams.get(self._qparam_sources(), qmin, qmax,
+                                               lambda: check_qparams(scale, zero_point, qmin, qmax))
+            return fake_quantize_checked(x, checked, self.spec.granularity, overwrite)
         if "scale" in self._parameters:  # LSQ gradient scale 1/sqrt(N·qmax), N = elements per scale
             numel = self.whole_numel or x.numel()
             scale = grad_scale(scale, 1.0 / math.sqrt(numel / num_groups(x, self.spec.granularity) * qmax))
@@ -201,18 +200,3 @@ class UniformQuantizer(Quantizer):
 
     def _parameter_summary(self) -> str:
         return " ".join(describe_values(name, getattr(self, name)) for name in QPARAMS)
-
-
-def _qparams_key(sources: tuple[torch.Tensor, ...], qmin: int, qmax: int) -> tuple | None:
-    """What the last check of the qparam values saw: each source tensor (held, so no other tensor
-    can take its identity), its version counter (bumped by every in-place change) and data pointer
-    (a ``.data`` swap), and the grid. None when a source is an inference tensor, which has no
-    version counter: checked at every call. Like :mod:`quantizers.modules.cache`, a write into the
-    same memory that torch does not track (through ``.numpy()``) is not seen."""
-    if any(t.is_inference() for t in sources):
-        return None
-    return tuple((t, t._version, t.data_ptr()) for t in sources), qmin, qmax
-
-
-def _same_key(key: tuple, checked: tuple | None) -> bool:
-    return checked is not None and key[1:] == checked[1:] and same_tensors(key[0], checked[0])

@@ -207,13 +207,21 @@ def test_attention_output_error_is_the_same_over_any_blocking(block: int, monkey
 
 
 def test_agq_search_returns_a_bounded_minimum_and_its_error() -> None:
-    a, v = _attention(1)
+    # The objective ripples with the grid's phase, and bounded Brent (the reference's search) can
+    # stop in a dip of the ripple: on smaller maps (2 heads of 48 rows) a change of the map's last
+    # bits (1e-6 relative, as between two CPUs' kernels) moved its result to between 2 % and 8 %
+    # above the best of a fine grid. This map's basin is deeper than its ripple: the search finds
+    # the minimum with the map as it is and with its last bits perturbed.
+    a, v = _attention(1, heads=4, n=64)
     top = float(a.max())
-    scale, error = agq_search(a, v, 4, 2.0)
-    assert 0.01 * top <= scale <= top
-    assert error == attention_output_error(a, v, LogGrid.build(scale, 2.0, 4))
-    grid_errors = [attention_output_error(a, v, LogGrid.build(s, 2.0, 4)) for s in np.linspace(0.02 * top, top, 25)]
-    assert error <= min(grid_errors) * 1.02
+    grid_errors = [attention_output_error(a, v, LogGrid.build(s, 2.0, 4)) for s in np.linspace(0.01 * top, top, 100)]
+    for trial in range(3):
+        noise = torch.randn(a.shape, generator=torch.Generator().manual_seed(trial))
+        perturbed = a if trial == 0 else a * (1 + 1e-6 * noise)
+        scale, error = agq_search(perturbed, v, 4, 2.0)
+        assert 0.01 * top <= scale <= top
+        assert error == attention_output_error(perturbed, v, LogGrid.build(scale, 2.0, 4))
+        assert error <= min(grid_errors) * 1.02
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,9 @@ from hypothesis.extra.numpy import arrays
 from quantizers.errors import QuantizationError
 from quantizers.functional.uniform import (
     SCALE_EPS,
+    check_qparams,
     fake_quantize,
+    fake_quantize_checked,
     grid_range,
     qparams_from_minmax,
     quant_range,
@@ -236,6 +238,27 @@ def test_wrong_number_of_qparams_raises() -> None:
         fake_quantize(x, torch.ones(2), torch.zeros(2), -8, 7)
     with pytest.raises(QuantizationError, match="divisible"):
         fake_quantize(x, torch.ones(4), torch.zeros(4), -8, 7, Granularity("group", 1, 3))
+
+
+@pytest.mark.parametrize("granularity", [Granularity("tensor"), Granularity("channel", 1), Granularity("group", 1, 4)])
+def test_checked_qparams_quantize_as_fake_quantize_and_are_reused(granularity: Granularity) -> None:
+    x = _random((4, 8, 2048), seed=3)  # large enough for the fused kernel where it is on
+    groups = {"tensor": 1, "channel": 8, "group": 4 * 2 * 2048}[granularity.kind]
+    scale = torch.rand(groups, generator=torch.Generator().manual_seed(4)) * 0.1 + 0.01
+    zero_point = torch.randint(-3, 4, (groups,), generator=torch.Generator().manual_seed(5), dtype=torch.int32)
+    checked = check_qparams(scale, zero_point, -8, 7)
+    expected = fake_quantize(x, scale, zero_point, -8, 7, granularity)
+    assert torch.equal(fake_quantize_checked(x, checked, granularity), expected)
+    assert torch.equal(fake_quantize_checked(x.clone(), checked, granularity, overwrite=True), expected)
+    assert checked.kernel_args((1, -1, 1)) is checked.kernel_args((1, -1, 1))  # derived once
+    wrong = check_qparams(torch.ones(2 * groups), torch.zeros(2 * groups), -8, 7)
+    with pytest.raises(QuantizationError, match=f"expected {groups} scale"):
+        fake_quantize_checked(x, wrong, granularity)
+
+
+def test_check_qparams_needs_as_many_zero_points_as_scales() -> None:
+    with pytest.raises(QuantizationError, match="3 scales but 2 zero points"):
+        check_qparams(torch.ones(3), torch.zeros(2), -8, 7)
 
 
 @pytest.mark.parametrize(

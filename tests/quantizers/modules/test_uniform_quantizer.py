@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -150,6 +152,12 @@ def test_qparam_values_are_checked_once_until_they_change(monkeypatch) -> None:
     with pytest.raises(QuantizationError, match="finite and positive"):
         quantizer(x)
     quantizer.set_qparams(torch.tensor(0.1), torch.tensor(0))
+    assert torch.equal(quantizer(x), torch.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127))
+    twin = copy.deepcopy(quantizer)  # its own tensors, checked on its own
+    with torch.no_grad():
+        twin.scale.fill_(float("inf"))
+    with pytest.raises(QuantizationError, match="finite and positive"):
+        twin(x)
     assert torch.equal(quantizer(x), torch.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127))
     with torch.inference_mode():  # inference tensors have no version counter: checked at every call
         quantizer.scale = torch.tensor([0.1])
