@@ -7,7 +7,10 @@ is unchanged. The key holds:
 
 - the parameter, weakly, and its version counter, which every in-place change bumps (optimizer
   steps, ``load_state_dict``, ``mul_`` under ``no_grad``); with the view's data pointer, shape,
-  strides, offset, dtype and device (``module.to(...)`` swaps the data);
+  strides, offset, dtype and device (``module.to(...)`` swaps the data). The key holds the
+  parameter's storage, so the memory a swap frees cannot be reused for the new data at the same
+  address (which would look unchanged); after ``module.to(...)`` the old copy is kept until the
+  next quantized call or :meth:`clear`, as the cached value already is;
 - every tensor of the quantizer (qparams, the state of its parts) and every submodule, by identity
   and version: re-assigning a buffer, ``set_qparams``, ``finalize`` or swapping a part invalidates.
   The key holds them strongly, so a new tensor can never take an old one's identity. Inference
@@ -70,8 +73,9 @@ class QParamsCache:
     """What a quantizer's last check of its qparam values made (e.g.
     :class:`~quantizers.functional.uniform.CheckedQParams`), reused while the tensors the qparams
     come from are unchanged: the same tensors (held, so no other tensor can take their identity),
-    version counters (bumped by every in-place change) and data pointers (a ``.data`` swap), on the
-    same grid. Sources that are inference tensors have no version counter: checked at every call.
+    version counters (bumped by every in-place change) and data pointers (a ``.data`` swap; their
+    storages are held too, so a swap's new data cannot reuse the old address), on the same grid.
+    Sources that are inference tensors have no version counter: checked at every call.
     Like :class:`ParameterCache`, a write into the same memory that torch does not track (through
     ``.numpy()``) is not seen."""
 
@@ -83,7 +87,7 @@ class QParamsCache:
         """``check()``'s result for these sources: the one remembered, or made now (and remembered
         when it succeeds)."""
         key = _qparams_key(sources, qmin, qmax)
-        if key is None or self._key is None or key[1:] != self._key[1:] or not same_tensors(key[0], self._key[0]):
+        if key is None or self._key is None or key[1:3] != self._key[1:3] or not same_tensors(key[0], self._key[0]):
             self._value = check()
             self._key = key
         return self._value
@@ -98,7 +102,7 @@ class QParamsCache:
 def _qparams_key(sources: tuple[torch.Tensor, ...], qmin: int, qmax: int) -> tuple | None:
     if any(t.is_inference() for t in sources):
         return None
-    return tuple((t, t._version, t.data_ptr()) for t in sources), qmin, qmax
+    return tuple((t, t._version, t.data_ptr()) for t in sources), qmin, qmax, [t.untyped_storage() for t in sources]
 
 
 def is_parameter(x: torch.Tensor) -> bool:
@@ -112,12 +116,12 @@ def _key(x: torch.Tensor, owner: nn.Module) -> tuple:
     modules = tuple(owner.modules())  # one walk of the submodules (owner first)
     state = tuple((t, _stamp(t)) for m in modules for tensors in (m._buffers, m._parameters)
                   for t in tensors.values() if t is not None)
-    return weakref.ref(base), base._version, geometry, state, modules[1:]
+    return weakref.ref(base), base._version, geometry, state, modules[1:], base.untyped_storage()
 
 
 def _same(old: tuple, new: tuple) -> bool:
-    (old_ref, old_version, old_geometry, old_state, old_modules) = old
-    (new_ref, new_version, new_geometry, new_state, new_modules) = new
+    (old_ref, old_version, old_geometry, old_state, old_modules, _) = old  # the held storage is not compared
+    (new_ref, new_version, new_geometry, new_state, new_modules, _) = new
     return (
         old_ref() is not None
         and old_ref() is new_ref()

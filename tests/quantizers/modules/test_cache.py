@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from quantizers.modules.base import Mode
+from quantizers.modules.cache import QParamsCache
 from quantizers.functional.uniform import round_ste
 from quantizers.parts.rounding import Rounding
 from quantizers.registry import build_quantizer
@@ -83,6 +84,28 @@ def test_moving_the_weight_to_new_storage_invalidates() -> None:
         layer.to(torch.float64).to(torch.float32)  # same Parameter object, new data
         second = quantizer(layer.weight)
     assert second is not first and torch.equal(second, first)
+
+
+def test_a_data_swap_is_seen_even_where_the_allocator_reuses_the_freed_memory() -> None:
+    layer = nn.Linear(16, 8)
+    quantizer = _calibrated(layer.weight)
+    with torch.no_grad():
+        for step in range(50):  # freed small blocks are handed out again: the old address would recur
+            before = quantizer(layer.weight)
+            layer.weight.data = layer.weight.data.double()  # frees the float32 data...
+            layer.weight.data = layer.weight.data.float().neg_()  # ...which this new data may reuse
+            after = quantizer(layer.weight)
+            assert after is not before and torch.equal(after, _fresh(quantizer, layer.weight)), step
+
+
+def test_the_qparams_cache_sees_a_data_swap_into_the_freed_memory() -> None:
+    cache, scale = QParamsCache(), torch.full((1024,), 0.1)  # blocks this large are handed out again
+    for step in range(50):
+        first = cache.get((scale,), -128, 127, object)
+        assert cache.get((scale,), -128, 127, object) is first
+        scale.data = scale.data.double()
+        scale.data = scale.data.float()
+        assert cache.get((scale,), -128, 127, object) is not first, step
 
 
 def test_new_qparams_invalidate() -> None:
