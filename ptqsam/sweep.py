@@ -7,8 +7,9 @@ is the baseline of the degradation report and the reference of the agreement met
 Each cell records the fingerprint of the settings that made it (:mod:`ptqsam.fingerprint`: model,
 checkpoint content, recipe content, bits, calibration images and their data, evaluated images and
 their data, prompt, mask and scoring options, seed, ptqsam version, and the arithmetic: device,
-torch version and torch's thread count, since float sums taken in another order can move a
-low-bit result by more than its last digit). A cell file whose fingerprint
+the machine (:func:`ptqsam.fingerprint.machine`: CPU model and instruction set, or GPU), torch
+version and torch's thread count, since float sums taken in another order can move a low-bit
+result by more than its last digit). A cell file whose fingerprint
 differs from the current settings, or that cannot be read (zero bytes, invalid JSON), is computed
 again with a warning naming what changed, and overwritten: a result is never reported under
 settings that did not make it.
@@ -55,7 +56,7 @@ from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate
 from ptqsam.evaluation.records import counts, evaluation_settings, reference_result, result_fields
 from ptqsam.evaluation.report import degradation_rows, write_report
 from ptqsam.evaluation.significance import mean_metrics
-from ptqsam.fingerprint import fingerprint, mismatch
+from ptqsam.fingerprint import fingerprint, machine, mismatch
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.io import json_text, write_or_rescue
 from ptqsam.models import build_model
@@ -319,7 +320,8 @@ class _ModelContext:
         self._reference: EvalResult | None = None
         self._calibration: dict[int, tuple] = {}
         #: what the cells' float arithmetic depends on (see :func:`_compute` for the thread count)
-        self.arithmetic = {"device": config.device, "torch": torch.__version__, "threads": _cell_threads(config)}
+        self.arithmetic = {"device": config.device, "machine": machine(config.device), "torch": torch.__version__,
+                           "threads": _cell_threads(config)}
 
     def fingerprint(self, cell: Cell) -> dict[str, Any]:
         """The fingerprint of the settings that make ``cell``'s result."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ptqsam import __version__
-from ptqsam.fingerprint import changed_settings, fingerprint, mismatch, settings_hash, tensors_sha256
+from ptqsam.fingerprint import changed_settings, fingerprint, machine, mismatch, settings_hash, tensors_sha256
 
 
 def test_the_hash_depends_on_content_not_key_order():
@@ -47,3 +47,10 @@ def test_tensor_hash_is_order_and_layout_independent_and_sees_one_value():
     assert tensors_sha256([("a", changed), ("b", weights["b"]), ("c", weights["c"])]) != reference
     assert tensors_sha256([("a", weights["a"].double()), ("b", weights["b"]), ("c", weights["c"])]) != reference
     assert tensors_sha256([("z", weights["a"]), ("b", weights["b"]), ("c", weights["c"])]) != reference
+
+
+def test_the_machine_names_the_cpu_and_the_instruction_set_its_kernels_use():
+    described = machine("cpu")
+    assert described.endswith(f"({torch.backends.cpu.get_cpu_capability()})")
+    assert len(described) > len(" (AVX2)") and described == machine(torch.device("cpu"))
+

@@ -187,6 +187,10 @@ def test_a_cell_is_reused_only_under_the_settings_that_made_it(tmp_path, random_
     finally:
         torch.set_num_threads(threads)
     rerun(config, {float_cell, quantized_cell}, "arithmetic.threads")
+    with pytest.MonkeyPatch.context() as patch:  # another CPU model or instruction set: other kernels
+        patch.setattr("ptqsam.sweep.machine", lambda device: "GenuineIntel Another CPU (AVX512)")
+        rerun(config, {float_cell, quantized_cell}, "arithmetic.machine")
+    rerun(config, {float_cell, quantized_cell}, "arithmetic.machine")
     data = minmax.to_dict()
     data["rules"][0]["spec"]["symmetric"] = False  # same file name, other recipe
     recipe.write_text(yaml.safe_dump(data))

@@ -132,7 +132,8 @@ def test_hessian_task_loss_gradients_are_not_zero(tiny_dataset, random_testbed):
 
 def test_ptq4vit_search_installs_scales_and_never_increases_objective(tiny_dataset, random_testbed):
     model = random_testbed()
-    report = calibrate(model, "ptq4vit", 6, 6, calibration_samples(tiny_dataset, 1, seed=0), progress=False)
+    report = calibrate(model, "ptq4vit", 6, 6, calibration_samples(tiny_dataset, 1, seed=0), progress=False,
+                       search_rows=64)  # the demo's row sample: a search on every row takes minutes here
     assert report.hessian
     for record in report.hessian.values():
         history = record.get("history")
