@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from quantizers.errors import QuantizationError
-from quantizers.functional.uniform import (check_qparams, fake_quantize, fake_quantize_checked, grad_scale, group_rows,
-                                           num_groups, round_ste)
+from quantizers.functional.uniform import (SCALE_EPS, check_qparams, fake_quantize, fake_quantize_checked, grad_scale,
+                                           group_rows, num_groups, round_ste)
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer, describe_values
 from quantizers.modules.cache import QParamsCache
@@ -157,6 +157,11 @@ class UniformQuantizer(Quantizer):
         return self._fake_quantize(x, overwrite=True)
 
     def _fake_quantize(self, x: torch.Tensor, overwrite: bool) -> torch.Tensor:
+        learned_scale = self._parameters.get("scale")
+        if learned_scale is not None:
+            # as torch.ao's _LearnableFakeQuantize: an optimizer step that takes a learned scale to 0
+            # or below leaves no grid, so it is floored (untracked, so no autograd graph is disturbed)
+            learned_scale.data.clamp_(min=SCALE_EPS)
         qmin, qmax = self.qrange
         scale, zero_point = self.group_qparams()
         if self._fixed:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from quantizers import Granularity, Mode, QuantSpec, build_quantizer
 from quantizers.errors import QuantizationError
-from quantizers.functional.uniform import fake_quantize, round_ste
+from quantizers.functional.uniform import SCALE_EPS, fake_quantize, round_ste
 from quantizers.parts.rounding import ROUNDINGS, NearestRounding, Rounding
 
 SPECS = [
@@ -75,6 +75,25 @@ def test_a_rounding_part_replaces_the_rounding():
     expected = torch.floor(x * (1.0 / quantizer.scale)) * step
     assert torch.allclose(quantizer.fake_quantize(x), expected)
     assert ROUNDINGS.get("nearest").cls is NearestRounding
+
+
+def test_a_step_that_takes_a_learned_scale_below_zero_leaves_the_floor_instead():
+    x = torch.linspace(-3, 3, 101)
+    quantizer = _calibrated(QuantSpec(bits=4), x)
+    (scale,) = quantizer.learn(scale=True)
+    optimizer = torch.optim.SGD([scale], lr=1.0)
+    scale.grad = scale.detach() + 1.0  # one step to -1: floored, as by torch.ao's _LearnableFakeQuantize
+    optimizer.step()
+    assert float(scale.detach()) < 0
+    out = quantizer.fake_quantize(x.clone().requires_grad_(True))
+    assert float(scale.detach()) == SCALE_EPS and torch.isfinite(out).all()  # every value clipped onto a tiny grid
+    qmin, qmax = quantizer.qrange
+    expected = torch.fake_quantize_per_tensor_affine(x, SCALE_EPS, int(quantizer.zero_point), qmin, qmax)
+    assert torch.equal(out.detach(), expected)
+    out.square().sum().backward()
+    assert scale.grad is not None and torch.isfinite(scale.grad).all()
+    quantizer.freeze()
+    assert torch.equal(quantizer.fake_quantize(x), expected)  # a valid frozen state
 
 
 def test_differentiable_form_checks_its_qparams():
