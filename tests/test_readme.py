@@ -15,7 +15,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 def test_readme_has_examples_and_install_and_test_commands():
     text = README.read_text()
     commands = re.findall(r"^\$ (.+)$", text, flags=re.M)
-    assert commands[:2] == ['pip install -e ".[test]" && ptqsam demo', "pytest -q"]
+    assert commands[:2] == ['pip install -e ".[test]" && ptqsam demo', "pytest -q -n 2 --dist loadfile"]
     assert len(BLOCKS) >= 2
 
 
