@@ -87,7 +87,7 @@ class QParamsCache:
         """``check()``'s result for these sources: the one remembered, or made now (and remembered
         when it succeeds)."""
         key = _qparams_key(sources, qmin, qmax)
-        if key is None or self._key is None or key[1:3] != self._key[1:3] or not same_tensors(key[0], self._key[0]):
+        if key is None or self._key is None or key[1] != self._key[1] or not same_tensors(key[0], self._key[0]):
             self._value = check()
             self._key = key
         return self._value
@@ -100,9 +100,10 @@ class QParamsCache:
 
 
 def _qparams_key(sources: tuple[torch.Tensor, ...], qmin: int, qmax: int) -> tuple | None:
+    """``(tensors with their stamps, grid, held storages)``; the storages are held, not compared."""
     if any(t.is_inference() for t in sources):
         return None
-    return tuple((t, t._version, t.data_ptr()) for t in sources), qmin, qmax, [t.untyped_storage() for t in sources]
+    return tuple((t, t._version, t.data_ptr()) for t in sources), (qmin, qmax), [t.untyped_storage() for t in sources]
 
 
 def is_parameter(x: torch.Tensor) -> bool:
