@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ptqsam.errors import DistributedError
+from ptqsam.trees import tree_map
 
 T = TypeVar("T")
 #: how long a collective waits for the other ranks (env ``PTQSAM_DIST_TIMEOUT``, seconds); a rank
@@ -122,7 +123,7 @@ def all_gather_parts(part: list[T]) -> list[T]:
     if not active():
         return list(part)
     parts: list[Any] = [None] * world_size()
-    collective(lambda: dist.all_gather_object(parts, list(part)))
+    collective(lambda: dist.all_gather_object(parts, _portable(list(part))))
     return [item for p in parts for item in p]
 
 
@@ -131,7 +132,7 @@ def gather_parts(part: list[T]) -> list[T] | None:
     if not active():
         return list(part)
     parts: list[Any] | None = [None] * world_size() if is_main() else None
-    collective(lambda: dist.gather_object(list(part), parts, dst=0))
+    collective(lambda: dist.gather_object(_portable(list(part)), parts, dst=0))
     return None if parts is None else [item for p in parts for item in p]
 
 
@@ -139,9 +140,16 @@ def broadcast(value: T | None, source: int = 0) -> T:
     """Rank ``source``'s ``value`` on every rank (the others pass anything, e.g. None)."""
     if not active():
         return value  # type: ignore[return-value]
-    box = [value]
+    box = [_portable(value)]
     collective(lambda: dist.broadcast_object_list(box, src=source))
-    return box[0]  # type: ignore[return-value]
+    return value if rank() == source else box[0]  # type: ignore[return-value]
+
+
+def _portable(value: T) -> T:
+    """``value`` with the tensors of its tuples / lists / dicts on the CPU, for the object collectives:
+    a pickled CUDA tensor is unpickled on its sender's GPU, where the receiver's tensors are not.
+    Receivers move what they use to their own device."""
+    return tree_map(lambda t: t.cpu(), value)
 
 
 def in_rank_order(state: T, work: Callable[[T], T]) -> T:

@@ -26,7 +26,7 @@ class _KeyStatistics:
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         k = output.detach().float().reshape(-1, output.shape[-1])
-        sums = k.sum(dim=0)
+        sums = k.sum(dim=0).cpu()  # the statistics travel between processes, each with its own GPU
         self.sums = sums if self.sums is None else self.sums + sums
         self.count += k.shape[0]
         keep = torch.randperm(k.numel(), generator=self.generator)[: self.max_values]

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import torch
 
 from ptqsam import distributed
 from ptqsam.errors import DistributedError
+from ptqsam.trees import tree_map
 from quantizers.errors import QuantizationError
 from quantizers.modules.base import Quantizer
 
@@ -47,9 +48,8 @@ def fold(quantizers: Mapping[str, Quantizer], summaries: Mapping[str, list], dev
     observed every shard in order (no-op in one process)."""
     if not distributed.active():
         return
-    mine = {"summaries": {name: [_to(s, "cpu") for s in batch] for name, batch in summaries.items()},
-            "states": {name: {k: v.cpu() for k, v in q.state_dict().items()}
-                       for name, q in quantizers.items() if not q.splits()}}
+    mine = {"summaries": {name: list(batch) for name, batch in summaries.items()},
+            "states": {name: q.state_dict() for name, q in quantizers.items() if not q.splits()}}
     parts = distributed.all_gather_parts([mine])
     with torch.inference_mode():  # the state was made in inference mode (the passes run in it)
         _fold_parts(quantizers, summaries, parts, device)
@@ -61,7 +61,7 @@ def _fold_parts(quantizers: Mapping[str, Quantizer], summaries: Mapping[str, lis
         quantizer = quantizers[name]
         for part in parts:
             for summary in part["summaries"][name]:
-                quantizer.absorb(_to(summary, device))
+                quantizer.absorb(tree_map(lambda t: t.to(device), summary))
     for name, quantizer in quantizers.items():
         if not quantizer.splits():
             _merge(name, quantizer, [part["states"][name] for part in parts])
@@ -85,14 +85,3 @@ def _merge(name: str, quantizer: Quantizer, states: list[dict[str, torch.Tensor]
         quantizer.merge(copies[1:])
     except QuantizationError as error:
         raise DistributedError(f"{name}: {error}; calibrate it in one process (without torchrun)") from error
-
-
-def _to(value: Any, device: torch.device | str) -> Any:
-    """``value`` with every tensor in it moved to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    return value

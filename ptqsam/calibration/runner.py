@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import torch
 from segment_anything.modeling import Sam
 
 from ptqsam import distributed
@@ -311,7 +312,7 @@ def _hessian(model: Sam, passes: SampleLoop, samples: Sequence[CalibrationSample
             needs_encoder = any(part_of(unit.module) == "image_encoder" for unit in group)
             data = capture(model, group,
                            lambda loss: loop.run_with_grad(loss, needs_encoder, f"hessian {group_name}"))
-            data = _gathered_capture(data)
+            data = _gathered_capture(data, passes.runner.device)
             for unit in group:
                 record = search_unit(unit, data.pop(unit.name), model, search_rows)
                 if record is not None:  # None: no calibration image reaches the unit (left uncalibrated)
@@ -322,13 +323,14 @@ def _hessian(model: Sam, passes: SampleLoop, samples: Sequence[CalibrationSample
                     len(fallbacks), "; ".join(f"{name} ({reason})" for name, reason in fallbacks.items()))
 
 
-def _gathered_capture(data: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
+def _gathered_capture(data: dict[str, dict[str, list]], device: torch.device) -> dict[str, dict[str, list]]:
     """Under ``torchrun``: every process's cached tensors, concatenated in the one-process order on
-    every rank (each rank then searches the same data: the one-process result)."""
+    every rank, on ``device`` (each rank then searches the same data: the one-process result)."""
     if not distributed.active():
         return data
     parts = distributed.all_gather_parts([data])
-    return {unit: {key: [t for part in parts for t in part[unit][key]] for key in store} for unit, store in data.items()}
+    return {unit: {key: [t.to(device) for part in parts for t in part[unit][key]] for key in store}
+            for unit, store in data.items()}
 
 
 

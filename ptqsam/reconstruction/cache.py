@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,24 +19,7 @@ from ptqsam.errors import CalibrationError
 from ptqsam.instrument.hooks import forward_hooks
 from ptqsam.io import write_atomic
 from ptqsam.passes import SampleLoop, StopForward, each_sample, task_loss
-
-
-def tree_map(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
-    """``fn`` applied to every tensor of nested tuples / lists / dicts (other leaves unchanged)."""
-    if isinstance(tree, torch.Tensor):
-        return fn(tree)
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(tree_map(fn, item) for item in tree)
-    if isinstance(tree, dict):
-        return {key: tree_map(fn, value) for key, value in tree.items()}
-    return tree
-
-
-def tree_tensors(tree: Any) -> list[torch.Tensor]:
-    """The tensors of a nested structure, in order."""
-    found: list[torch.Tensor] = []
-    tree_map(found.append, tree)
-    return found
+from ptqsam.trees import tree_map, tree_tensors
 
 
 class TensorCache:

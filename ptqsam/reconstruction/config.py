@@ -33,8 +33,10 @@ class ReconstructionConfig:
       drop_prob: QDrop: probability that an activation element stays float during
         reconstruction, and that a block input element comes from the float model instead of the
         quantized prefix (0: no dropping, BRECQ).
-      loss: ``mse`` (block output against the float model's) or ``fisher`` (weighted by the squared
-        gradient of the task loss at the block output, BRECQ's Fisher diagonal).
+      loss: ``mse`` (block output against the float model's) or ``fisher`` (each element weighted
+        by ``(|g| + 1)²``, g the gradient at the float block output of the task loss of the float
+        model's masks against their own binarisation: BRECQ's Fisher diagonal as its code computes
+        it; BRECQ takes g from the KL divergence of the quantized model's output from the float one).
       round_loss_weight: λ of the rounding regulariser.
       response_weight: α of SAQ-SAM's prompt-aware term (0: none): the error of the mask decoder's
         response computed from the unit's output by the float rest of the model

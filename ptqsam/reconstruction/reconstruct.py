@@ -39,11 +39,12 @@ from ptqsam.instrument.modes import disabled, dropping, quantizing
 from ptqsam.models.blocks import touches_encoder
 from ptqsam.passes import SampleLoop
 from ptqsam.progress import bar
-from ptqsam.reconstruction.cache import TensorCache, capture_inputs, capture_outputs, tree_map, tree_tensors
+from ptqsam.reconstruction.cache import TensorCache, capture_inputs, capture_outputs
 from ptqsam.reconstruction.config import ReconstructionConfig
 from ptqsam.reconstruction.response import continuation
 from ptqsam.reconstruction.sharded import SampleShard, fetch, share_step
 from ptqsam.reconstruction.units import ReconUnit, reconstruction_units, unit_module
+from ptqsam.trees import tree_map, tree_tensors
 from quantizers import Quantizer
 from quantizers.modules.base import overridden
 from quantizers.modules.uniform import UniformQuantizer
@@ -66,15 +67,16 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
                                "depend on the one-process order of the captures); reconstruct in one process")
     shard, loop = _sharded_loop(model, samples)
     units = reconstruction_units(model, config)
+    position = {unit.name: index for index, unit in enumerate(units)}  # seeds a unit's drop masks, ``only`` or not
     if only is not None:
-        unknown = sorted(set(only) - {unit.name for unit in units})
+        unknown = sorted(set(only) - set(position))
         if unknown:
-            raise CalibrationError(f"no reconstruction unit named {unknown}; units: {[u.name for u in units]}")
+            raise CalibrationError(f"no reconstruction unit named {unknown}; units: {list(position)}")
         units = [unit for unit in units if unit.name in set(only)]
     records = {}
     with _frozen_parameters(model):
-        for index, unit in enumerate(bar(units, enabled=progress, desc="reconstruction", leave=False)):
-            records[unit.name] = _reconstruct_unit(model, loop, shard, unit, config, index, progress)
+        for unit in bar(units, enabled=progress, desc="reconstruction", leave=False):
+            records[unit.name] = _reconstruct_unit(model, loop, shard, unit, config, position[unit.name], progress)
             if config.reference_drop_bug:  # as the reference: the later units' inputs are cached with it on
                 apply_reference_drop_bug(model, reference_bug_sites(model, [unit]), config.drop_prob, config.seed)
     if config.reference_drop_bug:  # fresh generators: the masks a loaded state draws
@@ -134,18 +136,19 @@ def _reconstruct_unit(model: Sam, loop: SampleLoop, shard: SampleShard, unit: Re
     activations = {n: quantizers[n] for n in unit.quantizers if kinds[n] != "weight"}
     data = _UnitData(loop, shard, model, unit, config)
     try:
-        before = _output_mse(module, unit, data)
-        round_parts, w_params = _start_adaround(model, weights) if config.round_weights else ([], [])
-        a_params = [p for q in activations.values() for p in q.learn()] if config.learn_activations else []
-        loop_start = time.perf_counter()
-        losses = _optimise(module, unit, data, config, index, round_parts, w_params, a_params, activations,
-                           progress)
-        loop_seconds = time.perf_counter() - loop_start
-        for quantizer in weights.values():
-            quantizer.harden()
-        for quantizer in activations.values():
-            quantizer.freeze()
-        after = _output_mse(module, unit, data)
+        with _calibrated_on_error({**weights, **activations}):
+            before = _output_mse(module, unit, data)
+            round_parts, w_params = _start_adaround(model, weights) if config.round_weights else ([], [])
+            a_params = [p for q in activations.values() for p in q.learn()] if config.learn_activations else []
+            loop_start = time.perf_counter()
+            losses = _optimise(module, unit, data, config, index, round_parts, w_params, a_params, activations,
+                               progress)
+            loop_seconds = time.perf_counter() - loop_start
+            for quantizer in weights.values():
+                quantizer.harden()
+            for quantizer in activations.values():
+                quantizer.freeze()
+            after = _output_mse(module, unit, data)
         spilled = sum(distributed.all_gather_parts([data.spilled]))
     finally:
         data.close()
@@ -333,7 +336,14 @@ def _replace_parameters(optimiser: torch.optim.Optimizer, params: list[nn.Parame
 
 def reconstruction_loss(output: Any, target: Any, grads: Any | None, channel_axis: int) -> torch.Tensor:
     """Squared error summed over the channel axis and averaged over the rest, added over the unit's
-    output tensors; with ``grads`` weighted by their square (BRECQ's Fisher diagonal)."""
+    output tensors; with ``grads`` (g) weighted by ``(|g| + 1)²``, BRECQ's Fisher diagonal as its
+    code computes it. The ``+ 1`` is not decoration: SAM's task loss is a mean over every mask pixel,
+    so g is about 1e-6 at a block output and ``g²`` alone would leave a loss of ~1e-12 that Adam
+    cannot follow (the rounding regulariser alone would then decide the rounding).
+
+    The channel axis is the unit's own (the last one in SAM's (B, H, W, C) encoder blocks), as BRECQ
+    and QDrop intend; PTQ4SAM's code sums dim 1 whatever the layout (H in the encoder), which
+    weighs the output term C/H times less against the regulariser (12× for SAM-B)."""
     outs, targets = tree_tensors(output), tree_tensors(target)
     weights = [None] * len(outs) if grads is None else list(grads)
     if len(outs) != len(targets) or len(weights) != len(outs):
@@ -345,7 +355,7 @@ def reconstruction_loss(output: Any, target: Any, grads: Any | None, channel_axi
             if grad is None:
                 raise CalibrationError("the Fisher loss needs a gradient at every unit output: one does not reach "
                                        "the task loss")
-            error = error * grad.square()
+            error = error * (grad.abs() + 1).square()
         total = total + error.sum(dim=channel_axis).mean()
     return total
 
@@ -394,6 +404,30 @@ def _start_adaround(model: nn.Module, weights: dict[str, Quantizer]) -> tuple[li
             layer = model.get_submodule(name.rpartition(".")[0])
             parts.append(quantizer.start_adaround(layer.site_weight()))
     return parts, [part.logits for part in parts]
+
+
+@contextlib.contextmanager
+def _calibrated_on_error(quantizers: dict[str, Quantizer]) -> Iterator[None]:
+    """Should the block fail, ``quantizers`` are put back as calibrated: learned parameters back to
+    buffers with their calibrated values, soft or hardened AdaRound back to the rounding it
+    replaced. A half-learned unit would otherwise evaluate without complaint (weights off the grid)
+    for a caller that catches the error."""
+    saved = {name: ({key: value.clone() for key, value in q.state_dict().items()}, getattr(q, "rounding", None))
+             for name, q in quantizers.items()}
+    try:
+        yield
+    except BaseException:
+        for name, quantizer in quantizers.items():
+            state, rounding = saved[name]
+            quantizer.freeze()
+            if rounding is not None:
+                quantizer.rounding = rounding
+            now = quantizer.state_dict()
+            for key, value in state.items():  # changed ones only: observers hold inference tensors
+                if now[key].shape != value.shape or not torch.equal(now[key], value):
+                    owner, _, buffer = key.rpartition(".")
+                    quantizer.get_submodule(owner).register_buffer(buffer, value)
+        raise
 
 
 @contextlib.contextmanager

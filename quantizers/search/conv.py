@@ -113,6 +113,7 @@ def subsample_batch(
     rows = _row_subset(x.shape[0], max(1, max_rows // (out.shape[-2] * out.shape[-1])))
     if rows is None:
         return x, out, grad
+    rows = rows.to(x.device)
     return x.index_select(0, rows), out.index_select(0, rows), None if grad is None else grad.index_select(0, rows)
 
 

@@ -55,3 +55,32 @@ def test_block_reconstruction_learns_on_cuda(tiny_dataset, random_testbed):
     with quantizing(model):
         result = evaluate(model, tiny_dataset, reference=reference, progress=False)
     assert result.metrics["agreement"] > 0.8
+
+
+def test_the_hessian_search_on_a_row_sample_stays_on_cuda(tiny_dataset, random_testbed):
+    """ptq4vit with a row budget: the conv searches draw their batch elements (of two images) on the
+    device's tensors."""
+    samples = calibration_samples(tiny_dataset, 2, seed=0)
+    model = random_testbed().cuda()
+    report = calibrate(model, "ptq4vit", 8, 8, samples, progress=False, search_rows=64)
+    assert "image_encoder.patch_embed.proj" in report.hessian
+    for name, quantizer in attached_quantizers(model).items():
+        assert all(t.device.type == "cuda" for t in quantizer.buffers()), name
+
+
+def test_what_processes_send_each_other_travels_on_the_cpu():
+    """A pickled CUDA tensor is unpickled on its sender's GPU: under torchrun with one GPU per
+    process, every tensor handed between processes must go through the CPU."""
+    import pickle
+
+    from ptqsam.calibration.bimodal import _KeyStatistics
+    from ptqsam.distributed import _portable
+
+    sent = _portable({"a": [torch.ones(3, device="cuda")], "b": (torch.zeros(2, device="cuda"), 1)})
+    assert sent["a"][0].device.type == "cpu" and sent["b"][0].device.type == "cpu" and sent["b"][1] == 1
+    stats = _KeyStatistics(16, seed=0)
+    stats(None, (), torch.randn(2, 5, 8, device="cuda"))
+    received = pickle.loads(pickle.dumps(stats))
+    assert received.sums.device.type == "cpu"
+    received(None, (), torch.randn(2, 5, 8, device="cuda"))  # the receiver adds its own GPU's keys
+    assert received.count == 20

@@ -46,14 +46,18 @@ def test_a_recipe_extends_another_and_merges_its_reconstruction(tmp_path):
     assert load_recipe("minmax").reconstruction_config() is None
 
 
-def test_the_loss_sums_channels_averages_the_rest_and_weights_by_squared_gradients():
+def test_the_loss_sums_channels_averages_the_rest_and_weights_by_fisher_diagonal():
     out = torch.zeros(2, 3, 4)
     target = torch.ones(2, 3, 4)
     assert float(reconstruction_loss(out, target, None, channel_axis=-1)) == 4.0  # 4 channels, each error 1
     assert float(reconstruction_loss(out, target, None, channel_axis=1)) == 3.0
     assert float(reconstruction_loss((out, out[:, :1]), (target, target[:, :1]), None, -1)) == 8.0  # summed over outputs
-    grads = (torch.full((2, 3, 4), 0.5),)
-    assert float(reconstruction_loss(out, target, grads, -1)) == pytest.approx(1.0)
+    grads = (torch.full((2, 3, 4), -0.5),)
+    assert float(reconstruction_loss(out, target, grads, -1)) == 4.0 * 1.5 ** 2  # (|g| + 1)², as BRECQ's code
+    # SAM's mask loss gives gradients of ~1e-6 at a block output: the Fisher loss must stay the MSE
+    # loss's size, not vanish with g² (~1e-12), which left the rounding to the regulariser alone
+    tiny = (torch.full((2, 3, 4), 1e-6),)
+    assert float(reconstruction_loss(out, target, tiny, -1)) == pytest.approx(4.0, rel=1e-5)
     assert float(reconstruction_loss(target, target, None, -1)) == 0.0
 
 

@@ -144,3 +144,63 @@ def test_layer_wise_adaround_learns_rounding_only(build, samples):
     for name, quantizer in attached_quantizers(plain).items():
         if kinds[name] != "weight" and quantizer.is_calibrated:  # activation scales as calibrated
             assert torch.equal(quantizer.scale, attached_quantizers(model)[name].scale), name
+
+
+def _reconstruct_module():
+    import importlib
+
+    return importlib.import_module("ptqsam.reconstruction.reconstruct")
+
+
+def test_a_unit_that_fails_midway_is_left_as_calibrated(build, samples, monkeypatch):
+    from ptqsam.reconstruction import ReconstructionConfig
+    from quantizers.parts.rounding import NearestRounding
+
+    module = _reconstruct_module()
+    model = build()
+    calibrate(model, "minmax", 4, 4, samples, progress=False)
+    unit = "image_encoder.blocks.1"
+    mine = {n: q for n, q in attached_quantizers(model).items() if n.startswith(unit + ".")}
+    before = {n: {k: v.clone() for k, v in q.state_dict().items()} for n, q in mine.items()}
+    with quantizing(model):
+        expected = _logits(model, samples[0])
+    step_loss, calls = module._step_loss, []
+
+    def failing(*args, **kwargs):  # a few optimiser steps have moved scales and rounding, then a failure
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("interrupted")
+        return step_loss(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_step_loss", failing)
+    config = ReconstructionConfig(iterations=8, weight_lr=1e-1, activation_lr=1e-1, drop_prob=0.0)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        module.reconstruct(model, samples, config, progress=False, only=[unit])
+    assert len(calls) == 4
+    for name, quantizer in mine.items():
+        assert not list(quantizer.parameters()), name  # nothing left learnable
+        assert isinstance(getattr(quantizer, "rounding", NearestRounding()), NearestRounding), name
+        state = quantizer.state_dict()
+        assert state.keys() == before[name].keys() and all(torch.equal(state[k], before[name][k]) for k in state), name
+    with quantizing(model):
+        assert torch.equal(_logits(model, samples[0]), expected)
+
+
+def test_a_units_drop_masks_do_not_depend_on_which_units_are_reconstructed(build, samples, monkeypatch):
+    from ptqsam.reconstruction import ReconstructionConfig
+    from ptqsam.reconstruction.units import reconstruction_units
+
+    module = _reconstruct_module()
+    model = build()
+    calibrate(model, "minmax", 4, 4, samples, progress=False)
+    seeds, dropping = [], module.dropping
+
+    def recording(*args, seed, **kwargs):
+        seeds.append(seed)
+        return dropping(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(module, "dropping", recording)
+    config = ReconstructionConfig(iterations=1, drop_prob=0.5, seed=7)
+    units = [unit.name for unit in reconstruction_units(model, config)]
+    module.reconstruct(model, samples, config, progress=False, only=[units[2]])
+    assert seeds == [7 + 2]  # the seed a full run gives this unit
