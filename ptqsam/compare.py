@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ptqsam.constants import FLOAT
 from ptqsam.errors import PtqsamError
+from ptqsam.evaluation.records import check_reference
 from ptqsam.evaluation.report import Column, csv_text, degradation_rows, markdown_table
 from ptqsam.io import write_json_atomic, write_text_atomic
 
@@ -68,13 +70,34 @@ def load_results(path: str | Path, label: str) -> Results:
         if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
             raise PtqsamError(f"{report} has no 'rows' list: not a sweep's report")
         return Results(label, str(folder), data["rows"], flatten(data.get("settings", {})))
-    records = [data for data in map(_json, sorted(folder.glob("*.json")))
-               if isinstance(data, dict) and {"recipe", "metrics", "fingerprint"} <= set(data)]
-    if not records:
+    named = {path: data for path, data in ((path, _json(path)) for path in sorted(folder.glob("*.json")))
+             if isinstance(data, dict) and {"recipe", "metrics", "fingerprint"} <= set(data)}
+    if not named:
         raise PtqsamError(f"{folder} holds neither a report.json (a sweep) nor `evaluate --out` records")
+    _check_baselines(named)
+    records = list(named.values())
     seed = records[0]["fingerprint"]["settings"].get("evaluation", {}).get("seed", 0)
     shared = _shared([flatten(r["fingerprint"]["settings"]) for r in records])
     return Results(label, str(folder), degradation_rows(records, seed), shared)
+
+
+def _check_baselines(records: Mapping[Path, Mapping[str, Any]]) -> None:
+    """PtqsamError unless each model has at most one float record in the folder and every other
+    record of that model was evaluated as the float one was (same checkpoint, images, prompts and
+    options): the Δ's of a record are taken against it."""
+    floats: dict[str, Path] = {}
+    for path, record in records.items():
+        if record["recipe"] == FLOAT:
+            if record["model"] in floats:
+                raise PtqsamError(f"{floats[record['model']]} and {path} are both float runs of {record['model']}: "
+                                  "the Δ's would be taken against either; keep one per folder")
+            floats[record["model"]] = path
+    for path, record in records.items():
+        base = floats.get(record["model"])
+        if base is not None and base != path:
+            check_reference(records[base], record["model"], record.get("checkpoint"),
+                            record["fingerprint"].get("settings", {}).get("evaluation", {}),
+                            f"the float run {base}, against which {path} is compared,")
 
 
 def differences(results: Sequence[Results]) -> dict[str, dict[str, Any]]:

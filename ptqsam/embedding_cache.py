@@ -65,8 +65,12 @@ class EmbeddingCache:
         return self.directory / (re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".pt")
 
 
-def embedding_key(model_type: str, checkpoint_id: str, image_id: int, image_size: int, data_id: str = "") -> str:
+def embedding_key(model_type: str, checkpoint_id: str, image_id: int, image_size: int, data_id: str = "",
+                  image_hash: str = "", arithmetic: str = "") -> str:
     """The cache key of one image's float embedding under one model and checkpoint; ``data_id``
     names the dataset (e.g. its annotations file's hash), so that the same image id of another
-    dataset in the same cache folder is another key."""
-    return f"{model_type}-{checkpoint_id}-{image_size}-{data_id}-{image_id}"
+    dataset in the same cache folder is another key; ``image_hash`` the image file's content (an
+    image replaced under the same name is another key); ``arithmetic`` a hash of what the float
+    arithmetic depends on (device, machine, torch, threads: another machine's embedding differs in
+    its last bits)."""
+    return f"{model_type}-{checkpoint_id}-{image_size}-{data_id}-{image_id}-{image_hash}-{arithmetic}"

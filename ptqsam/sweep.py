@@ -56,7 +56,7 @@ from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate
 from ptqsam.evaluation.records import counts, evaluation_settings, reference_result, result_fields
 from ptqsam.evaluation.report import degradation_rows, write_report
 from ptqsam.evaluation.significance import mean_metrics
-from ptqsam.fingerprint import fingerprint, machine, mismatch
+from ptqsam.fingerprint import file_sha256, fingerprint, machine, mismatch, settings_hash
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.io import json_text, write_or_rescue
 from ptqsam.models import build_model
@@ -70,6 +70,8 @@ log = logging.getLogger("ptqsam")
 CELL_LINE = "cell {n_fmt}/{total_fmt} done [{elapsed}<{remaining}]{postfix}"
 #: suffix of the variant of a recipe that keeps its own float list under a protocol float list
 OWN_FLOAT = "[own-float]"
+#: evaluations of more images than this keep their float embeddings on disk (``<out>/cache``)
+DISK_CACHE_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -312,16 +314,18 @@ class _ModelContext:
         checkpoint = config.checkpoints.get(model_type)
         self.float_model: Sam = build_model(model_type, checkpoint, seed=config.seed).to(config.device)
         self.checkpoint_id = weights_id(model_type, checkpoint, config.seed)
-        cache_dir = Path(config.out) / "cache" if len(self.eval_ids) > 64 else None
+        cache_dir = Path(config.out) / "cache" if len(self.eval_ids) > DISK_CACHE_IMAGES else None
         self.cache = EmbeddingCache(cache_dir)
-        size = image_size(self.float_model)
-        data_id = self.evaluation["data"]["annotations"]
-        self.cache_key = lambda image_id: embedding_key(model_type, self.checkpoint_id, image_id, size, data_id)
-        self._reference: EvalResult | None = None
-        self._calibration: dict[int, tuple] = {}
         #: what the cells' float arithmetic depends on (see :func:`_compute` for the thread count)
         self.arithmetic = {"device": config.device, "machine": machine(config.device), "torch": torch.__version__,
                            "threads": _cell_threads(config)}
+        size, arithmetic = image_size(self.float_model), settings_hash(self.arithmetic)
+        data_id = self.evaluation["data"]["annotations"]
+        self.cache_key = lambda image_id: embedding_key(
+            model_type, self.checkpoint_id, image_id, size, data_id,
+            file_sha256(self.dataset.image_info(image_id).path), arithmetic)
+        self._reference: EvalResult | None = None
+        self._calibration: dict[int, tuple] = {}
 
     def fingerprint(self, cell: Cell) -> dict[str, Any]:
         """The fingerprint of the settings that make ``cell``'s result."""

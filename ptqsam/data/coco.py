@@ -44,7 +44,7 @@ SKIP_REASONS: dict[str, str] = {
     "image_size_mismatch": "image file size differs from the JSON's height/width",
     "image_without_instances": "image has no usable instance",
     "orphan_annotation": "annotation names an image id that is not in 'images'",
-    "crowd": "iscrowd annotation (left out of instance lists; COCOeval still sees it)",
+    "crowd": "iscrowd annotation (left out of calibration prompts; evaluated in mIoU and by COCOeval)",
     "zero_area": "annotation area <= 0",
     "degenerate_box": "box width or height <= 0",
     "box_outside_image": "box entirely outside the image",
@@ -307,7 +307,8 @@ class CocoDataset:
         Arguments:
           image_id: the image.
           include_crowd: keep ``iscrowd`` annotations (left out and counted as ``crowd`` by
-            default, as for mIoU; COCOeval handles crowds itself through ``coco``).
+            default, as for calibration prompts; the prompted mIoU keeps them, as EfficientViT-SAM's
+            evaluator does; COCOeval handles crowds itself through ``coco``).
         """
         info = self.image_info(image_id)
         result = []

@@ -157,7 +157,8 @@ def evaluate(
 @dataclass
 class _Predictions:
     """What one process's images gave: per-instance ``(image_id, annotation_id, iou, area)``,
-    detection results, masks, counts and the skip counter (all in the images' order)."""
+    detection results, masks, counts, the skip counter and the ids of the images read (all in the
+    images' order)."""
 
     instances: list[tuple[int, int, float, float]]
     results: list[dict]
@@ -165,6 +166,7 @@ class _Predictions:
     num_images: int
     num_prompts: int
     skips: SkipCounter
+    image_ids: list[int]
 
 
 def _predict_images(model: Sam, dataset: CocoDataset, image_ids: list[int], options: EvalOptions,
@@ -172,10 +174,12 @@ def _predict_images(model: Sam, dataset: CocoDataset, image_ids: list[int], opti
                     cache_key: Callable[[int], str] | None, progress: bool, description: str) -> _Predictions:
     """Predict every prompt of ``image_ids`` (this process's images)."""
     runner = SamRunner(model)
-    out = _Predictions([], [], {}, 0, 0, dataset.skips)
-    samples = dataset.samples(image_ids, keep_empty=detections is not None)
+    out = _Predictions([], [], {}, 0, 0, dataset.skips, [])
+    # mIoU over every annotation, crowds included (the protocol's evaluator has no iscrowd filter)
+    samples = dataset.samples(image_ids, include_crowd=True, keep_empty=detections is not None)
     for sample in bar(samples, enabled=progress, total=len(image_ids), desc=description, leave=False):
         out.num_images += 1
+        out.image_ids.append(sample.image_id)
         prompt_batches = prompt_sets(sample, options, detections)
         if not prompt_batches:
             continue
@@ -215,7 +219,8 @@ def _measure(parts: list[_Predictions], dataset: CocoDataset, image_ids: list[in
         metrics.update(miou.summary().as_dict())
     if detections is not None:
         results = [r for p in parts for r in p.results]
-        ap = mask_ap(dataset, results, [i for i in image_ids if i in set(dataset.image_ids)])
+        # the images read: one skipped (unreadable, wrong size) would count its objects as misses
+        ap = mask_ap(dataset, results, [i for p in parts for i in p.image_ids])
         metrics.update({k: v for k, v in ap.as_dict().items() if k != "note"})
     if reference is not None:
         metrics["agreement"] = agreement(masks, reference.masks)

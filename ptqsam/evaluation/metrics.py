@@ -184,7 +184,9 @@ def _checked_results(results: Sequence[dict], gt: COCO) -> list[dict]:
             check.fail(where, f"must be a dict, got {type(entry).__name__}")
         image_id = check.require(entry, where, "image_id", lambda v: is_int(v) and v in gt.imgs,
                                  "an image id of the ground truth")
-        check.require(entry, where, "category_id", is_int, "an integer")
+        # COCOeval drops a category the ground truth lacks without a word (0-based labels: AP 0)
+        check.require(entry, where, "category_id", lambda v: is_int(v) and v in gt.cats,
+                      "a category id of the ground truth")
         check.require(entry, where, "score", is_number, "a finite number")
         size = [gt.imgs[image_id]["height"], gt.imgs[image_id]["width"]]
         check.require(entry, where, "segmentation",

@@ -123,13 +123,16 @@ def _paired(table: Mapping, base: Mapping, seed: int) -> tuple[float, float]:
 
 
 def _inside_spread(row: Mapping, other: Mapping, table: Mapping, other_table: Mapping, seed: int) -> bool:
-    if all(_is_number(r.get(k)) for r in (row, other) for k in ("miou_min", "miou_max")):
-        if max(row["miou_min"], other["miou_min"]) <= min(row["miou_max"], other["miou_max"]):
-            return True
+    """Whether two rows are not told apart: their mIoU ranges over calibration sets overlap, or the
+    paired bootstrap interval of their per-instance IoU differences holds 0. Rows with neither (AP
+    alone: detection prompts give no instance IoUs) were not tested, so not told apart either."""
+    ranges = all(_is_number(r.get(k)) for r in (row, other) for k in ("miou_min", "miou_max"))
+    if ranges and max(row["miou_min"], other["miou_min"]) <= min(row["miou_max"], other["miou_max"]):
+        return True
     if table and other_table:
         low, high = _paired(table, other_table, seed)
         return low <= 0.0 <= high
-    return False
+    return not ranges
 
 
 def _is_number(value: Any) -> bool:

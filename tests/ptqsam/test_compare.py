@@ -79,6 +79,18 @@ def test_a_folder_of_evaluate_records_compares_with_a_sweep(two_sweeps, tmp_path
     assert rows[1]["miou"] == record["metrics"]["miou"]
     assert rows[1]["delta_miou"] == record["against_reference"]["delta_miou"]
     assert "evaluation.data.annotations" in comparison.differences or "evaluation.data.images" in comparison.differences
+    # Δ's are taken against the folder's float run: a second one, or a record evaluated otherwise, is refused
+    other = str(tmp_path / "center.json")
+    assert runner.invoke(main, ["evaluate", "--eval-images", "2", "--prompt", "center_point", "--state", state,
+                                "--out", other]).exit_code == 0
+    (folder / "center.json").write_text((tmp_path / "center.json").read_text())
+    with pytest.raises(PtqsamError, match=r"float\.json, against which .*center\.json is compared, was evaluated "
+                                          r"under other settings \(evaluation\.prompt differ"):
+        compare_results([two_sweeps / "sweep_a", folder])
+    (folder / "center.json").unlink()
+    (folder / "float2.json").write_text((folder / "float.json").read_text())
+    with pytest.raises(PtqsamError, match="are both float runs of testbed"):
+        compare_results([two_sweeps / "sweep_a", folder])
 
 
 def test_compare_refuses_what_it_cannot_compare(two_sweeps, tmp_path):

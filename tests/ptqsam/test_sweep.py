@@ -244,3 +244,30 @@ def test_worker_processes_give_the_records_of_one_process(tmp_path):
     for name in ("testbed__minmax__W8A8.json", "testbed__minmax__W4A4.json"):
         records = [json.loads((tmp_path / run / "cells" / name).read_text()) for run in ("one", "two")]
         assert [r["metrics"] for r in records[0]["runs"]] == [r["metrics"] for r in records[1]["runs"]]
+
+
+def test_cached_embeddings_miss_when_an_image_changes_under_its_name(tmp_path, tiny_dataset_dir, random_testbed,
+                                                                     monkeypatch):
+    """The disk cache of float embeddings (large evaluations, encoder in float) is keyed by each
+    image's content: a rerun after an image changed gives the numbers of a run without the cache."""
+    import shutil
+
+    from PIL import Image, ImageOps
+
+    from ptqsam import sweep
+
+    monkeypatch.setattr(sweep, "DISK_CACHE_IMAGES", 0)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset_dir, data)
+
+    def config(out):
+        return _config(tmp_path / out, bits=["W8A8"], calib_images=1, quantize_encoder=False,
+                       images=str(data / "images"), annotations=str(data / "annotations.json"))
+
+    run_sweep(config("cached"), progress=False)
+    assert any((tmp_path / "cached" / "cache").iterdir())
+    image = sorted((data / "images").iterdir())[0]
+    ImageOps.invert(Image.open(image).convert("RGB")).save(image)
+    rerun = run_sweep(config("cached"), progress=False)  # the cells see new images: computed again
+    fresh = run_sweep(config("fresh"), progress=False)
+    assert [row["miou"] for row in rerun] == [row["miou"] for row in fresh]

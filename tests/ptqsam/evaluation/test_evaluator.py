@@ -10,6 +10,7 @@ import pytest
 from ptqsam.data import CocoDataset
 from ptqsam.data.prompts import Detections
 from ptqsam.evaluation.evaluator import EvalOptions, evaluate
+from ptqsam.models import build_model
 
 
 def test_float_against_itself(tiny_dataset, random_testbed):
@@ -57,3 +58,39 @@ def test_detections_give_mask_ap_with_both_score_modes(tiny_dataset_dir, tiny_da
     for run in runs:
         assert 0.0 <= run.metrics["AP"] <= 1.0 and "miou" not in run.metrics
         assert run.num_prompts == len(dets)
+
+
+def test_mask_ap_covers_the_images_read_not_the_ones_skipped(tiny_dataset_dir, tmp_path):
+    """An image that cannot be decoded is skipped by the predictions; COCOeval must not count its
+    objects as misses (the AP is then over the same images as everything else)."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset_dir, root)
+    dataset = CocoDataset(root / "images", root / "annotations.json")
+    dets = [{"image_id": inst.image_id, "category_id": inst.category_id, "bbox": [float(v) for v in inst.box_xywh],
+             "score": 0.9} for i in dataset.image_ids for inst in dataset.instances(i)]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    options, model = EvalOptions(prompt="detections"), build_model("testbed")  # trained: its AP is not 0
+    broken = dataset.image_ids[0]
+    (root / "images" / dataset.image_info(broken).file_name).write_bytes(b"not an image")
+    read = [i for i in dataset.image_ids if i != broken]
+    damaged = evaluate(model, CocoDataset(root / "images", root / "annotations.json"), options=options,
+                       detections=Detections(path), progress=False)
+    assert damaged.skips["unreadable_image"] == 1 and damaged.num_images == len(read)
+    shutil.copytree(tiny_dataset_dir / "images", root / "intact")
+    intact = evaluate(model, CocoDataset(root / "intact", root / "annotations.json"), image_ids=read,
+                      options=options, detections=Detections(path), progress=False)
+    assert damaged.metrics["AP"] == intact.metrics["AP"] > 0.0
+
+
+def test_crowd_annotations_count_in_the_miou(tiny_dataset_dir, random_testbed, tmp_path):
+    """The protocol's mIoU is over every annotation (area >= 1): a crowd region is prompted and
+    measured like any other, not skipped."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset_dir, root)
+    data = json.loads((root / "annotations.json").read_text())
+    data["annotations"][0]["iscrowd"] = 1
+    (root / "annotations.json").write_text(json.dumps(data))
+    result = evaluate(random_testbed(), CocoDataset(root / "images", root / "annotations.json"), progress=False)
+    assert result.metrics["count"] == len(data["annotations"]) and not result.skips.get("crowd")
+    assert data["annotations"][0]["id"] in {ann for _, ann, _ in result.instance_ious}

@@ -216,6 +216,7 @@ def test_mask_result_round_trips_through_json() -> None:
 @pytest.mark.parametrize(("change", "problem"), [
     ({"score": float("nan")}, "score"),
     ({"image_id": 99}, "'image_id' must be an image id of the ground truth, got 99"),
+    ({"category_id": 0}, "'category_id' must be a category id of the ground truth"),  # 0-based labels
     ({"segmentation": [[0, 0, 4, 0, 4, 4]]}, "compressed RLE"),
     ({"segmentation": mask_result(1, 1, _square(0, 0, 4, size=64), 1.0)["segmentation"]}, "compressed RLE"),
 ])

@@ -91,6 +91,16 @@ def test_differences_inside_the_spread_are_marked():
     assert table.split("| best |")[1].splitlines()[0].endswith("| overlaps-best, noisy |")
 
 
+def test_rows_that_no_test_compares_are_not_told_apart():
+    """Detection prompts give AP alone (no instance IoUs, and one calibration set: no mIoU range):
+    nothing was tested, so no row may read as told apart from another."""
+    runs = [{"model": "m", "recipe": "float", "bits": "float", "metrics": {"AP": 0.2}},
+            {"model": "m", "recipe": "a", "bits": "W6A6", "metrics": {"AP": 0.171}},
+            {"model": "m", "recipe": "b", "bits": "W6A6", "metrics": {"AP": 0.174}}]
+    marks = {r["recipe"]: r.get("inside_spread_of") for r in degradation_rows(runs)}
+    assert marks["a"] == ["b"] and marks["b"] == ["a"]
+
+
 def test_bootstrap_interval_is_deterministic_for_a_seed():
     values = np.random.default_rng(1).uniform(size=200).tolist()
     first = bootstrap_interval(values, seed=7)
