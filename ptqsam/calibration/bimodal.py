@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -20,6 +21,7 @@ class _KeyStatistics:
     def __init__(self, max_values: int, seed: int) -> None:
         self.sums: torch.Tensor | None = None
         self.count = 0
+        self.low, self.high = math.inf, -math.inf  # of every value, not only the sample's
         self.values: list[torch.Tensor] = []
         self.max_values = max_values
         self.generator = torch.Generator().manual_seed(seed)
@@ -29,6 +31,7 @@ class _KeyStatistics:
         sums = k.sum(dim=0).cpu()  # the statistics travel between processes, each with its own GPU
         self.sums = sums if self.sums is None else self.sums + sums
         self.count += k.shape[0]
+        self.low, self.high = min(self.low, float(k.min())), max(self.high, float(k.max()))
         keep = torch.randperm(k.numel(), generator=self.generator)[: self.max_values]
         self.values.append(k.reshape(-1)[keep.to(k.device)].cpu())  # only the sample leaves the device
 
@@ -68,7 +71,7 @@ def bimodal_fold_pass(
     stats = observe(stats) if relay is None else relay(stats, observe)
     report = {}
     for name, module in targets.items():
-        detection = detect_bimodal(torch.cat(stats[name].values), config)
+        detection = detect_bimodal(torch.cat(stats[name].values), config, (stats[name].low, stats[name].high))
         signs = None
         if detection.is_bimodal:
             signs = channel_signs((stats[name].sums / stats[name].count)[None])

@@ -101,7 +101,7 @@ def round_ste(v: torch.Tensor) -> torch.Tensor:
 
 class _GradScale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v: torch.Tensor, factor: float) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, v: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:  # noqa: D102
         ctx.factor = factor
         return v.view_as(v)
 
@@ -110,9 +110,9 @@ class _GradScale(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
-def grad_scale(v: torch.Tensor, factor: float) -> torch.Tensor:
-    """``v`` unchanged forward; its gradient multiplied by ``factor`` backward (LSQ's step-size
-    gradient scale)."""
+def grad_scale(v: torch.Tensor, factor: float | torch.Tensor) -> torch.Tensor:
+    """``v`` unchanged forward; its gradient multiplied by ``factor`` (a number, or one per entry
+    of ``v``) backward (LSQ's step-size gradient scale)."""
     return _GradScale.apply(v, factor)
 
 

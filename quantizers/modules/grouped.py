@@ -82,6 +82,12 @@ class ChannelGroupQuantizer(UniformQuantizer):
     def _qparam_sources(self) -> tuple[torch.Tensor, ...]:
         return self.scale, self.zero_point, self.channel_group
 
+    def _lsq_factor(self, x: torch.Tensor, qmax: int) -> torch.Tensor:
+        # a channel's entry is its group's scale, which quantizes every channel of the group (the
+        # gather sums the channels' gradients into it: a per-channel N would scale it by √size)
+        sizes = torch.bincount(self.channel_group, minlength=self.num_groups).to(torch.float32)
+        return 1.0 / torch.sqrt(self._elements_per_scale(x) * sizes[self.channel_group] * qmax)
+
     def milestones(self) -> tuple[float, ...]:
         return self.options.milestones
 

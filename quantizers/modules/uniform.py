@@ -169,8 +169,7 @@ class UniformQuantizer(Quantizer):
                                                lambda: check_qparams(scale, zero_point, qmin, qmax))
             return fake_quantize_checked(x, checked, self.spec.granularity, overwrite)
         if "scale" in self._parameters:  # LSQ gradient scale 1/sqrt(N·qmax), N = elements per scale
-            numel = self.whole_numel or x.numel()
-            scale = grad_scale(scale, 1.0 / math.sqrt(numel / num_groups(x, self.spec.granularity) * qmax))
+            scale = grad_scale(scale, self._lsq_factor(x, qmax))
         if "zero_point" in self._parameters:
             zero_point = round_ste(zero_point)
         return fake_quantize(x, scale, zero_point, qmin, qmax, self.spec.granularity, self.rounding)
@@ -179,6 +178,15 @@ class UniformQuantizer(Quantizer):
         """The tensors :meth:`group_qparams` is made from: while none of them changes, the qparam
         values checked at one call need no check at the next."""
         return self.scale, self.zero_point
+
+    def _elements_per_scale(self, x: torch.Tensor) -> float:
+        """LSQ's N: the elements each learned scale quantizes (of the whole tensor when ``x`` is a
+        chunk of it)."""
+        return (self.whole_numel or x.numel()) / num_groups(x, self.spec.granularity)
+
+    def _lsq_factor(self, x: torch.Tensor, qmax: int) -> float | torch.Tensor:
+        """LSQ's gradient scale ``1/sqrt(N·qmax)`` of each entry of :meth:`group_qparams`'s scale."""
+        return 1.0 / math.sqrt(self._elements_per_scale(x) * qmax)
 
     @property
     def _fixed(self) -> bool:

@@ -65,21 +65,28 @@ class BimodalResult:
     density: np.ndarray
 
 
-def detect_bimodal(x: torch.Tensor, config: BimodalConfig = BimodalConfig()) -> BimodalResult:
+def detect_bimodal(x: torch.Tensor, config: BimodalConfig = BimodalConfig(),
+                   value_range: tuple[float, float] | None = None) -> BimodalResult:
     """Gaussian KDE of the flattened values of ``x`` and its peaks; bimodal iff exactly two peaks.
 
-    Peaks need height ``>= height_fraction · Σ density`` and ``min_distance`` grid points between
-    them. Deterministic for a given ``config.seed``.
+    The density is evaluated at ``grid_points`` points from the smallest to the largest value:
+    those of all of ``x`` (not of the KDE's sample: the grid's ends set what ``min_distance``
+    means), or ``value_range`` when ``x`` is itself a sample of the data. Peaks need height
+    ``>= height_fraction · Σ density`` and ``min_distance`` grid points between them.
+    Deterministic for a given ``config.seed``.
     """
     check_tensor(x, "tensor to test for bimodality")
     values = x.detach().reshape(-1).to(torch.float64)
+    low, high = value_range if value_range is not None else (float(values.min()), float(values.max()))
     if values.numel() > config.max_values:
         generator = torch.Generator().manual_seed(config.seed)
         values = values[torch.randperm(values.numel(), generator=generator)[: config.max_values]]
     values = values.cpu().numpy()
     if values.size < 2 or values.min() == values.max():
         raise QuantizationError("bimodality needs at least two distinct values (the sample is constant)")
-    grid = np.linspace(values.min(), values.max(), config.grid_points)
+    if not low <= values.min() <= values.max() <= high:
+        raise QuantizationError(f"value_range {value_range} does not hold the values ({values.min()} … {values.max()})")
+    grid = np.linspace(low, high, config.grid_points)
     density = gaussian_kde(values)(grid)
     peaks, _ = find_peaks(density, height=config.height_fraction * density.sum(), distance=config.min_distance)
     return BimodalResult(len(peaks) == 2, tuple(float(v) for v in grid[peaks]), grid, density)

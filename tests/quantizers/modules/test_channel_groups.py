@@ -68,3 +68,24 @@ def test_grouping_saves_and_loads():
 def test_bad_options_are_refused(options, message):
     with pytest.raises(QuantizationError, match=message):
         SPEC.replace(quantizer_options=options)
+
+
+def test_a_group_scale_learns_with_lsqs_gradient_for_all_of_its_channels():
+    """LSQ scales a step's gradient by 1/sqrt(N·qmax), N = the elements the step quantizes: for a
+    group's scale, every element of all its channels (not one channel's, which would leave the
+    gradient √(group size) too large)."""
+    quantizer, x = _calibrated()
+    quantizer.learn()
+    for index in range(4):
+        quantizer.at_milestone(index)
+    quantizer.fake_quantize(x).square().sum().backward()
+    sizes = torch.bincount(quantizer.channel_group).tolist()
+    assert len(set(sizes)) > 1  # groups of several sizes
+    for group in range(quantizer.num_groups):
+        members = quantizer.channel_group == group
+        alone = build_quantizer(SPEC.replace(quantizer="uniform", granularity=Granularity("tensor")))
+        alone.set_qparams(quantizer.scale.detach()[group].reshape(1), quantizer.zero_point[group].reshape(1))
+        alone.learn()
+        alone.mode = Mode.QUANTIZE
+        alone.fake_quantize(x[:, members].contiguous()).square().sum().backward()
+        torch.testing.assert_close(quantizer.scale.grad[group], alone.scale.grad.reshape(()), rtol=1e-5, atol=0)

@@ -175,3 +175,16 @@ def test_fold_without_bias_and_bad_signs():
         fold_signs(nn.Linear(4, 5), k_proj, torch.ones(6))
     with pytest.raises(QuantizationError, match="nn.Linear"):
         fold_signs(nn.Conv1d(4, 6, 1), k_proj, torch.ones(6))  # type: ignore[arg-type]
+
+
+def test_the_grid_spans_all_values_not_the_kde_sample():
+    """``min_distance`` is counted in grid points, so the grid's ends must be the data's (REFERENCE:
+    128 points between min and max), however few values the KDE draws."""
+    keys, _ = bimodal_keys(seed=4)
+    keys[0, 0], keys[1, 1] = -40.0, 40.0  # two extremes a 5000-value sample almost surely misses
+    result = detect_bimodal(keys, BimodalConfig(max_values=5000))
+    assert (result.grid[0], result.grid[-1]) == (-40.0, 40.0)
+    sample = keys.reshape(-1)[:5000]  # a caller's own sample, with the range of everything it saw
+    assert tuple(detect_bimodal(sample, value_range=(-40.0, 40.0)).grid[[0, -1]]) == (-40.0, 40.0)
+    with pytest.raises(QuantizationError, match="value_range"):
+        detect_bimodal(keys, value_range=(-1.0, 1.0))
