@@ -212,6 +212,11 @@ class Detections:
         """Images with at least one kept detection, ascending."""
         return sorted(self._prompts)
 
+    @property
+    def category_ids(self) -> set[int]:
+        """The categories of the kept detections."""
+        return {int(c) for prompts in self._prompts.values() for c in prompts.category_ids}
+
     def for_image(self, image_id: int) -> PromptSet:
         """The kept detections of ``image_id``, highest score first (empty if it has none)."""
         if image_id in self._prompts:

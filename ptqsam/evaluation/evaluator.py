@@ -136,6 +136,8 @@ def evaluate(
     """
     if distributed.is_main():
         warn_untrained_single_mask(model, options.multimask)
+    if detections is not None:
+        _check_categories(detections, dataset)
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     local = _predict_images(model, dataset, distributed.shard(image_ids), options, detections, cache, cache_key,
                             progress, description)
@@ -225,6 +227,17 @@ def _measure(parts: list[_Predictions], dataset: CocoDataset, image_ids: list[in
     if reference is not None:
         metrics["agreement"] = agreement(masks, reference.masks)
     return EvalResult(metrics, masks, dataset.skips.as_dict(), num_images, num_prompts, instance_ious)
+
+
+def _check_categories(detections: Detections, dataset: CocoDataset) -> None:
+    """DataError, before any prediction, for detections of a category the ground truth lacks:
+    COCOeval would drop them without a word (a detector's 0-based labels give AP 0)."""
+    known = set(dataset.coco.cats)
+    unknown = sorted(detections.category_ids - known)
+    if unknown:
+        raise DataError(f"detections file {detections.path}: category id(s) {unknown[:10]} are not categories of "
+                        f"the ground truth ({sorted(known)[:10]}{' …' if len(known) > 10 else ''}); "
+                        "0-based detector labels?")
 
 
 def _gt_iou(sample: Sample, annotation_id: int, pred: np.ndarray) -> tuple[int, int, float, float]:

@@ -94,3 +94,18 @@ def test_crowd_annotations_count_in_the_miou(tiny_dataset_dir, random_testbed, t
     result = evaluate(random_testbed(), CocoDataset(root / "images", root / "annotations.json"), progress=False)
     assert result.metrics["count"] == len(data["annotations"]) and not result.skips.get("crowd")
     assert data["annotations"][0]["id"] in {ann for _, ann, _ in result.instance_ious}
+
+
+def test_detections_of_a_category_the_ground_truth_lacks_fail_before_any_prediction(tiny_dataset, random_testbed,
+                                                                                     tmp_path, monkeypatch):
+    from ptqsam.errors import DataError
+    from ptqsam.evaluation import evaluator
+
+    dets = [{"image_id": inst.image_id, "category_id": inst.category_id - 1, "bbox": [float(v) for v in inst.box_xywh],
+             "score": 0.9} for i in tiny_dataset.image_ids for inst in tiny_dataset.instances(i)]  # 0-based labels
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    monkeypatch.setattr(evaluator, "_predict_images", lambda *args: pytest.fail("predicted before the check"))
+    with pytest.raises(DataError, match=r"category id\(s\) \[0\] are not categories of the ground truth"):
+        evaluate(random_testbed(), tiny_dataset, options=EvalOptions(prompt="detections"), detections=Detections(path),
+                 progress=False)
