@@ -168,7 +168,7 @@ def allocate(groups: Sequence[Group], choices: Mapping[str, Mapping[Choice, floa
         unit = costs.unit(budget.kind)
         rows.append(np.round([(c[budget.kind] - base[budget.kind]) * unit for c in contribution]))
         lower.append(-np.inf)
-        upper.append((budget.limit - base[budget.kind]) * unit)
+        upper.append(_whole_counts((budget.limit - base[budget.kind]) * unit, budget.limit * unit))
     with _solver_output_hidden():
         solution = milp(_objective(variables), integrality=np.ones(len(variables)), bounds=Bounds(0, 1),
                         constraints=LinearConstraint(np.array(rows), lower, upper), options={"mip_rel_gap": 0.0})
@@ -181,6 +181,14 @@ def allocate(groups: Sequence[Group], choices: Mapping[str, Mapping[Choice, floa
     result = Allocation(chosen, bits, sum(s for _, _, s in picked), costs.of(bits), tuple(budgets))
     _check_budgets(result)
     return result
+
+
+def _whole_counts(room: float, scale: float) -> float:
+    """The most whole counts ``room`` allows. ``room`` comes from costs in reported units (GBOPs,
+    MB, average bits) scaled back to counts, so a limit met exactly by an assignment (a budget of
+    ``gbops=W6A6``, say) can land a rounding error below its integer: that error (relative to the
+    limit's own size, ~1e-16) is forgiven, a whole count never is."""
+    return float(np.floor(room + 1e-13 * max(1.0, abs(scale))))
 
 
 @contextlib.contextmanager

@@ -130,7 +130,8 @@ def control_study(result: SensitivityResult, model: Sam, config: ExperimentConfi
     for w_bits, a_bits in dict.fromkeys(b for b in (low, high) if b is not None):
         calibrated.append(copy.deepcopy(model))
         calibrate(calibrated[-1], base, w_bits, a_bits, samples, result.settings["exclude"], progress=False,
-                  search_rows=result.settings["search_rows"])
+                  search_rows=result.settings["search_rows"],
+                  reconstruction=result.settings.get("reconstruction") or None)  # as the study calibrated
     measures = {name: HeldOutMeasure(calibrated, dataset, ids, options,
                                      evaluate(model, dataset, ids, options, progress=False).metrics["miou"])
                 for name, ids in (("control", control_ids), ("verify", verify_ids))}

@@ -145,3 +145,25 @@ def test_accuracy_control_checks_its_settings_first(run, tmp_path, option, setti
     value = float(setting) if option == "--target" else int(setting)
     with pytest.raises(AllocationError, match=f"^{message}$"):
         ptqsam.accuracy_control("s.json", **{"target": 0.1, option[2:].replace("-", "_"): value})
+
+
+def test_accuracy_control_calibrates_as_its_study_did(run, tmp_path, monkeypatch):
+    """A study made with reconstruction settings ranks its groups on models calibrated with them: the
+    control's models must be calibrated the same way (they were calibrated without them)."""
+    import dataclasses
+
+    from ptqsam.analysis.sensitivity import load_sensitivity
+    from ptqsam.mixed_precision import workflow
+
+    _study(run, tmp_path)
+    study = load_sensitivity(tmp_path / "sens")
+    study = dataclasses.replace(study, settings={**study.settings, "reconstruction": {"iterations": 2}})
+    seen, calibrate_ = [], workflow.calibrate
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("reconstruction"))
+        return calibrate_(*args, **kwargs)
+
+    monkeypatch.setattr(workflow, "calibrate", recording)
+    ptqsam.accuracy_control(study, 1.0, control_images=1, synthetic_images=3, out="c")
+    assert seen == [{"iterations": 2}, {"iterations": 2}]  # the start and the raised bits

@@ -125,3 +125,23 @@ def test_an_excess_below_the_solver_tolerance_is_not_accepted():
     budget = Budget("weight_bits", over - 1e-9)  # (4, 8) is over by a relative 2.5e-10: (4, 4) is the answer
     result = allocate(groups, choices, costs, [budget])
     assert {g: c.w_bits for g, c in result.choices.items()} == {"g0": 4, "g1": 4}
+
+
+def test_a_budget_of_a_uniform_setting_admits_that_setting(random_testbed):
+    """``gbops=W6A6`` is met exactly by uniform W6A6: the bound, scaled back to whole bit-operations,
+    must not fall a rounding error short of it (it did for the testbed's decoder: uniform W6A6, the
+    least damage, was shut out and a group was put at 4 bits)."""
+    from ptqsam.analysis.groups import model_groups
+    from ptqsam.instrument import instrument, sites
+    from ptqsam.mixed_precision.costs import model_costs
+
+    model = instrument(random_testbed())
+    names = [n for n, s in sites(model).items() if s.kind != "output" and not n.startswith("image_encoder")]
+    groups = model_groups(model, "unit", names)
+    costs = model_costs(model, {s for g in groups for s in g.sites})
+    for kind in ("gbops", "size_mb"):
+        budgets = parse_budget(f"{kind}=W6A6", costs)
+        choices = {g.name: {Choice(b if g.weights else None, b if g.activations else None): float(b == 4)
+                            for b in (4, 6)} for g in groups}
+        result = allocate(groups, choices, costs, budgets)
+        assert result.sensitivity == 0.0, kind  # uniform W6A6
