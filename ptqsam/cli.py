@@ -519,7 +519,7 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
     config = _config(models=[model_type], images=images, annotations=annotations, prompt=prompt, seed=seed,
                      detections=detections)
     boxes = _prompt_detections(detections, prompt)
-    model = built_model(model_type, checkpoint, 0, device)
+    model = built_model(model_type, checkpoint, seed, device)
     quantizers = attached_quantizers(model) if state is None else \
         load_calibrated(model, state, None, model_type, allow_other_weights).quantizers
     rows = []

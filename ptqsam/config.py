@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ptqsam.bits import parse_bits
+from ptqsam.bits import normal_bits, parse_bits
 from ptqsam.constants import DEVICES, EVAL_PROMPT_KINDS, MODEL_TYPES
 from ptqsam.errors import ConfigError, PtqsamError
 from ptqsam.reconstruction.config import ReconstructionConfig
@@ -125,6 +125,14 @@ class ExperimentConfig:
         extra = sorted(set(self.recipe_bits) - set(self.recipes))
         if extra:
             raise ConfigError(f"recipe_bits names recipe(s) {extra} that are not in recipes {list(self.recipes)}")
+        empty = sorted(name for name, labels in self.recipe_bits.items() if not labels)
+        if empty:  # would drop the recipe's every cell without a word
+            raise ConfigError(f"recipe_bits gives recipe(s) {empty} no bits: give at least one, or leave them out")
+        for name, labels in (("models", self.models), ("recipes", self.recipes),
+                             ("bits", [normal_bits(b) for b in self.bits])):
+            twice = sorted({label for label in labels if list(labels).count(label) > 1})
+            if twice:
+                raise ConfigError(f"config {name} lists {twice} more than once")
         try:
             ReconstructionConfig().with_overrides(self.reconstruction)
         except PtqsamError as error:
@@ -146,9 +154,9 @@ class ExperimentConfig:
     def _check_calib_sets(self) -> None:
         value = self.calib_sets
         if isinstance(value, (list, tuple)):
-            if not value or len(set(value)) != len(value):
+            if not value or len(set(value)) != len(value) or any(seed < 0 for seed in value):
                 raise ConfigError(f"config calib_sets must be a positive integer or a list of distinct integer "
-                                  f"seeds, got {value!r}")
+                                  f"seeds >= 0, got {value!r}")
             object.__setattr__(self, "calib_sets", tuple(value))
         elif value < 1:
             raise ConfigError(f"config calib_sets must be a positive integer or a list of distinct integer seeds, "

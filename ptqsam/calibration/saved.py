@@ -11,6 +11,7 @@ from segment_anything.modeling import Sam
 from ptqsam.calibration import repq
 from ptqsam.calibration.bimodal import STATE_KEY, reapply_folds
 from ptqsam.calibration.runner import CalibrationReport
+from ptqsam.errors import CheckpointError
 from ptqsam.instrument.modes import quantizing
 from ptqsam.instrument.recipe import Recipe
 from ptqsam.instrument.state import StateInfo, load_state, save_state
@@ -56,14 +57,27 @@ def load_calibrated(
         ...     result = evaluate(fresh, dataset, progress=False)
     """
     info = load_state(model, path, recipe, model_type, allow_other_weights)
-    reapply_folds(model, info.extra.get(STATE_KEY, {}))
-    repq.reapply_repq(model, info.extra.get(repq.STATE_KEY, {}))
+    folds, repq_folds = info.extra.get(STATE_KEY, {}), info.extra.get(repq.STATE_KEY, {})
+    _check_fold_modules(model, path, folds, repq_folds)
+    reapply_folds(model, folds)
+    repq.reapply_repq(model, repq_folds)
     bug = info.extra.get(REFERENCE_BUG_KEY)
     if bug:
         log.warning("%s reproduces PTQ4SAM's QDrop evaluation bug: %d layer inputs keep %.0f%% of their elements "
                     "in float", path, len(bug["sites"]), 100 * bug["probability"])
         apply_reference_drop_bug(model, bug["sites"], bug["probability"], bug["seed"])
     return info
+
+
+def _check_fold_modules(model: Sam, path: str | Path, *folds: Mapping[str, Any]) -> None:
+    """CheckpointError naming the file for a fold of a module the model lacks (a state of another
+    model, or an edited file), before any fold changes the model."""
+    modules = dict(model.named_modules())
+    named = [n for fold in folds for name, entry in fold.items()
+             for n in (name, entry.get("linear") if isinstance(entry, Mapping) else None) if n is not None]
+    unknown = [n for n in named if n not in modules]
+    if unknown:
+        raise CheckpointError(f"{path}: its folds name modules the model lacks: {unknown[:3]}")
 
 
 def calibrated_quantizing(model: Sam, extra: Mapping[str, Any]):

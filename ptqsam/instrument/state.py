@@ -8,6 +8,7 @@ unless the caller explicitly allows it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from ptqsam.errors import CheckpointError, RecipeError
-from ptqsam.fingerprint import fingerprint, tensors_sha256
+from ptqsam.fingerprint import fingerprint, settings_hash, tensors_sha256
 from ptqsam.instrument.instrument import attach_quantizer, attached_quantizers, detach, instrument, model_device, sites
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.instrument.sites import SITE_SUFFIX
@@ -138,6 +139,7 @@ def load_state(
     """
     data = _read(Path(path))
     saved_recipe = Recipe.from_dict(data["recipe"])
+    _check_consistent(data, saved_recipe, path)
     if recipe is not None:
         recipe = load_recipe(recipe)
         if recipe.to_dict() != saved_recipe.to_dict():
@@ -168,6 +170,29 @@ def load_state(
         quantizers[name] = attach_quantizer(model_sites[name], quantizer.to(device))
     return StateInfo(data["model_type"], saved_recipe, data["w_bits"], data["a_bits"], data["extra"], quantizers,
                      data["fingerprint"], override)
+
+
+def _check_consistent(data: dict[str, Any], recipe: Recipe, path: Path | str) -> None:
+    """CheckpointError unless the file agrees with itself: its fingerprint is intact and names the
+    header's model, weights, recipe and bits, and every site's spec is the recipe's at those bits.
+    An edited or spliced file would otherwise report numbers under settings that did not make them."""
+    stamp = data["fingerprint"]
+    if not isinstance(stamp.get("settings"), Mapping) or stamp.get("hash") != settings_hash(stamp["settings"]):
+        raise CheckpointError(f"{path}: its fingerprint was altered (the hash does not match its settings)")
+    header = {"model": data["model_type"], "weights": data["weights"], "recipe": data["recipe"],
+              "bits": [data["w_bits"], data["a_bits"]]}
+    differ = [key for key, value in header.items() if stamp["settings"].get(key) != json.loads(json.dumps(value))]
+    if differ:
+        raise CheckpointError(f"{path}: its header disagrees with its fingerprint on {', '.join(differ)}: an edited file")
+    try:
+        expected = recipe.specs_for(list(data["sites"]), data["w_bits"], data["a_bits"])
+        wrong = [name for name, entry in data["sites"].items()
+                 if expected.get(name) is None or QuantSpec.from_dict(entry["spec"]) != expected[name]]
+    except (RecipeError, QuantizationError) as error:
+        raise CheckpointError(f"{path}: its sites cannot be checked against its recipe: {error}") from None
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} site(s), e.g. {wrong[:3]}, hold specs that recipe "
+                              f"{recipe.name!r} at W{data['w_bits']}A{data['a_bits']} does not give: an edited file")
 
 
 def _check_weights(model: nn.Module, saved: str, path: Path | str, allow: bool) -> bool:

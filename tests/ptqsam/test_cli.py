@@ -29,6 +29,19 @@ def test_help_lists_every_command(run):
     assert "--bits" in run("calibrate", "--help").output
 
 
+def test_inspect_builds_the_model_of_its_seed(run, tiny_dataset_dir, tmp_path):
+    """A model without a checkpoint is random with ``--seed``: inspecting a state calibrated on the
+    model of seed 3 needs the model of seed 3 (it was built with seed 0 and refused as other weights)."""
+    data = ["--images", str(tiny_dataset_dir / "images"), "--annotations", str(tiny_dataset_dir / "annotations.json")]
+    state = tmp_path / "seed3.pt"
+    made = run("calibrate", *data, "--recipe", "minmax", "--bits", "W8A8", "--calib-images", "1", "--seed", "3",
+               "--out", str(state))
+    assert made.exit_code == 0, made.output
+    inspected = run("inspect", "--state", str(state), "--seed", "3", "--kind", "probs", "--json")
+    assert inspected.exit_code == 0, inspected.output
+    assert len(json.loads(inspected.stdout)) == 13
+
+
 def test_calibrate_then_evaluate(run, tiny_dataset_dir, tmp_path):
     data = ["--images", str(tiny_dataset_dir / "images"), "--annotations", str(tiny_dataset_dir / "annotations.json")]
     state = tmp_path / "state.pt"

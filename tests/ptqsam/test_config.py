@@ -38,6 +38,10 @@ def test_calibration_seeds():
     ({"calib_sets": 0}, "calib_sets"),
     ({"calib_sets": [1, 1]}, "calib_sets"),
     ({"calib_sets": [1.5]}, "calib_sets"),
+    ({"calib_sets": [-1, -2]}, "calib_sets"),
+    ({"recipes": ["minmax", "gptq"], "recipe_bits": {"gptq": []}}, r"recipe_bits gives recipe\(s\) \['gptq'\] no bits"),
+    ({"bits": ["W8A8", "w8a8"]}, r"config bits lists \['W8A8'\] more than once"),
+    ({"recipes": ["minmax", "minmax"]}, r"config recipes lists \['minmax'\] more than once"),
     ({"float_sites": ""}, "float_sites"),
     ({"float_sites": ["a", 3]}, "float_sites"),
 ])

@@ -109,6 +109,16 @@ def test_bimodal_fold_keeps_float_outputs_and_state_round_trips(tiny_dataset, ra
     load_calibrated(fresh, tmp_path / "state.pt", "ptq4sam", "testbed")
     with quantizing(model), quantizing(fresh):
         assert torch.equal(_outputs(model, samples[0]).low_res_logits, _outputs(fresh, samples[0]).low_res_logits)
+    # a fold naming a module the model lacks is refused by name, before any fold is applied
+    import pytest
+
+    from ptqsam.errors import CheckpointError
+
+    data = torch.load(tmp_path / "state.pt", weights_only=True)
+    data["extra"]["bimodal_fold"]["nope.attention"] = {"signs": [1.0]}
+    torch.save(data, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError, match=r"edited\.pt: its folds name modules the model lacks: \['nope"):
+        load_calibrated(random_testbed(), tmp_path / "edited.pt")
 
 
 def test_hessian_task_loss_gradients_are_not_zero(tiny_dataset, random_testbed):

@@ -159,6 +159,11 @@ SITE = "image_encoder.blocks.0.attn.qkv.weight"
     (("sites", SITE, "mode"), "bogus", f"site {SITE!r}"),
     (("sites", SITE, "state", "scale"), 3.0, f"site {SITE!r}"),
     (("sites", SITE, "state", "scale"), torch.full((4,), float("nan")), "NaN or Inf"),
+    # edited files: the numbers would be reported under settings that did not make them
+    (("w_bits",), 8, "its header disagrees with its fingerprint on bits"),
+    (("recipe", "name"), "ptq4sam", "its header disagrees with its fingerprint on recipe"),
+    (("fingerprint", "settings", "bits"), [8, 8], "fingerprint was altered"),
+    (("sites", SITE, "spec", "bits"), 8, "hold specs that recipe 'minmax' at W6A6 does not give"),
 ])
 def test_incomplete_or_corrupt_state_files_are_refused(calibrated, make_vit_sam, tmp_path, keys, value, message):
     _, path, _ = calibrated
