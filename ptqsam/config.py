@@ -14,6 +14,9 @@ from ptqsam.errors import ConfigError, PtqsamError
 from ptqsam.reconstruction.config import ReconstructionConfig
 from ptqsam.typed import check_fields, reject_unknown_keys
 
+#: the largest seed: torch's generators take a signed 64-bit seed
+MAX_SEED = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -95,7 +98,7 @@ class ExperimentConfig:
     multimask: bool = True
     score_with_iou: bool = True
     synthetic_images: int = field(default=24, metadata={"min": 1})
-    seed: int = field(default=0, metadata={"min": 0})
+    seed: int = field(default=0, metadata={"min": 0, "max": MAX_SEED})
     device: str = field(default="cpu", metadata={"choices": DEVICES})
     out: str = "results"
 
@@ -154,9 +157,9 @@ class ExperimentConfig:
     def _check_calib_sets(self) -> None:
         value = self.calib_sets
         if isinstance(value, (list, tuple)):
-            if not value or len(set(value)) != len(value) or any(seed < 0 for seed in value):
+            if not value or len(set(value)) != len(value) or any(not 0 <= seed <= MAX_SEED for seed in value):
                 raise ConfigError(f"config calib_sets must be a positive integer or a list of distinct integer "
-                                  f"seeds >= 0, got {value!r}")
+                                  f"seeds in [0, {MAX_SEED}], got {value!r}")
             object.__setattr__(self, "calib_sets", tuple(value))
         elif value < 1:
             raise ConfigError(f"config calib_sets must be a positive integer or a list of distinct integer seeds, "

@@ -28,9 +28,11 @@ def check_fields(obj: Any, error: type[PtqsamError], what: str) -> None:
         value, expected = getattr(obj, f.name), hints[f.name]
         if not conforms(value, expected):
             raise error(f"{what} {f.name} must be {describe(expected)}, got {_show(value)}")
-        low, choices = f.metadata.get("min"), f.metadata.get("choices")
+        low, high, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
         if low is not None and value is not None and value < low:
             raise error(f"{what} {f.name} must be >= {low}, got {_show(value)}")
+        if high is not None and value is not None and value > high:
+            raise error(f"{what} {f.name} must be <= {high}, got {_show(value)}")
         if choices is not None and value is not None:
             bad = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v not in choices]
             if bad:

@@ -123,6 +123,7 @@ def test_demo_reduced(run, tmp_path):
     (["plot", "."], "report.json"),
     (["inspect", "--stats-images", "-1"], "stats-images"),
     (["calibrate", "--search-rows", "0"], "--search-rows must be >= 1"),
+    (["calibrate", "--seed", str(2**64)], "--seed must be <= 9223372036854775807"),  # torch's seeds are int64
     (["calibrate", "--calib-images", "0"], "--calib-images must be >= 1"),
     (["calibrate", "--recon-iterations", "0"], "--recon-iterations must be >= 1"),
     (["calibrate", "--detections", "dets.json"], "only with --prompt detections"),

@@ -39,6 +39,8 @@ def test_calibration_seeds():
     ({"calib_sets": [1, 1]}, "calib_sets"),
     ({"calib_sets": [1.5]}, "calib_sets"),
     ({"calib_sets": [-1, -2]}, "calib_sets"),
+    ({"calib_sets": [2**64]}, "calib_sets"),
+    ({"seed": 2**64}, r"seed must be <= 9223372036854775807"),
     ({"recipes": ["minmax", "gptq"], "recipe_bits": {"gptq": []}}, r"recipe_bits gives recipe\(s\) \['gptq'\] no bits"),
     ({"bits": ["W8A8", "w8a8"]}, r"config bits lists \['W8A8'\] more than once"),
     ({"recipes": ["minmax", "minmax"]}, r"config recipes lists \['minmax'\] more than once"),
