@@ -16,6 +16,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ptqsam.errors import DataError
+from quantizers.functional.checks import deferred_peak_checks
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,9 @@ class SamRunner:
     def embed(self, image: np.ndarray) -> ImageEmbedding:
         """Run the image encoder on one image."""
         x, input_size, original_size = self.prepare(image)
-        return ImageEmbedding(self.model.image_encoder(x), input_size, original_size)
+        with deferred_peak_checks():  # quantized inputs are checked for NaN/Inf together, at the end
+            features = self.model.image_encoder(x)
+        return ImageEmbedding(features, input_size, original_size)
 
     def decode(
         self,
@@ -109,14 +112,15 @@ class SamRunner:
             )
         if coords is None and box_tensor is None:
             raise DataError("decode needs box or point prompts")
-        sparse, dense = self.model.prompt_encoder(points=coords, boxes=box_tensor, masks=masks)
-        low_res, iou = self.model.mask_decoder(
-            image_embeddings=embedding.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-        )
+        with deferred_peak_checks():
+            sparse, dense = self.model.prompt_encoder(points=coords, boxes=box_tensor, masks=masks)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=embedding.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
         logits = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
         return Prediction(logits, iou, low_res)
 

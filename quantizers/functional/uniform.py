@@ -182,7 +182,7 @@ def fake_quantize_checked(x: torch.Tensor, qparams: CheckedQParams, granularity:
         fused = _fused_in_memory_order(x, qparams, granularity, overwrite)
         if fused is not None:
             return fused
-    check_finite(x)
+    check_finite(x, deferrable=True)
     qmin, qmax = qparams.qmin, qparams.qmax
     out_dtype = x.dtype
     xf = x if x.dtype == torch.float32 else x.float()
@@ -241,7 +241,7 @@ def _fake_quantize_fused(x, qparams: CheckedQParams, granularity, overwrite) -> 
         view = x.view(math.prod(x.shape[:axis]), x.shape[axis], math.prod(x.shape[axis + 1 :]))
         shape = (1, -1, 1)
     out = x if overwrite else torch.empty_like(x)
-    check_peak(_fused_uniform(view, out.view(view.shape), *qparams.kernel_args(shape)))
+    check_peak(_fused_uniform(view, out.view(view.shape), *qparams.kernel_args(shape)), deferrable=True)
     return out
 
 

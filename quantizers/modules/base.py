@@ -13,7 +13,7 @@ from torch import nn
 from quantizers.errors import QuantizationError
 from quantizers.functional.checks import check_tensor
 from quantizers.levels import GridLevels
-from quantizers.modules.cache import ParameterCache, is_parameter
+from quantizers.modules.cache import DerivedCache, ParameterCache, is_parameter
 from quantizers.options import Options
 from quantizers.spec import GRANULARITY_KINDS, QuantSpec
 from quantizers.state import LazyStateModule
@@ -41,7 +41,8 @@ class Quantizer(LazyStateModule):
     :attr:`Options`.
 
     QDrop (:attr:`drop_prob`, 0 by default): while quantizing, each element is left in float with
-    this probability (drawn from :attr:`drop_generator`); :attr:`dropped_elements` counts them.
+    this probability (drawn from :attr:`drop_generator`); :attr:`dropped_elements` counts them (a
+    tensor on the quantizer's device once an element was drawn, so that counting reads nothing back).
 
     Speed: the fake-quantized value of a parameter (a weight) is cached while gradients are off
     and reused until the parameter or the quantizer's state changes
@@ -74,10 +75,12 @@ class Quantizer(LazyStateModule):
         self.deferred: list | None = None
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.parameter_cache = ParameterCache()
+        self._calibrated_read = DerivedCache()
 
     @property
     def is_calibrated(self) -> bool:
-        return bool(self.calibrated)
+        # read off the device once per change of the buffer, not at every quantized call
+        return self._calibrated_read.get((self.calibrated,), lambda: bool(self.calibrated))
 
     def forward(self, x: torch.Tensor, *context: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
         if self.mode is Mode.OFF:
@@ -122,7 +125,7 @@ class Quantizer(LazyStateModule):
     def _drop(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
         """QDrop: each element is ``x`` with probability :attr:`drop_prob`, else ``x_hat``."""
         keep_float = torch.rand(x.shape, generator=self.drop_generator, device=x.device) < self.drop_prob
-        self.dropped_elements += int(keep_float.sum())
+        self.dropped_elements = self.dropped_elements + keep_float.sum()  # stays on the device
         return torch.where(keep_float, x, x_hat)
 
     def finalize(self) -> None:

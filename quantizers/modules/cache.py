@@ -69,13 +69,13 @@ class ParameterCache:
 T = TypeVar("T")
 
 
-class QParamsCache:
-    """What a quantizer's last check of its qparam values made (e.g.
-    :class:`~quantizers.functional.uniform.CheckedQParams`), reused while the tensors the qparams
-    come from are unchanged: the same tensors (held, so no other tensor can take their identity),
-    version counters (bumped by every in-place change) and data pointers (a ``.data`` swap; their
-    storages are held too, so a swap's new data cannot reuse the old address), on the same grid.
-    Sources that are inference tensors have no version counter: checked at every call.
+class DerivedCache:
+    """A value derived from some tensors (a check of qparam values, a grid built from them, a flag
+    read off the device), reused while those tensors are unchanged: the same tensors (held, so no
+    other tensor can take their identity), version counters (bumped by every in-place change) and
+    data pointers (a ``.data`` swap; their storages are held too, so a swap's new data cannot reuse
+    the old address), with the same ``extra`` key. Reuse spares a device-to-host read per call.
+    Sources that are inference tensors have no version counter: derived at every call.
     Like :class:`ParameterCache`, a write into the same memory that torch does not track (through
     ``.numpy()``) is not seen."""
 
@@ -83,27 +83,27 @@ class QParamsCache:
         self._key: tuple | None = None
         self._value: Any = None
 
-    def get(self, sources: tuple[torch.Tensor, ...], qmin: int, qmax: int, check: Callable[[], T]) -> T:
-        """``check()``'s result for these sources: the one remembered, or made now (and remembered
+    def get(self, sources: tuple[torch.Tensor, ...], derive: Callable[[], T], extra: tuple = ()) -> T:
+        """``derive()``'s result for these sources: the one remembered, or made now (and remembered
         when it succeeds)."""
-        key = _qparams_key(sources, qmin, qmax)
+        key = _sources_key(sources, extra)
         if key is None or self._key is None or key[1] != self._key[1] or not same_tensors(key[0], self._key[0]):
-            self._value = check()
+            self._value = derive()
             self._key = key
         return self._value
 
-    def __deepcopy__(self, memo: dict) -> "QParamsCache":
-        return QParamsCache()
+    def __deepcopy__(self, memo: dict) -> "DerivedCache":
+        return DerivedCache()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_key": None, "_value": None}
 
 
-def _qparams_key(sources: tuple[torch.Tensor, ...], qmin: int, qmax: int) -> tuple | None:
-    """``(tensors with their stamps, grid, held storages)``; the storages are held, not compared."""
+def _sources_key(sources: tuple[torch.Tensor, ...], extra: tuple) -> tuple | None:
+    """``(tensors with their stamps, extra, held storages)``; the storages are held, not compared."""
     if any(t.is_inference() for t in sources):
         return None
-    return tuple((t, t._version, t.data_ptr()) for t in sources), (qmin, qmax), [t.untyped_storage() for t in sources]
+    return tuple((t, t._version, t.data_ptr()) for t in sources), extra, [t.untyped_storage() for t in sources]
 
 
 def is_parameter(x: torch.Tensor) -> bool:

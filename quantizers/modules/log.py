@@ -14,6 +14,7 @@ from quantizers.functional.log import (MAX_TAU, LogGrid, agq_searches, attention
                                        sample_rows)
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer
+from quantizers.modules.cache import DerivedCache
 from quantizers.options import Options, check_int
 from quantizers.registry import register_quantizer
 from quantizers.spec import QuantSpec
@@ -85,15 +86,15 @@ class LogQuantizer(Quantizer):
         self.register_buffer("scale_sums", torch.zeros(len(self.taus), dtype=torch.float64))
         self.register_buffer("error_sums", torch.zeros(len(self.taus), dtype=torch.float64))
         self.register_buffer("num_batches", torch.zeros((), dtype=torch.int64))
-        self._grid: tuple[tuple, LogGrid] | None = None
+        self._grid = DerivedCache()
 
     @property
     def grid(self) -> LogGrid:
         """The calibrated grid (its lookup tables are rebuilt only when s or τ change)."""
-        key = (float(self.scale.detach()), float(self.tau), self.spec.bits)
-        if self._grid is None or self._grid[0] != key:
-            self._grid = (key, LogGrid.build(*key))
-        return self._grid[1]
+        return self._grid.get((self.scale, self.tau), self._build_grid, (self.spec.bits,))
+
+    def _build_grid(self) -> LogGrid:
+        return LogGrid.build(float(self.scale.detach()), float(self.tau), self.spec.bits)
 
     def summarize(self, x: torch.Tensor, *context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per τ, the batch's best scale and its error (float64, one entry per τ)."""

@@ -14,7 +14,7 @@ from quantizers.functional.uniform import (SCALE_EPS, check_qparams, fake_quanti
                                            group_rows, num_groups, round_ste)
 from quantizers.levels import GridLevels
 from quantizers.modules.base import Quantizer, describe_values
-from quantizers.modules.cache import QParamsCache
+from quantizers.modules.cache import DerivedCache
 from quantizers.observers.base import Observer
 from quantizers.parts.adaround import AdaRoundRounding
 from quantizers.parts.codes import CodeRounding
@@ -52,7 +52,7 @@ class UniformQuantizer(Quantizer):
         self.rounding: Rounding = NearestRounding()
         self.register_buffer("scale", torch.empty(0))
         self.register_buffer("zero_point", torch.empty(0, dtype=torch.int32))
-        self.checked_qparams = QParamsCache()
+        self.checked_qparams = DerivedCache()
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -165,8 +165,8 @@ class UniformQuantizer(Quantizer):
         qmin, qmax = self.qrange
         scale, zero_point = self.group_qparams()
         if self._fixed:
-            checked = self.checked_qparams.get(self._qparam_sources(), qmin, qmax,
-                                               lambda: check_qparams(scale, zero_point, qmin, qmax))
+            checked = self.checked_qparams.get(self._qparam_sources(),
+                                               lambda: check_qparams(scale, zero_point, qmin, qmax), (qmin, qmax))
             return fake_quantize_checked(x, checked, self.spec.granularity, overwrite)
         if "scale" in self._parameters:  # LSQ gradient scale 1/sqrt(N·qmax), N = elements per scale
             scale = grad_scale(scale, self._lsq_factor(x, qmax))

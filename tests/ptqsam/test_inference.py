@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ from segment_anything import SamPredictor
 from ptqsam.embedding_cache import EmbeddingCache
 from ptqsam.errors import DataError
 from ptqsam.inference import SamRunner
+from quantizers import QuantizationError
 
 
 @pytest.fixture
@@ -64,3 +68,39 @@ def test_embedding_cache_memory_and_disk(random_testbed, image, tmp_path):
     assert EmbeddingCache(tmp_path).get("k") is not None  # survives on disk
     (tmp_path / "k.pt").write_bytes(b"half")  # a corrupt file is a miss, computed again
     assert EmbeddingCache(tmp_path).get("k") is None
+
+
+
+@contextlib.contextmanager
+def counted_host_reads() -> Iterator[dict]:
+    """Counts the reads of tensor values into Python (on a GPU, each one waits for the queued kernels)."""
+    counts, patch = {"reads": 0}, pytest.MonkeyPatch()
+    for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+        def counted(self, *args, _original=getattr(torch.Tensor, name), **kwargs):
+            counts["reads"] += 1
+            return _original(self, *args, **kwargs)
+        patch.setattr(torch.Tensor, name, counted)
+    try:
+        yield counts
+    finally:
+        patch.undo()
+
+
+def test_a_w8a8_forward_reads_one_value_back_however_many_quantizers(random_testbed, two_samples):
+    from ptqsam import calibrate, quantizing
+
+    model = random_testbed()
+    calibrate(model, "minmax", "W8A8", two_samples[:1], progress=False)
+    runner, sample = SamRunner(model), two_samples[1]
+    with torch.inference_mode(), quantizing(model) as quantizers:
+        runner.decode(runner.embed(sample.image), boxes=sample.prompts.boxes)  # the qparams are checked once
+        with counted_host_reads() as encoder:
+            embedding = runner.embed(sample.image)
+        with counted_host_reads() as decoder:
+            runner.decode(embedding, boxes=sample.prompts.boxes)
+    assert len(quantizers) > 100
+    assert encoder["reads"] == decoder["reads"] == 1  # the deferred NaN/Inf check of every quantized input
+    with torch.no_grad():
+        model.image_encoder.patch_embed.proj.bias[0] = float("nan")  # every later activation is NaN
+    with pytest.raises(QuantizationError, match="NaN or Inf"), torch.inference_mode(), quantizing(model):
+        runner.embed(sample.image)  # raised before the embedding leaves

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from quantizers.modules.base import Mode
-from quantizers.modules.cache import QParamsCache
+from quantizers.modules.cache import DerivedCache
 from quantizers.functional.uniform import round_ste
 from quantizers.parts.rounding import Rounding
 from quantizers.registry import build_quantizer
@@ -99,13 +99,13 @@ def test_a_data_swap_is_seen_even_where_the_allocator_reuses_the_freed_memory() 
 
 
 def test_the_qparams_cache_sees_a_data_swap_into_the_freed_memory() -> None:
-    cache, scale = QParamsCache(), torch.full((1024,), 0.1)  # blocks this large are handed out again
+    cache, scale = DerivedCache(), torch.full((1024,), 0.1)  # blocks this large are handed out again
     for step in range(50):
-        first = cache.get((scale,), -128, 127, object)
-        assert cache.get((scale,), -128, 127, object) is first
+        first = cache.get((scale,), object, (-128, 127))
+        assert cache.get((scale,), object, (-128, 127)) is first
         scale.data = scale.data.double()
         scale.data = scale.data.float()
-        assert cache.get((scale,), -128, 127, object) is not first, step
+        assert cache.get((scale,), object, (-128, 127)) is not first, step
 
 
 def test_new_qparams_invalidate() -> None:

@@ -164,3 +164,19 @@ def test_qparam_values_are_checked_once_until_they_change(monkeypatch) -> None:
     calls = len(checks)
     quantizer(x), quantizer(x)
     assert len(checks) == calls + 2
+
+
+def test_the_calibrated_flag_follows_every_change_of_its_buffer() -> None:
+    spec = QuantSpec()
+    calibrated, fresh = _calibrated(spec), build_quantizer(spec)
+    assert calibrated.is_calibrated and not fresh.is_calibrated  # read once each, then remembered
+    fresh.load_state_dict(calibrated.state_dict())
+    assert fresh.is_calibrated
+    calibrated.load_state_dict(build_quantizer(spec).state_dict())
+    assert not calibrated.is_calibrated
+    fresh.calibrated.fill_(False)
+    fresh.mode = Mode.QUANTIZE
+    with pytest.raises(QuantizationError, match="never calibrated"):
+        fresh(_data(0))
+    fresh.calibrated = torch.ones((), dtype=torch.bool)  # a new buffer
+    assert fresh.is_calibrated
