@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ def instrument(model: nn.Module) -> nn.Module:
     class swapped for an instrumented subclass; parameters, buffers and state_dict keys are
     unchanged. Sites carry no quantizer until :func:`attach`. Returns ``model``.
     """
-    for module in list(model.modules()):
+    for _, module in list(run_modules(model)):
         sited = SITED_CLASSES.get(type(module))
         if sited is not None:
             module.__class__ = sited
@@ -38,6 +38,24 @@ def instrument(model: nn.Module) -> nn.Module:
     for name, site in sites(model).items():
         site.name = name
     return model
+
+
+def run_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules()`` of ``model`` without the children that a module's forward never runs:
+    those its class lists in ``UNUSED_CHILDREN`` (e.g. TinyViT's classification head, kept so that
+    official checkpoints load strictly). They get no sites and count in no cost."""
+    unused: list[str] = []
+    for path, module in model.named_modules():
+        if any(path == u or path.startswith(u + ".") for u in unused):
+            continue
+        unused += [f"{path}.{child}" if path else child for child in getattr(module, "UNUSED_CHILDREN", ())]
+        yield path, module
+
+
+def unused_parameters(model: nn.Module) -> int:
+    """How many parameters ``model`` holds outside :func:`run_modules` (never used by its forward)."""
+    used = {id(p) for _, module in run_modules(model) for p in module.parameters(recurse=False)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in used)
 
 
 def sites(model: nn.Module) -> dict[str, Site]:
@@ -53,7 +71,7 @@ def site_names(model: nn.Module) -> list[str]:
     """The names :func:`instrument` gives (or gave) the sites of ``model``, without instrumenting it
     (works on a model built on the "meta" device)."""
     names = []
-    for path, module in model.named_modules():
+    for path, module in run_modules(model):
         sited = SITED_CLASSES.get(type(module), type(module) if type(module) in ORIGINAL_CLASSES else None)
         if sited is not None:
             names += [f"{path}.{role}" if path else role for role in sited.SITE_ROLES]

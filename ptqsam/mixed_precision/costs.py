@@ -29,6 +29,7 @@ from torch import nn
 
 from ptqsam.errors import AnalysisError
 from ptqsam.instrument import model_units, site_inventory
+from ptqsam.instrument.instrument import unused_parameters
 from ptqsam.instrument.units import Unit
 
 FLOAT_BITS = 32
@@ -54,7 +55,8 @@ class ModelCosts:
       weights: weight site -> parameters (every weight site of the model).
       activations: activation site -> elements seen in the probe forward (every non-output site).
       products: every product with its MACs.
-      other_parameters: parameters on no weight site (biases, norms, embeddings), always 32 bits.
+      other_parameters: parameters on no weight site (biases, norms, embeddings), always 32 bits;
+        parameters the forward never uses (TinyViT's classification head) are not counted.
       domain: the sites the base recipe quantizes (averages are over these).
     """
 
@@ -114,7 +116,7 @@ def model_costs(model: nn.Module, domain: Iterable[str]) -> ModelCosts:
     if unknown:
         raise AnalysisError(f"no weight or activation site named {unknown[:5]}")
     products = tuple(ProductCost(u.name, u.a, u.b, unit_macs(model, u, shapes)) for u in model_units(model))
-    others = sum(p.numel() for p in model.parameters()) - sum(weights.values())
+    others = sum(p.numel() for p in model.parameters()) - sum(weights.values()) - unused_parameters(model)
     return ModelCosts(weights, activations, products, others, domain)
 
 

@@ -280,6 +280,9 @@ class TinyViT(nn.Module):
       out_chans: channels of the neck (SAM's prompt embedding dim).
     """
 
+    #: children the forward never runs: not instrumented, and in no cost (see ``run_modules``)
+    UNUSED_CHILDREN = ("norm_head", "head")
+
     def __init__(
         self,
         img_size: int = 1024,

@@ -82,3 +82,19 @@ def test_sites_outside_the_domain_are_refused(model, costs):
     with pytest.raises(AnalysisError, match="no weight or activation site"):
         model_costs(model, ["image_encoder.blocks.0.attn.logits"])
     assert math.isnan(model_costs(model, []).of({})["weight_bits"])
+
+
+def test_a_tiny_vit_model_costs_without_its_unused_classification_head():
+    from ptqsam.models.assembly import assemble_sam
+    from ptqsam.models.tiny_vit import TinyViT
+
+    torch.manual_seed(0)
+    encoder = TinyViT(img_size=64, embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1), num_heads=(2, 2, 5, 4),
+                      num_classes=10, out_chans=32)
+    tiny = assemble_sam(encoder, 32, 64, encoder.embedding_size, decoder_mlp_dim=64, iou_head_hidden_dim=32).eval()
+    attach(tiny, "minmax", 8, 8)
+    assert not [name for name in attached_quantizers(tiny) if ".head." in name or "norm_head" in name]
+    costs = model_costs(tiny, attached_quantizers(tiny))  # raised: the probe never reaches the head's sites
+    head = sum(p.numel() for m in (encoder.head, encoder.norm_head) for p in m.parameters())
+    everything = sum(p.numel() for p in tiny.parameters())
+    assert costs.other_parameters + sum(costs.weights.values()) == everything - head
