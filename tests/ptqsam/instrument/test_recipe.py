@@ -239,6 +239,15 @@ def test_ahcptq_puts_hluq_after_the_mlp_activations_and_cag_on_the_linear_inputs
     assert recipe.reconstruction_config() == load_recipe("ptq4sam-l").reconstruction_config()
 
 
+def test_ahcptq_names_tiny_vit_sites_too(tinysam_sites):
+    specs = load_recipe("ahcptq").specs_for(tinysam_sites, 4, 4)
+    blocks = [f"image_encoder.layers.{s}.blocks.{b}" for s, depth in ((1, 2), (2, 6), (3, 2)) for b in range(depth)]
+    encoder = {n: s.quantizer for n, s in specs.items() if n.startswith("image_encoder.")}
+    assert sorted(n for n, q in encoder.items() if q == "hluq") == sorted(f"{b}.mlp.fc2.input" for b in blocks)
+    assert sorted(n for n, q in encoder.items() if q == "channel_groups") == sorted(
+        f"{b}.{layer}.input" for b in blocks for layer in ("attn.qkv", "mlp.fc1"))
+
+
 def test_saq_sam_clips_decoder_q_and_k_and_reconstructs_stages_with_the_response(sam_b_sites):
     recipe = load_recipe("saq-sam")
     specs = recipe.specs_for(sam_b_sites, 4, 4)
