@@ -105,7 +105,8 @@ def _check_finite(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
 def _describe_mismatches(
     expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
 ) -> list[str]:
-    """One phrase per kind of mismatch (missing, unexpected, shape), naming the first few keys."""
+    """One phrase per kind of mismatch (missing, unexpected, shape, integer vs float), naming the
+    first few keys."""
     missing = [key for key in expected if key not in found]
     unexpected = [key for key in found if key not in expected]
     shapes = [
@@ -113,11 +114,17 @@ def _describe_mismatches(
         for key, value in expected.items()
         if key in found and found[key].shape != value.shape
     ]
+    kinds = [  # fp16 into fp32 is a cast; integers into floats (or back) are another tensor
+        f"{key} (checkpoint {found[key].dtype} vs model {value.dtype})"
+        for key, value in expected.items()
+        if key in found and found[key].is_floating_point() != value.is_floating_point()
+    ]
     phrases = []
     for kind, items in (
         ("missing keys", missing),
         ("unexpected keys", unexpected),
         ("shape mismatches", shapes),
+        ("dtype mismatches", kinds),
     ):
         if items:
             hidden = len(items) - SHOWN_MISMATCHES

@@ -120,7 +120,7 @@ def is_tiny_vit(model: Sam) -> bool:
 def weights_id(model_type: str, checkpoint: str | Path | None, seed: int) -> str:
     """What the weights of ``build_model(model_type, checkpoint, seed)`` are: the checkpoint's
     SHA-256, the packaged weights' (``packaged-<sha>``), or ``random-seed<seed>``."""
-    if checkpoint:
+    if checkpoint is not None:
         return checkpoint_sha256(checkpoint)
     packaged = PACKAGED_WEIGHTS.get(model_type)
     if packaged is not None and Path(packaged).is_file():

@@ -166,3 +166,21 @@ def test_sha256_id(tmp_path: Path) -> None:
     assert checkpoint_sha256(path) == "ba7816bf8f01"  # SHA-256("abc"), FIPS 180-2 test vector
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         checkpoint_sha256(tmp_path / "absent.pt")
+
+
+def test_integers_where_the_model_holds_floats_are_refused(tmp_path: Path) -> None:
+    state = build_model("testbed", seed=1).state_dict()
+    state["mask_decoder.iou_token.weight"] = torch.full((1, 128), 3, dtype=torch.int64)
+    path = tmp_path / "integers.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"dtype mismatches \(1\): mask_decoder.iou_token.weight "
+                                              r"\(checkpoint torch.int64 vs model torch.float32\)"):
+        build_model("testbed", checkpoint=path)
+
+
+def test_an_empty_checkpoint_path_is_a_missing_file_for_the_weights_id_too(random_testbed) -> None:
+    from ptqsam.models.zoo import weights_id
+
+    for describe in (lambda: build_model("testbed", checkpoint=""), lambda: weights_id("testbed", "", 0)):
+        with pytest.raises(CheckpointError, match="checkpoint not found"):
+            describe()
