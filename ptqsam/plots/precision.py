@@ -24,6 +24,8 @@ from ptqsam.plots.colours import recipe_colour
 PART_COLOURS = dict(zip(PARTS, ("tab:blue", "tab:green", "tab:orange")))
 #: Title of the heat-map panel of the groups outside every block.
 OUTSIDE = "outside blocks"
+#: Column of a group that is a whole block (sensitivity at block granularity).
+WHOLE = "whole block"
 MIXED = "mixed"
 #: Height a heat-map panel needs besides its rows: title and rotated column labels.
 ROW_LABELS_INCHES = 1.5
@@ -35,6 +37,7 @@ def plot_sensitivity_result(result: SensitivityResult, out_dir: str | Path, metr
     (``blocks_<bits>_<role>``) of every bit-width and role of a study, under ``out_dir``."""
     blocks = {g.name: g.block for g in result.groups}
     recipe = result.settings["recipe"]["name"]
+    label_of_score = score_label(METRIC_LABELS[metric], result.settings["mode"])
     files: list[Path] = []
     for label in result.settings["bits"]:
         for role in result.settings["roles"]:
@@ -43,9 +46,15 @@ def plot_sensitivity_result(result: SensitivityResult, out_dir: str | Path, metr
                 continue
             title = f"{recipe} {label}, {role} sites of each group, {result.settings['mode'].replace('_', ' ')}"
             stem = f"{label}_{role}"
-            files += plot_group_ranking(scores, Path(out_dir) / f"top_{stem}", METRIC_LABELS[metric], top, title)
-            files += plot_block_heatmap(scores, blocks, Path(out_dir) / f"blocks_{stem}", METRIC_LABELS[metric], title)
+            files += plot_group_ranking(scores, Path(out_dir) / f"top_{stem}", label_of_score, top, title)
+            files += plot_block_heatmap(scores, blocks, Path(out_dir) / f"blocks_{stem}", label_of_score, title)
     return files
+
+
+def score_label(metric: str, mode: str) -> str:
+    """What a study's score is: the damage itself (``only``), or the damage removed by keeping the
+    group float while all the rest is quantized (``all_but``; negative where that adds damage)."""
+    return metric if mode == "only" else f"{metric} removed by keeping the group float"
 
 
 def plot_group_ranking(scores: Mapping[str, float], out_stem: str | Path, metric: str, top: int = 20,
@@ -100,8 +109,7 @@ def plot_block_heatmap(scores: Mapping[str, float], blocks: Mapping[str, str | N
     axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": rows_per_panel}, squeeze=False)[:, 0]
     image = None
     for ax, (label, rows, columns) in zip(axes, panels):
-        grid = np.array([[scores.get(f"{row}.{col}" if row != OUTSIDE else col, np.nan) for col in columns]
-                         for row in rows], dtype=float)
+        grid = np.array([[scores.get(_group_name(row, col), np.nan) for col in columns] for row in rows], dtype=float)
         masked = np.ma.masked_where(~(grid > 0), grid)
         ax.imshow(np.where(np.isnan(grid), np.nan, 1.0), cmap="Greys", vmin=0, vmax=4, aspect="auto")
         image = ax.imshow(masked, cmap="viridis", norm=norm, aspect="auto")
@@ -116,11 +124,14 @@ def plot_block_heatmap(scores: Mapping[str, float], blocks: Mapping[str, str | N
 
 def _panels(blocks: Mapping[str, str | None]) -> list[tuple[str, list[str], list[str]]]:
     """``(label, row names, column names)`` per panel: blocks grouped by the tuple of their groups'
-    names inside the block, in model order; then the groups outside every block (one column)."""
+    names inside the block (:data:`WHOLE` for a group that is the block), in model order; then the
+    groups outside every block (one column)."""
     inside: dict[str, list[str]] = {}
     outside = []
     for name, block in blocks.items():
-        if block is None or not name.startswith(block + "."):
+        if name == block:  # a group that is a whole block (block granularity)
+            inside.setdefault(block, []).append(WHOLE)
+        elif block is None or not name.startswith(block + "."):
             outside.append(name)
         else:
             inside.setdefault(block, []).append(name[len(block) + 1:])
@@ -132,6 +143,13 @@ def _panels(blocks: Mapping[str, str | None]) -> list[tuple[str, list[str], list
     if outside:
         panels.append((OUTSIDE, [OUTSIDE], outside))
     return panels
+
+
+def _group_name(row: str, column: str) -> str:
+    """The group drawn in a heat-map cell (see :func:`_panels`)."""
+    if row == OUTSIDE:
+        return column
+    return row if column == WHOLE else f"{row}.{column}"
 
 
 def plot_pareto(rows: Sequence[Mapping[str, Any]], out_stem: str | Path, title: str = "") -> PlotFiles:

@@ -9,8 +9,8 @@ from matplotlib.image import imread
 from ptqsam.analysis.groups import Group
 from ptqsam.analysis.sensitivity import Damage, SensitivityResult, SensitivityRow
 from ptqsam.errors import AnalysisError
-from ptqsam.plots.precision import (OUTSIDE, _panels, plot_block_heatmap, plot_group_ranking, plot_pareto,
-                                    plot_sensitivity_result)
+from ptqsam.plots.precision import (OUTSIDE, WHOLE, _group_name, _panels, plot_block_heatmap, plot_group_ranking,
+                                    plot_pareto, plot_sensitivity_result, score_label)
 
 #: 120 groups: 12 encoder blocks of 6 products, 2 decoder layers of 20, 8 groups outside every block.
 BLOCKS = {**{f"image_encoder.blocks.{b}.attn.{p}": f"image_encoder.blocks.{b}"
@@ -34,6 +34,21 @@ def test_panels_lay_out_every_group_once():
     assert len(cells) == len(BLOCKS)
     assert [len(rows) for _, rows, _ in panels] == [12, 2, 1]
     assert panels[-1][0] == OUTSIDE and len(panels[-1][2]) == 8
+
+
+def test_groups_that_are_whole_blocks_are_laid_out_in_their_blocks():
+    blocks = {**{f"image_encoder.blocks.{b}": f"image_encoder.blocks.{b}" for b in range(12)},
+              "mask_decoder.transformer.layers.0": "mask_decoder.transformer.layers.0", "image_encoder.neck": None}
+    panels = _panels(blocks)
+    assert [(rows, cols) for _, rows, cols in panels] == [
+        ([*(f"image_encoder.blocks.{b}" for b in range(12)), "mask_decoder.transformer.layers.0"], [WHOLE]),
+        ([OUTSIDE], ["image_encoder.neck"])]
+    assert sorted(_group_name(row, col) for _, rows, cols in panels for row in rows for col in cols) == sorted(blocks)
+
+
+def test_an_all_but_study_labels_its_scores_as_damage_removed():
+    assert score_label("mask-logit MSE", "only") == "mask-logit MSE"
+    assert score_label("mask-logit MSE", "all_but") == "mask-logit MSE removed by keeping the group float"
 
 
 def test_ranking_and_heatmap_with_a_hundred_groups(tmp_path):
