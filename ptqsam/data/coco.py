@@ -171,6 +171,46 @@ def _is_segmentation(seg: Any) -> bool:
     return False
 
 
+def _rle_problem(rle: dict) -> str | None:
+    """What is wrong with an RLE's runs, or None. pycocotools decodes runs that cover fewer pixels
+    than ``size`` into uninitialised memory (a different mask at every read): refused here."""
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        counts = _compressed_runs(counts)
+        if counts is None:
+            return "'counts' is not a compressed RLE string"
+    height, width = rle["size"]
+    if any(run < 0 for run in counts):
+        return "a run length is negative"
+    if sum(counts) != height * width:
+        return f"the runs cover {sum(counts)} pixels, 'size' {[height, width]} has {height * width}"
+    return None
+
+
+def _compressed_runs(text: str) -> list[int] | None:
+    """The run lengths of COCO's compressed RLE string (pycocotools' ``rleFrString`` format: each
+    number in 5-bit groups, least significant first, as characters from '0'; 0x20 marks that more
+    groups follow, 0x10 in the last group is the sign; from the third run on, each number is the
+    difference to the run two before), or None when the string ends inside a number."""
+    runs: list[int] = []
+    position = 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(text):
+                return None
+            group = ord(text[position]) - 48
+            if not 0 <= group < 64:
+                return None
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and group & 0x10:
+                value -= 1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    return runs
+
+
 def _validate(data: Any, path: Path) -> dict:
     """Check the COCO structure; return it with ``categories`` present (derived when missing)."""
     check = EntryChecker(f"malformed annotations file {path}")
@@ -190,8 +230,11 @@ def _validate(data: Any, path: Path) -> dict:
             check.require(ann, where, key, is_int, "an integer")
         check.require(ann, where, "bbox", is_box, BOX_EXPECTED)
         check.require(ann, where, "area", is_number, "a finite number")
-        check.require(ann, where, "segmentation", _is_segmentation,
-                      "polygons (lists of x, y pairs) or RLE {size, counts}")
+        segmentation = check.require(ann, where, "segmentation", _is_segmentation,
+                                     "polygons (lists of x, y pairs) or RLE {size, counts}")
+        problem = _rle_problem(segmentation) if isinstance(segmentation, dict) else None
+        if problem:
+            check.fail(where, f"RLE segmentation: {problem}")
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
             check.fail(where, f"'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
     check.unique_ids(images, "images")

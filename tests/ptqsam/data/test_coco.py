@@ -187,6 +187,16 @@ MALFORMED = [
      ' {"id": 1, "file_name": "b.png", "height": 4, "width": 4}], "annotations": []}', r"images\[1\]: duplicate id 1"),
     ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],'
      ' "area": 1, "segmentation": [[0, 0, 2, 0, 2]]}]}', r"annotations\[0\]: 'segmentation' must be"),
+    # runs covering fewer pixels than 'size' decode into uninitialised memory in pycocotools
+    ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],'
+     ' "area": 5, "segmentation": {"size": [20, 20], "counts": [10, 5]}}]}',
+     r"annotations\[0\]: RLE segmentation: the runs cover 15 pixels, 'size' \[20, 20\] has 400"),
+    ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],'
+     ' "area": 5, "segmentation": {"size": [20, 20], "counts": ":5"}}]}', r"the runs cover 15 pixels"),
+    ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],'
+     ' "area": 5, "segmentation": {"size": [2, 2], "counts": [-5, 9]}}]}', r"a run length is negative"),
+    ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],'
+     ' "area": 5, "segmentation": {"size": [2, 2], "counts": "1k"}}]}', r"not a compressed RLE string"),
 ]
 
 
@@ -212,3 +222,16 @@ def test_missing_categories_are_derived(tmp_path: Path) -> None:
     dataset = CocoDataset(tmp_path, path)
     assert dataset.categories == {1: "category_1"}
     assert dataset.skips.keys("orphan_annotation") == {1}
+
+
+def test_compressed_rle_strings_are_read_as_pycocotools_writes_them() -> None:
+    from ptqsam.data.coco import _compressed_runs
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        height, width = (int(v) for v in rng.integers(1, 60, 2))
+        mask = rng.random((height, width)) < rng.random()
+        runs = _compressed_runs(_rle(mask)["counts"])
+        assert sum(runs) == height * width
+        decoded = mask_utils.decode(mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width))
+        np.testing.assert_array_equal(decoded.astype(bool), mask)
