@@ -9,7 +9,9 @@ weights by the SHA-256 of their tensors.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import platform
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+import quantizers
 from ptqsam import __version__
 
 #: hex digits kept of a SHA-256 (64 bits: collisions are not a concern for a results folder)
@@ -53,6 +56,29 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+@functools.cache
+def code_hash() -> str:
+    """A hash of the code that computes results: every ``.py`` and ``.yaml`` file of the ptqsam and
+    quantizers packages (paths and contents). The version alone does not change with an edit."""
+    digest = hashlib.sha256()
+    for package in (Path(__file__).resolve().parent, Path(quantizers.__file__).resolve().parent):
+        for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".yaml") and p.is_file()):
+            digest.update(f"{package.name}/{path.relative_to(package).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:HASH_DIGITS]
+
+
+def module_hashes(modules: Iterable[str]) -> dict[str, str | None]:
+    """``module -> SHA-256 of its source file`` (None where it has no file), for modules a recipe
+    imports: their content, not their name, makes the quantizers they define."""
+    hashes: dict[str, str | None] = {}
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec is not None else None
+        hashes[name] = file_sha256(origin) if origin and Path(origin).is_file() else None
+    return hashes
+
+
 def fingerprint(settings: Mapping[str, Any]) -> dict[str, Any]:
     """``{"hash": ..., "settings": ...}`` with ptqsam's version added to the settings."""
     settings = {"ptqsam": __version__, **settings}
@@ -82,12 +108,22 @@ def mismatch(recorded: Any, current: Mapping[str, Any]) -> list[str]:
 
 
 def file_sha256(path: str | Path, digits: int = HASH_DIGITS) -> str:
-    """The first ``digits`` hex digits of the SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:digits]
+    """The first ``digits`` hex digits of the SHA-256 of a file's bytes. Remembered in the process
+    while the file keeps its size and modification time (a run fingerprints its images several
+    times; a rewritten file gets a new modification time)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key][:digits]
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def tensors_sha256(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:

@@ -6,7 +6,9 @@ is the baseline of the degradation report and the reference of the agreement met
 
 Each cell records the fingerprint of the settings that made it (:mod:`ptqsam.fingerprint`: model,
 checkpoint content, recipe content, bits, calibration images and their data, evaluated images and
-their data, prompt, mask and scoring options, seed, ptqsam version, and the arithmetic: device,
+their data (file contents), prompt, mask and scoring options, seed, ptqsam version and a hash of
+its code (:func:`ptqsam.fingerprint.code_hash`: any edit computes cells again), the source of the
+modules a recipe imports, and the arithmetic: device,
 the machine (:func:`ptqsam.fingerprint.machine`: CPU model and instruction set, or GPU), torch
 version and torch's thread count, since float sums taken in another order can move a low-bit
 result by more than its last digit). A cell file whose fingerprint
@@ -51,12 +53,13 @@ from ptqsam.data import CocoDataset
 from ptqsam.data.prompts import Detections
 from ptqsam.data.selection import calibration_set, data_fingerprint, dataset_for
 from ptqsam.embedding_cache import EmbeddingCache, embedding_key
-from ptqsam.errors import CheckpointError, ConfigError
+from ptqsam.errors import CheckpointError, ConfigError, DistributedError
 from ptqsam.evaluation.evaluator import EvalOptions, EvalResult, evaluate
 from ptqsam.evaluation.records import counts, evaluation_settings, reference_result, result_fields
 from ptqsam.evaluation.report import degradation_rows, write_report
 from ptqsam.evaluation.significance import mean_metrics
-from ptqsam.fingerprint import file_sha256, fingerprint, machine, mismatch, settings_hash
+from ptqsam.fingerprint import (changed_settings, code_hash, file_sha256, fingerprint, machine, mismatch,
+                                module_hashes, settings_hash)
 from ptqsam.instrument.recipe import Recipe, load_recipe
 from ptqsam.io import json_text, write_or_rescue
 from ptqsam.models import build_model
@@ -103,6 +106,21 @@ class Cell:
 def state_path(config: ExperimentConfig, cell: Cell, calib_seed: int) -> Path:
     """Where a sweep saves the calibrated state of ``cell`` calibrated on the set of ``calib_seed``."""
     return Path(config.out) / "states" / cell.file_name.replace(".json", f"__calib{calib_seed}.pt")
+
+
+def evaluated_state(config: ExperimentConfig, cell: Cell, calib_seed: int) -> Path:
+    """:func:`state_path` after checking that it holds the state the finished ``cell`` was evaluated
+    with (an interrupted later run may have replaced it); CheckpointError otherwise."""
+    path = Path(config.out) / "cells" / cell.file_name
+    try:
+        runs = json.loads(path.read_text()).get("runs", [])
+    except (OSError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path} is not a finished sweep cell ({error}): run the sweep first") from None
+    run = next((r for r in runs if isinstance(r, dict) and r.get("calib_seed") == calib_seed), None)
+    if run is None or not _state_intact(run, path.parent.parent / "states"):
+        raise CheckpointError(f"{state_path(config, cell, calib_seed)} is not the calibrated state cell {cell.file_name} "
+                              f"was evaluated with (calibration set {calib_seed}): run the sweep again")
+    return state_path(config, cell, calib_seed)
 
 
 def protocol_float_list(config: ExperimentConfig) -> tuple[str, ...] | None:
@@ -161,7 +179,7 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
             checkpoints[model_type] = context.checkpoint_id
             missing = []
             for cell in [c for c in todo if c.model == model_type]:
-                stamp = context.fingerprint(cell)
+                stamp = _same_on_every_rank(context.fingerprint(cell), cell)
                 record = distributed.main_first(lambda: _finished(out / "cells" / cell.file_name, stamp, cell))
                 if record is None:
                     missing.append((cell, stamp))
@@ -180,11 +198,35 @@ def run_sweep(config: ExperimentConfig, progress: bool = True) -> list[dict[str,
     settings = {**config.to_dict(), "checkpoint_ids": checkpoints, "eval_image_ids": shared.eval_ids,
                 "calibration_seeds": list(config.calibration_seeds()),
                 "protocol_float_list": None if protocol is None else list(protocol),
-                "skipped": shared.dataset.skips.as_dict(),
+                "skipped": _evaluation_skips(runs),
                 "cell_fingerprints": {f"{r['model']}/{r['recipe']}/{r['bits']}": r["fingerprint"]["hash"] for r in runs}}
     if distributed.is_main():
         write_report(rows, out, settings)
     return rows
+
+
+def _evaluation_skips(records: list[dict[str, Any]]) -> dict[str, int]:
+    """What the cells' evaluations skipped (reason -> count), from their records: a resumed sweep
+    reads no image, so this process's own counts would say nothing was skipped. Every cell reads
+    the same images; should two disagree, each reason's largest count is kept."""
+    skips: dict[str, int] = {}
+    for record in records:
+        for reason, count in record["skipped"].items():
+            skips[reason] = max(skips.get(reason, 0), count)
+    return skips
+
+
+def _same_on_every_rank(stamp: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    """``stamp`` when every torchrun rank computed the same (each reads its own copy of the data, on
+    its own machine); else a DistributedError on every rank naming what differs."""
+    stamps = distributed.all_gather_parts([stamp])
+    for index, other in enumerate(stamps):
+        if other["hash"] != stamps[0]["hash"]:
+            changed = changed_settings(stamps[0]["settings"], other["settings"]) or ["fingerprint"]
+            raise DistributedError(f"cell {cell.file_name}: rank {index}'s settings differ from rank 0's "
+                                   f"({', '.join(changed[:6])}): every rank must read the same data on the "
+                                   "same kind of machine")
+    return stamp
 
 
 def _cell_done(overall, cell: Cell, how: str) -> None:
@@ -300,8 +342,24 @@ def _finished(path: Path, stamp: dict[str, Any], cell: Cell) -> dict[str, Any] |
         log.warning("cell %s was computed under other settings (%s differ): computing it again", path.name,
                     ", ".join(changed[:6]))
         return None
+    states = path.parent.parent / "states"
+    replaced = [run["calibration"].get("state") for run in record.get("runs", []) if not _state_intact(run, states)]
+    if replaced:
+        log.warning("cell %s: its calibrated state %s is missing or was replaced since (e.g. by an interrupted "
+                    "run): computing it again", path.name, replaced[0])
+        return None
     log.info("cell %s already done: skipped", path.name)
     return record
+
+
+def _state_intact(run: dict[str, Any], states: Path) -> bool:
+    """Whether the calibrated state a run of a cell was evaluated with is still its file in ``states``."""
+    calibration = run.get("calibration") or {}
+    state, recorded = calibration.get("state"), calibration.get("state_sha256")
+    if not (state and recorded):
+        return False
+    file = states / Path(state).name  # the results folder may have moved since
+    return file.is_file() and file_sha256(file) == recorded
 
 
 class _ModelContext:
@@ -319,7 +377,7 @@ class _ModelContext:
         #: what the cells' float arithmetic depends on (see :func:`_compute` for the thread count)
         self.arithmetic = {"device": config.device, "machine": machine(config.device), "torch": torch.__version__,
                            "threads": _cell_threads(config)}
-        size, arithmetic = image_size(self.float_model), settings_hash(self.arithmetic)
+        size, arithmetic = image_size(self.float_model), settings_hash({**self.arithmetic, "code": code_hash()})
         data_id = self.evaluation["data"]["annotations"]
         self.cache_key = lambda image_id: embedding_key(
             model_type, self.checkpoint_id, image_id, size, data_id,
@@ -330,10 +388,12 @@ class _ModelContext:
     def fingerprint(self, cell: Cell) -> dict[str, Any]:
         """The fingerprint of the settings that make ``cell``'s result."""
         settings: dict[str, Any] = {"model": cell.model, "weights": self.checkpoint_id, "recipe": FLOAT,
-                                    "bits": cell.bits, "evaluation": self.evaluation, "arithmetic": self.arithmetic}
+                                    "bits": cell.bits, "evaluation": self.evaluation, "arithmetic": self.arithmetic,
+                                    "code": code_hash()}
         if cell.recipe != FLOAT:
             recipe = cell_recipe(self.config, cell)
-            settings.update(recipe=recipe.to_dict(), quantize_encoder=self.config.quantize_encoder,
+            settings.update(recipe=recipe.to_dict(), imports=module_hashes(recipe.imports),
+                            quantize_encoder=self.config.quantize_encoder,
                             calibration={str(seed): self.calibration_settings(seed, recipe)
                                          for seed in self.config.calibration_seeds()})
         return fingerprint(settings)
@@ -378,11 +438,12 @@ class _ModelContext:
         recipe = cell_recipe(self.config, cell)
         report = calibrate(model, recipe, w, a, samples, exclude, self.progress, search_rows=self.config.search_rows,
                            reconstruction=self.config.reconstruction)
-        saved = state_path(self.config, cell, seed)
+        saved, state_sha256 = state_path(self.config, cell, seed), None
         if distributed.is_main():
             save_calibrated(model, saved, report, recipe, self.model_type, w, a,
                             {"calibration": self.calibration_settings(seed, recipe),
                              "quantize_encoder": self.config.quantize_encoder})
+            state_sha256 = file_sha256(saved)
         reference = self.reference() if distributed.is_main() else None  # only rank 0 measures agreement
         with calibrated_quantizing(model, report.extra_state()):
             result = self._evaluate(model, encoder_float=not self.config.quantize_encoder, reference=reference,
@@ -390,7 +451,8 @@ class _ModelContext:
         calibration = {"images_dir": str(calibration_set.images_dir), "image_ids": report.image_ids,
                        "num_prompts": report.num_prompts, "seconds": report.seconds,
                        "unreached_sites": report.unreached, "bimodal": report.bimodal, "hessian": report.hessian,
-                       "reconstruction": report.reconstruction, "passes": report.passes, "state": str(saved)}
+                       "reconstruction": report.reconstruction, "passes": report.passes, "state": str(saved),
+                       "state_sha256": state_sha256}
         quantized = len(report.quantizers) - len(report.unreached)
         run = {"calib_seed": seed, "metrics": result.metrics, "quantized_sites": quantized, "calibration": calibration,
                "instance_ious": result.instance_ious}

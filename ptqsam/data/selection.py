@@ -58,12 +58,12 @@ def generated(root: Path, count: int, seed: int) -> CocoDataset:
 
 
 def data_fingerprint(dataset: CocoDataset, image_ids: Iterable[int]) -> dict[str, Any]:
-    """What identifies the images a run reads: the annotations file's content (SHA-256) and each
-    image's id, file name and file size (sizes, not contents: hashing every image of a large set on
-    every run would cost more than the check is worth)."""
+    """What identifies the images a run reads: the annotations file's content and each image's id,
+    file name and content (SHA-256; None for a missing file). An image changed under the same name
+    and size is another run's data."""
     files = []
     for image_id in image_ids:
         info = dataset.image_info(image_id)
-        files.append([image_id, info.file_name, info.path.stat().st_size if info.path.is_file() else None])
+        files.append([image_id, info.file_name, file_sha256(info.path) if info.path.is_file() else None])
     return {"annotations": file_sha256(dataset.annotations_path), "images": settings_hash({"files": files}),
             "count": len(files)}

@@ -10,7 +10,7 @@ from ptqsam.config import ExperimentConfig
 from ptqsam.data.selection import calibration_set
 from ptqsam.models import build_model
 from ptqsam.plots.charts import plot_sensitivity, plot_site_histogram
-from ptqsam.sweep import Cell, cell_recipe, state_path
+from ptqsam.sweep import Cell, cell_recipe, evaluated_state
 
 
 def plot_cell_sites(config: ExperimentConfig, cell: Cell, site: str) -> list[Path]:
@@ -19,7 +19,7 @@ def plot_cell_sites(config: ExperimentConfig, cell: Cell, site: str) -> list[Pat
     measured on the calibration images of the cell's first calibration set (with its state)."""
     model = build_model(cell.model, config.checkpoints.get(cell.model), seed=config.seed).to(config.device)
     seed = config.calibration_seeds()[0]
-    info = load_calibrated(model, state_path(config, cell, seed), cell_recipe(config, cell), cell.model)
+    info = load_calibrated(model, evaluated_state(config, cell, seed), cell_recipe(config, cell), cell.model)
     _, samples = calibration_set(config, seed)
     values = collect_site_values(model, samples, [site], seed=config.seed)[site].values
     stem = Path(config.out) / "plots" / f"{cell.stem}_{cell.bits}"

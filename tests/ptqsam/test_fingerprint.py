@@ -54,3 +54,39 @@ def test_the_machine_names_the_cpu_and_the_instruction_set_its_kernels_use():
     assert described.endswith(f"({torch.backends.cpu.get_cpu_capability()})")
     assert len(described) > len(" (AVX2)") and described == machine(torch.device("cpu"))
 
+
+
+def test_the_code_hash_names_the_packages_sources():
+    from ptqsam.fingerprint import code_hash
+
+    assert code_hash() == code_hash() and len(code_hash()) == 16 and int(code_hash(), 16) >= 0
+
+
+def test_a_module_a_recipe_imports_is_known_by_its_source(tmp_path, monkeypatch):
+    import os
+
+    from ptqsam.fingerprint import module_hashes
+
+    source = tmp_path / "my_quantizers_mod.py"
+    source.write_text("ROUNDING = 'up'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = module_hashes(["my_quantizers_mod", "json"])
+    source.write_text("ROUNDING = 'nearest'\n")
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    second = module_hashes(["my_quantizers_mod", "json"])
+    assert first["my_quantizers_mod"] != second["my_quantizers_mod"] and first["json"] == second["json"]
+    assert module_hashes(["sys"]) == {"sys": None}  # built in: no source file
+
+
+def test_a_file_hash_is_remembered_only_while_the_file_is_unchanged(tmp_path):
+    import os
+
+    from ptqsam.fingerprint import file_sha256
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"abc")
+    assert file_sha256(path) == "ba7816bf8f01cfea"  # SHA-256("abc"), FIPS 180-2
+    stat = path.stat()
+    path.write_bytes(b"abd")  # the same size, maybe within the same clock tick
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert file_sha256(path) != "ba7816bf8f01cfea"

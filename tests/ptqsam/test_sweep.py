@@ -191,6 +191,16 @@ def test_a_cell_is_reused_only_under_the_settings_that_made_it(tmp_path, random_
         patch.setattr("ptqsam.sweep.machine", lambda device: "GenuineIntel Another CPU (AVX512)")
         rerun(config, {float_cell, quantized_cell}, "arithmetic.machine")
     rerun(config, {float_cell, quantized_cell}, "arithmetic.machine")
+    with pytest.MonkeyPatch.context() as patch:  # other ptqsam code, under the same version
+        patch.setattr("ptqsam.sweep.code_hash", lambda: "0123456789abcdef")
+        rerun(config, {float_cell, quantized_cell}, "code")
+    rerun(config, {float_cell, quantized_cell}, "code")
+    state = out / "states" / quantized_cell.replace(".json", "__calib0.pt")
+    state.write_bytes(state.read_bytes() + b"\0")  # e.g. an interrupted run of other settings saved its own
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ptqsam"):
+        rerun(config, {quantized_cell}, None)
+    assert "its calibrated state" in caplog.text and "was replaced" in caplog.text
     data = minmax.to_dict()
     data["rules"][0]["spec"]["symmetric"] = False  # same file name, other recipe
     recipe.write_text(yaml.safe_dump(data))
@@ -271,3 +281,48 @@ def test_cached_embeddings_miss_when_an_image_changes_under_its_name(tmp_path, t
     rerun = run_sweep(config("cached"), progress=False)  # the cells see new images: computed again
     fresh = run_sweep(config("fresh"), progress=False)
     assert [row["miou"] for row in rerun] == [row["miou"] for row in fresh]
+
+
+def test_figures_of_a_cell_refuse_a_state_it_was_not_evaluated_with(tmp_path, random_testbed):
+    from ptqsam.errors import CheckpointError
+    from ptqsam.sweep import evaluated_state
+
+    config = _config(tmp_path, bits=["W8A8"], synthetic_images=2, calib_images=1)
+    run_sweep(config, progress=False)
+    cell = cells(config)[1]
+    state = evaluated_state(config, cell, 0)
+    state.write_bytes(state.read_bytes() + b"\0")
+    with pytest.raises(CheckpointError, match="is not the calibrated state cell testbed__minmax__W8A8.json"):
+        evaluated_state(config, cell, 0)
+
+
+def test_the_report_counts_what_the_evaluations_skipped_also_when_resumed(tmp_path, tiny_dataset_dir, random_testbed):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset_dir, data)
+    annotations = json.loads((data / "annotations.json").read_text())
+    annotations["annotations"][0]["area"] = 0  # skipped as zero_area
+    (data / "annotations.json").write_text(json.dumps(annotations))
+    config = _config(tmp_path / "out", bits=["W8A8"], calib_images=1, images=str(data / "images"),
+                     annotations=str(data / "annotations.json"))
+    reports = []
+    for _ in range(2):  # the second run reads no image: every cell is done
+        run_sweep(config, progress=False)
+        reports.append(json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["skipped"])
+    assert reports[0] == reports[1] and reports[0]["zero_area"] == 1
+
+
+def test_torchrun_ranks_that_computed_other_settings_are_refused(monkeypatch):
+    from ptqsam import distributed
+    from ptqsam.errors import DistributedError
+    from ptqsam.fingerprint import fingerprint
+    from ptqsam.sweep import Cell, _same_on_every_rank
+
+    mine, other = fingerprint({"data": {"images": "a"}}), fingerprint({"data": {"images": "b"}})
+    cell = Cell("testbed", "minmax", "W8A8")
+    monkeypatch.setattr(distributed, "all_gather_parts", lambda part: [*part, mine])
+    assert _same_on_every_rank(mine, cell) is mine
+    monkeypatch.setattr(distributed, "all_gather_parts", lambda part: [*part, other])
+    with pytest.raises(DistributedError, match=r"rank 1's settings differ from rank 0's \(data.images\)"):
+        _same_on_every_rank(mine, cell)

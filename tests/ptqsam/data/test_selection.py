@@ -35,3 +35,22 @@ def test_given_calibration_set_and_fallback(tmp_path, tiny_dataset_dir, caplog):
         fallback = calibration_dataset_for(_config(tmp_path, **evaluated))
     assert fallback.images_dir == tiny_dataset_dir / "images"
     assert "calibrating on images of the evaluated dataset" in caplog.text
+
+
+def test_the_data_fingerprint_sees_an_image_changed_under_its_name_and_size(tmp_path, tiny_dataset_dir):
+    import os
+    import shutil
+
+    from ptqsam.data import CocoDataset
+    from ptqsam.data.selection import data_fingerprint
+
+    shutil.copytree(tiny_dataset_dir, tmp_path / "data")
+    dataset = CocoDataset(tmp_path / "data" / "images", tmp_path / "data" / "annotations.json")
+    before = data_fingerprint(dataset, dataset.image_ids)
+    image = dataset.image_info(dataset.image_ids[0]).path
+    content, stat = image.read_bytes(), image.stat()
+    image.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))  # one bit of another picture, same size
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = data_fingerprint(dataset, dataset.image_ids)
+    assert image.stat().st_size == stat.st_size
+    assert after["images"] != before["images"] and after["annotations"] == before["annotations"]
