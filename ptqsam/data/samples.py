@@ -42,7 +42,8 @@ def calibration_samples(
     file covers the evaluated images, not the calibration set) prompts each instance with its box.
 
     Images without a usable instance (with detections: without a detection) are skipped (and
-    counted by the dataset). Fewer usable images than ``count`` is not an error: a warning says how
+    counted by the dataset) and replaced by further images, drawn by ``seed`` from the rest, so that
+    ``count`` images are used while the dataset has them; fewer is not an error: a warning says how
     many are used (the saved state and the sweep cell list them).
 
     >>> from ptqsam import calibration_samples
@@ -50,21 +51,40 @@ def calibration_samples(
     >>> len(samples), len(samples[0].prompts) > 0
     (1, True)
     """
-    ids = choose_image_ids(dataset, count, seed)
     if prompt == "detections" and detections is not None:
-        samples = [CalibrationSample(s.image_id, s.image, detections.for_image(s.image_id))
-                   for s in dataset.samples(ids, keep_empty=True) if len(detections.for_image(s.image_id))]
+        def load(ids: list[int]) -> list[CalibrationSample]:
+            return [CalibrationSample(s.image_id, s.image, detections.for_image(s.image_id))
+                    for s in dataset.samples(ids, keep_empty=True) if len(detections.for_image(s.image_id))]
         usable = f"detection in {detections.path}"
     else:
         kind = "box" if prompt == "detections" else prompt
-        samples = [CalibrationSample(s.image_id, s.image, gt_prompts(s.image_id, s.instances, kind, num_points, seed))
-                   for s in dataset.samples(ids)]
+
+        def load(ids: list[int]) -> list[CalibrationSample]:
+            return [CalibrationSample(s.image_id, s.image, gt_prompts(s.image_id, s.instances, kind, num_points, seed))
+                    for s in dataset.samples(ids)]
         usable = "usable instance"
+    drawn = choose_image_ids(dataset, count, seed)
+    samples = load(drawn)
+    replacements = _replacement_order(dataset, drawn, seed)
+    while len(samples) < count and replacements:
+        batch, replacements = replacements[:count - len(samples)], replacements[count - len(samples):]
+        samples += load(sorted(batch))
+    samples.sort(key=lambda sample: sample.image_id)
     if not samples:
-        raise DataError(f"none of the calibration images {ids} has a {usable}")
+        raise DataError(f"none of the calibration images has a {usable} (all {len(dataset.image_ids)} image(s) "
+                        "of the dataset were tried)")
     if len(samples) < count:
-        log.warning("%d calibration images asked for, %d used: the dataset has %d readable image(s), and %d of "
-                    "those drawn have no %s", count, len(samples), len(dataset.image_ids), len(ids) - len(samples),
-                    usable)
+        log.warning("%d calibration images asked for, %d used: only %d of the dataset's %d image(s) have a %s",
+                    count, len(samples), len(samples), len(dataset.image_ids), usable)
+    elif any(sample.image_id not in drawn for sample in samples):
+        log.info("calibration images without a %s were replaced by others drawn by seed %d", usable, seed)
     log.info("calibration images (seed %d): %s", seed, [s.image_id for s in samples])
     return samples
+
+
+def _replacement_order(dataset: CocoDataset, drawn: list[int], seed: int) -> list[int]:
+    """The images not ``drawn``, in the order seed ``seed`` gives them as replacements."""
+    taken = set(drawn)
+    rest = [image_id for image_id in sorted(dataset.image_ids) if image_id not in taken]
+    order = np.random.default_rng([seed, 1]).permutation(len(rest))
+    return [rest[i] for i in order]

@@ -8,6 +8,7 @@ detector-box prompts (pycocotools).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
@@ -138,7 +139,12 @@ def evaluate(
         warn_untrained_single_mask(model, options.multimask)
     if detections is not None:
         _check_categories(detections, dataset)
+    elif options.prompt == "detections":
+        raise DataError("the 'detections' prompt evaluates mask AP of detector boxes: pass detections")
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
+    repeated = sorted(i for i, n in Counter(image_ids).items() if n > 1)
+    if repeated:
+        raise DataError(f"image ids listed more than once: {repeated[:10]} (each image would count as often)")
     local = _predict_images(model, dataset, distributed.shard(image_ids), options, detections, cache, cache_key,
                             progress, description)
     parts = distributed.gather_parts([local])

@@ -109,3 +109,14 @@ def test_detections_of_a_category_the_ground_truth_lacks_fail_before_any_predict
     with pytest.raises(DataError, match=r"category id\(s\) \[0\] are not categories of the ground truth"):
         evaluate(random_testbed(), tiny_dataset, options=EvalOptions(prompt="detections"), detections=Detections(path),
                  progress=False)
+
+
+def test_repeated_image_ids_and_detection_prompts_without_detections_are_refused(tiny_dataset, random_testbed):
+    from ptqsam.errors import DataError
+
+    model = random_testbed()
+    first = tiny_dataset.image_ids[0]
+    with pytest.raises(DataError, match=rf"image ids listed more than once: \[{first}\]"):
+        evaluate(model, tiny_dataset, image_ids=[first, *tiny_dataset.image_ids], progress=False)
+    with pytest.raises(DataError, match="'detections' prompt .* pass detections"):
+        evaluate(model, tiny_dataset, options=EvalOptions("detections"), progress=False)
