@@ -21,6 +21,7 @@ step, the others following it exactly (:mod:`.sharded`): the one-process result 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import zlib
 from dataclasses import replace
@@ -51,6 +52,8 @@ from quantizers.modules.uniform import UniformQuantizer
 from quantizers.parts.adaround import rounding_regulariser
 from quantizers.parts.rounding import NearestRounding
 
+log = logging.getLogger("ptqsam")
+
 #: key of the reference-bug settings in the saved calibration state's ``extra``
 REFERENCE_BUG_KEY = "reference_drop_bug"
 
@@ -73,6 +76,11 @@ def reconstruct(model: Sam, samples: list[CalibrationSample], config: Reconstruc
         if unknown:
             raise CalibrationError(f"no reconstruction unit named {unknown}; units: {list(position)}")
         units = [unit for unit in units if unit.name in set(only)]
+    if config.response_weight > 0:
+        without = [unit.name for unit in units if continuation(model, unit)[0] is None]
+        if without and distributed.is_main():
+            log.warning("%d of %d reconstruction units have no response term (%s): they reconstruct their output "
+                        "alone", len(without), len(units), ", ".join(without[:4]) + (" ..." if len(without) > 4 else ""))
     records = {}
     with _frozen_parameters(model):
         for unit in bar(units, enabled=progress, desc="reconstruction", leave=False):
@@ -156,7 +164,7 @@ def _reconstruct_unit(model: Sam, loop: SampleLoop, shard: SampleShard, unit: Re
             "seconds_per_iteration": round(loop_seconds / config.iterations, 5), "mse_before": before,
             "mse_after": after, "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None, "weights_rounded": len(round_parts),
-            "scales_learned": len(a_params), "spilled_to_disk": spilled}
+            "scales_learned": len(a_params), "spilled_to_disk": spilled, "response": data.response is not None}
 
 
 class _Batch(NamedTuple):

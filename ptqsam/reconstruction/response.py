@@ -1,14 +1,15 @@
 """The prompt-aware term of SAQ-SAM's reconstruction (PAR): how a unit's output changes the mask
 decoder's response to the prompts, measured through the float rest of the model.
 
-- Units of SAM's ViT encoder (blocks, stages) and the neck: the image tokens the decoder's
+- Units of SAM's ViT encoder (blocks, stages) and the neck (of any encoder): the image tokens the decoder's
   TwoWayTransformer returns (its second output, after both layers' token↔image attention), with
   the sample's prompts. The unit's output runs through the remaining float encoder blocks and the
   neck first. SAQ-SAM's code sends a stage's output straight to the neck ("layer skipping"), so the
   neck sees a tensor it never sees in the model; here the response is the one the model computes.
 - TwoWayTransformer layers: the prompt tokens after the later layers, the final token→image
   attention and its norm (the transformer's first output), as in SAQ-SAM's code.
-- Other units (patch embedding, the final attention, TinyViT blocks, single layers): none.
+- Other units (patch embedding, the final attention, TinyViT blocks, single layers): none; the
+  reconstruction warns which units of a run with the term have none.
 
 Like SAQ-SAM's code, the term is an L2 of transformer outputs (the paper's "cross-attention
 responses"), not an attention-map similarity; the loss is ``rec + α·response`` (SAQ-SAM: α = β = 1;
@@ -34,11 +35,12 @@ Continuation = Callable[[Any, tuple, dict, Any], torch.Tensor]
 def continuation(model: Sam, unit: ReconUnit) -> tuple[Continuation | None, bool]:
     """The unit's response function (None when the unit has none) and whether it needs the mask
     decoder's call for each sample."""
-    if unit.kind in ("vit_block", "neck") and isinstance(model.image_encoder, ImageEncoderViT):
+    if unit.kind == "neck":  # its output is the image embedding, whatever the encoder
+        return (lambda output, args, kwargs, call: _image_tokens(model, None, output, call)), True
+    if unit.kind == "vit_block" and isinstance(model.image_encoder, ImageEncoderViT):
         names = [b.name for b in model_blocks(model) if b.kind == "vit_block"]
-        later = names[names.index(unit.modules[-1]) + 1:] if unit.kind == "vit_block" else None
-        modules = None if later is None else [model.get_submodule(name) for name in later]
-        return (lambda output, args, kwargs, call: _image_tokens(model, modules, output, call)), True
+        later = [model.get_submodule(name) for name in names[names.index(unit.modules[-1]) + 1:]]
+        return (lambda output, args, kwargs, call: _image_tokens(model, later, output, call)), True
     if unit.kind == "two_way_layer":
         start = int(unit.modules[-1].rpartition(".")[2]) + 1
         return (lambda output, args, kwargs, call: _token_outputs(model, start, output, kwargs)), False

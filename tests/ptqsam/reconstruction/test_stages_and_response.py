@@ -3,6 +3,7 @@ prompt-aware response term (zero when nothing is quantized), and quantizer miles
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -64,7 +65,7 @@ def test_the_response_term_is_zero_without_quantization_and_not_with_it(calibrat
         data.close()
 
 
-def test_units_without_a_response_and_a_short_stage_reconstruction(calibrated):
+def test_units_without_a_response_and_a_short_stage_reconstruction(calibrated, caplog):
     model, samples = calibrated
     units = reconstruction_units(model, STAGE)
     for index in (0, 6):  # patch embedding, final attention: the output error alone
@@ -74,7 +75,12 @@ def test_units_without_a_response_and_a_short_stage_reconstruction(calibrated):
         data.close()
     before = {n: q.scale.clone() for n, q in attached_quantizers(model).items() if n.startswith("image_encoder.blocks.3")}
     records = reconstruct(model, samples, STAGE, progress=False, only=["image_encoder.blocks.3-5"])
-    assert records["image_encoder.blocks.3-5"]["iterations"] == 4
+    assert records["image_encoder.blocks.3-5"]["iterations"] == 4 and records["image_encoder.blocks.3-5"]["response"]
+    assert "0 of 1 reconstruction units" not in caplog.text
+    caplog.clear()
+    reconstruct(model, samples, dataclasses.replace(STAGE, iterations=1), progress=False,
+                only=["image_encoder.patch_embed"])
+    assert "1 of 1 reconstruction units have no response term (image_encoder.patch_embed)" in caplog.text
     after = attached_quantizers(model)
     assert any(not torch.equal(after[n].scale, s) for n, s in before.items() if not n.endswith("weight"))
 
@@ -130,3 +136,21 @@ def test_channel_groups_merge_at_20_40_60_80_percent_and_keep_learning(two_sampl
     for quantizer in grouped.values():
         assert set(quantizer.channel_group.tolist()) == {0, 1, 2, 3}
         assert not torch.equal(quantizer.scale, merged[id(quantizer)])  # steps 8, 9 learned the merged scales
+
+
+def test_a_tiny_vit_neck_has_a_response_and_its_blocks_have_none():
+    from ptqsam.instrument import attach
+    from ptqsam.models.assembly import assemble_sam
+    from ptqsam.models.tiny_vit import TinyViT
+    from ptqsam.reconstruction.response import continuation
+
+    torch.manual_seed(0)
+    encoder = TinyViT(img_size=64, embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1), num_heads=(2, 2, 5, 4),
+                      num_classes=10, out_chans=32)
+    tiny = assemble_sam(encoder, 32, 64, encoder.embedding_size, decoder_mlp_dim=64, iou_head_hidden_dim=32).eval()
+    attach(tiny, "minmax", 4, 4)
+    for quantizer in attached_quantizers(tiny).values():
+        quantizer.calibrated.fill_(True)  # units hold calibrated quantizers; the values do not matter here
+    has = {u.name: continuation(tiny, u)[0] is not None for u in reconstruction_units(tiny, STAGE)}
+    assert has["image_encoder.neck"] and has["mask_decoder.transformer.layers.0"]
+    assert not any(has[name] for name in has if name.startswith("image_encoder.layers."))
