@@ -171,8 +171,9 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], out_stem: str | Path, title: 
                             "no pareto rows to plot")
     fig = _figure((12.0, 4.8))
     axes = fig.subplots(1, 2, sharey=True)
-    uniform = sorted((r for r in rows if r["bits"] not in (FLOAT, MIXED)), key=lambda r: r["size_mb"])
     for ax, (key, label) in zip(axes, (("size_mb", "model size (MB)"), ("gbops", "GBOPs"))):
+        # joined in the order of the panel's own cost (W8A4 costs less than W6A6 in BOPs, not in size)
+        uniform = sorted((r for r in rows if r["bits"] not in (FLOAT, MIXED)), key=lambda r: r[key])
         if uniform:
             ax.plot([r[key] for r in uniform], [r["miou"] for r in uniform], "o-", color=_uniform_colour(uniform),
                     label="uniform")

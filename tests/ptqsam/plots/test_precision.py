@@ -86,3 +86,15 @@ def test_pareto_figure(tmp_path):
         plot_pareto([{**rows[0], "miou": None}], tmp_path / "x")
     with pytest.raises(AnalysisError, match="no pareto rows"):
         plot_pareto([], tmp_path / "x")
+
+
+def test_each_pareto_panel_joins_the_uniform_points_in_its_own_cost_order(tmp_path, monkeypatch):
+    import ptqsam.plots.precision as precision
+
+    figures = []
+    monkeypatch.setattr(precision, "_save", lambda fig, stem: figures.append(fig))
+    rows = [{"label": f"minmax {b}", "bits": b, "size_mb": s, "gbops": g, "miou": m}  # W8A4: more MB, fewer BOPs
+            for b, s, g, m in (("W6A6", 3.1, 36.0, 0.60), ("W8A4", 4.0, 32.0, 0.58), ("W4A4", 2.2, 16.0, 0.50))]
+    plot_pareto(rows, tmp_path / "pareto")
+    size, bops = (list(ax.lines[0].get_xdata()) for ax in figures[0].axes[:2])
+    assert size == [2.2, 3.1, 4.0] and bops == [16.0, 32.0, 36.0]
