@@ -5,7 +5,8 @@ weight) or an attention / decoder matmul (query·keyᵀ, probs·value, hyper_in�
 units whose operand quantizers ask for ``search: hessian``, the pass caches on the float model, for
 every calibration image, the operands, the product O and ∂L/∂O, then searches the scales on them.
 
-The task loss is BCE + Dice of the mask logits against the float model's own binary masks: its
+The task loss is BCE + Dice of the mask logits against the float model's own binary masks (summed
+over the prompts: every prompt weighs the same whatever the number of prompts on its image): its
 gradient is not zero (unlike PTQ4ViT's KL(FP‖FP), whose gradient vanishes, a known bug); a loss
 that gives the mask logits an identically zero gradient is refused (:class:`CalibrationError`).
 A unit whose output gets no gradient from the loss although the loss is sound — its output never
@@ -52,7 +53,7 @@ SAMPLED_ZERO_GRADIENT = "zero gradient on every row sampled for the search (max_
 def search_units(model: nn.Module) -> list[Unit]:
     """The units (see :mod:`ptqsam.instrument.units`) with at least one operand quantizer asking for
     the Hessian search (an operand whose site carries no quantizer stays float)."""
-    wants = {n for n, q in attached_quantizers(model).items() if q.spec.search == "hessian"}
+    wants = {n for n, q in attached_quantizers(model).items() if asks_for_search(q)}
     return [unit for unit in model_units(model) if unit.kind in SEARCHED_KINDS and {unit.a, unit.b} & wants]
 
 
@@ -148,7 +149,7 @@ def search_unit(unit: Unit, store: dict, model: nn.Module, max_rows: int | None 
         return None
     quantizers = attached_quantizers(model)
     qa, qb = quantizers.get(unit.a), quantizers.get(unit.b)
-    cfg = (qa or qb).spec.search_config
+    cfg = next(q for q in (qa, qb) if asks_for_search(q)).spec.search_config
     if cfg.max_rows is None:
         cfg = replace(cfg, max_rows=max_rows)
     grad, fallback = _gradient(store["grad"], _KEPT_DIMS[unit.kind])
@@ -227,28 +228,45 @@ def _conv_problem(x, module: nn.Conv2d | nn.ConvTranspose2d, out, grad, max_rows
 
 
 def _search_pair(qa, qb, problem: _Problem, cfg: HessianSearchConfig) -> dict:
-    """Both operands uniform: the alternating search. A twin operand is fitted first on the
-    weighted output error (its partner in float), then its uniform partner is searched with the
-    twin-quantized operand held fixed. A float operand (None) is held fixed too."""
+    """Uniform operands asking for the search: the alternating search. A twin operand asking for
+    it is fitted first on the weighted output error (its partner in float), then its uniform partner
+    is searched with the twin-quantized operand held fixed. An operand that does not ask for the
+    search (already calibrated as its own spec says: ``"fixed"``) or has no quantizer (float) is
+    held fixed too; its qparams are never touched."""
     a, b, out, grad = problem.a, problem.b, problem.out, problem.grad
     record: dict = {}
-    if qa is not None and not _is_uniform(qa):
+    for quantizer in (qa, qb):
+        if quantizer is not None and not asks_for_search(quantizer) and not quantizer.is_calibrated:
+            raise CalibrationError(f"a {quantizer.spec.quantizer} operand without the Hessian search is not "
+                                   "calibrated when its partner's search runs: give both operands search: hessian")
+    if asks_for_search(qa) and not _is_uniform(qa):
         _fit_twin(qa, a, lambda a_hat: problem.product(a_hat, b), out, grad, cfg)
         a, record["a"] = qa.fake_quantize(a), "twin"
-    if qb is not None and not _is_uniform(qb):
+    elif qa is not None and not asks_for_search(qa):
+        a, record["a"] = qa.fake_quantize(a), "fixed"
+    if asks_for_search(qb) and not _is_uniform(qb):
         _fit_twin(qb, b, lambda b_hat: problem.product(a, b_hat), out, grad, cfg)
         b, record["b"] = qb.fake_quantize(b), "twin"
-    if not (_is_uniform(qa) or _is_uniform(qb)):
+    elif qb is not None and not asks_for_search(qb):
+        b, record["b"] = qb.fake_quantize(b), "fixed"
+    searched_a, searched_b = asks_for_search(qa) and _is_uniform(qa), asks_for_search(qb) and _is_uniform(qb)
+    if not (searched_a or searched_b):
         return record
-    a_bits = qa.spec.bits if _is_uniform(qa) else FIXED_OPERAND_BITS
-    b_bits = qb.spec.bits if _is_uniform(qb) else FIXED_OPERAND_BITS
-    b_channel = _is_uniform(qb) and qb.spec.granularity.kind == "channel"
+    a_bits = qa.spec.bits if searched_a else FIXED_OPERAND_BITS
+    b_bits = qb.spec.bits if searched_b else FIXED_OPERAND_BITS
+    b_channel = searched_b and qb.spec.granularity.kind == "channel"
     a_scale, b_scale, history = problem.search(a, b, a_bits, b_bits, b_channel, cfg)
-    for quantizer, scale in ((qa, a_scale), (qb, b_scale)):
-        if _is_uniform(quantizer):
+    for quantizer, scale, searched in ((qa, a_scale, searched_a), (qb, b_scale, searched_b)):
+        if searched:
             quantizer.set_qparams(scale, torch.zeros_like(scale, dtype=torch.int32))
     record["history"] = [float(h) for h in history]
     return record
+
+
+def asks_for_search(quantizer: Quantizer | None) -> bool:
+    """Whether an operand's quantizer asks for the Hessian-guided search (its spec's ``search``)."""
+    return quantizer is not None and quantizer.spec.search == "hessian"
+
 
 
 def _fit_twin(quantizer: Quantizer, x: torch.Tensor, make_output: Callable, out, grad, cfg) -> None:

@@ -54,7 +54,7 @@ from ptqsam import distributed
 from ptqsam.calibration import gathered, repq
 from ptqsam.calibration.bimodal import STATE_KEY, attention_modules, bimodal_fold_pass
 from ptqsam.calibration.gptq import gptq_pass, gptq_units
-from ptqsam.calibration.hessian import capture, search_unit, search_units
+from ptqsam.calibration.hessian import asks_for_search, capture, search_unit, search_units
 from ptqsam.calibration.hybrid import hybrid_grid_pass, hybrid_sites
 from ptqsam.calibration.pcc import pcc_pass, pcc_sites
 from ptqsam.data.samples import CalibrationSample
@@ -141,8 +141,12 @@ def calibrate(
 
     clipped = _pcc_sites(model)
     units = search_units(model)
-    searched = {name for unit in units for name in (unit.a, unit.b) if name in quantizers} | set(clipped)
+    searched = {name for unit in units for name in (unit.a, unit.b) if asks_for_search(quantizers.get(name))}
+    searched |= set(clipped)
     observed = [name for name in quantizers if name not in searched]
+    # operands of searched units that do not ask for the search: calibrated as their specs say, then
+    # held fixed while their partner is searched
+    partners = [name for unit in units for name in (unit.a, unit.b) if name in quantizers and name not in searched]
     in_encoder = [name for name in observed if part_of(name) == "image_encoder"]
     mask_path = [name for name in observed if on_mask_path(name)]
     elsewhere = [name for name in observed if part_of(name) != "image_encoder" and name not in mask_path]
@@ -164,18 +168,22 @@ def calibrate(
     if mask_path:
         reached |= _timed(report, "mask_prompt_statistics",
                           lambda: _statistics(model, passes.with_mask_prompts(), mask_path))
-    _timed(report, "hessian_search", lambda: _hessian(model, passes, samples, units, report, search_rows))
     hybrid = hybrid_sites(model, [name for name in observed if name in reached])
+    held = [name for name in partners if name in reached and name not in hybrid]
+    for name in held:
+        quantizers[name].finalize()
+    _timed(report, "hessian_search", lambda: _hessian(model, passes, samples, units, report, search_rows))
     if hybrid:
         loop = _encoder_loop(model, samples, hybrid, progress)
         report.passes["hluq_grids"] = _timed(report, "hluq_grids", lambda: hybrid_grid_pass(model, loop, hybrid))
     for name in observed:
         if name in reached:
-            quantizers[name].finalize()
+            if name not in held:
+                quantizers[name].finalize()
         else:
             report.unreached.append(name)
     report.unreached += [name for unit in units if unit.name not in report.hessian
-                         for name in (unit.a, unit.b) if name in quantizers]
+                         for name in (unit.a, unit.b) if name in searched]
     layers = gptq_units(model)
     if layers:
         report.passes["gptq"] = _timed(report, "gptq", lambda: _gptq(model, samples, layers, progress))

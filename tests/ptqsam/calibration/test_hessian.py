@@ -74,3 +74,31 @@ def test_a_task_loss_with_zero_gradient_is_refused(tiny_dataset, random_testbed,
     monkeypatch.setattr(hessian, "task_loss", lambda logits: (logits - logits.detach()).square().mean())
     with pytest.raises(CalibrationError, match="identically zero gradient on 1 of 1 calibration images"):
         _calibrate(random_testbed(), tiny_dataset)
+
+
+@pytest.mark.parametrize("searched", ["input", "weight"])
+def test_an_operand_without_the_search_keeps_its_own_calibration(tiny_dataset, random_testbed, searched):
+    """Only one operand of a unit asks for the search: the other is calibrated as its spec says
+    (here affine MinMax, per channel for weights) and held fixed; it used to get the search's
+    symmetric scale with zero point 0, which clipped every negative value."""
+    modules = ["mask_decoder.output_upscaling.3", "mask_decoder.transformer.layers.0.mlp.lin1"]
+    plain = {"symmetric": False, "observer": "minmax"}
+    search = {"symmetric": True, "search": "hessian", "search_options": {"n": 12, "rounds": 1}}
+    rules = [{"include": [m + ".weight" for m in modules],
+              "spec": {"bits": "W", "granularity": {"kind": "channel", "axis": 0},
+                       **(search if searched == "weight" else plain)}},
+             {"include": [m + ".input" for m in modules], "spec": {"bits": "A", **(search if searched == "input" else plain)}}]
+    recipe = Recipe.from_dict({"name": "one-operand", "description": "one operand searched", "rules": rules})
+    report = _calibrate(random_testbed(), tiny_dataset, recipe)
+    reference = _calibrate(random_testbed(), tiny_dataset, Recipe.from_dict(
+        {"name": "plain", "description": "no search", "rules": [
+            {**rule, "spec": {**{k: v for k, v in rule["spec"].items() if not k.startswith("search")}, **plain}}
+            for rule in rules]}))
+    held = "weight" if searched == "input" else "input"
+    for module in modules:
+        assert report.hessian[module][{"input": "b", "weight": "a"}[searched]] == "fixed"
+        mine, theirs = report.quantizers[f"{module}.{held}"], reference.quantizers[f"{module}.{held}"]
+        assert torch.equal(mine.scale, theirs.scale) and torch.equal(mine.zero_point, theirs.zero_point)
+        assert bool((mine.zero_point != 0).any())  # affine: the negative values keep their codes
+        assert report.hessian[module]["history"][-1] <= report.hessian[module]["history"][0]
+    assert report.unreached == []
