@@ -143,10 +143,14 @@ def each_sample(loop: SampleLoop, run: Callable[[CalibrationSample], None]) -> N
 
 
 def task_loss(low_res_logits: torch.Tensor) -> torch.Tensor:
-    """BCE + Dice of the mask logits against the (detached) binary masks they give."""
+    """BCE + Dice of the mask logits (N prompts × masks × h × w) against the (detached) binary
+    masks they give: each prompt's BCE (mean over its pixels) and Dice, summed over the prompts.
+    Summed, not averaged: a prompt's gradient is then the same whatever the number of prompts on
+    its image (a mean over an image's P prompts weighs each prompt's squared gradient, the Hessian
+    metric's weight, by 1/P²)."""
     target = (low_res_logits > 0).float().detach()
-    bce = F.binary_cross_entropy_with_logits(low_res_logits, target)
+    bce = F.binary_cross_entropy_with_logits(low_res_logits, target, reduction="none").flatten(1).mean(1)
     p = low_res_logits.sigmoid().flatten(1)
     t = target.flatten(1)
     dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
-    return bce + dice.mean()
+    return (bce + dice).sum()

@@ -140,6 +140,14 @@ def test_hessian_task_loss_gradients_are_not_zero(tiny_dataset, random_testbed):
     assert logits.grad.abs().sum() > 0
 
 
+def test_a_prompt_s_task_loss_gradient_does_not_depend_on_the_other_prompts_of_its_image():
+    logits = torch.randn(7, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    alone, together = logits[:1].clone().requires_grad_(), logits.clone().requires_grad_()
+    task_loss(alone).backward()
+    task_loss(together).backward()
+    torch.testing.assert_close(together.grad[:1], alone.grad)  # a mean over 7 prompts gave 1/7 of it
+
+
 def test_ptq4vit_search_installs_scales_and_never_increases_objective(tiny_dataset, random_testbed):
     model = random_testbed()
     report = calibrate(model, "ptq4vit", 6, 6, calibration_samples(tiny_dataset, 1, seed=0), progress=False,
