@@ -183,7 +183,10 @@ def _with_state(model, state: str | None, model_type: str, allow_other_weights: 
     return calibrated_quantizing(model, info.extra), {
         "state": str(state), "recipe": info.recipe.name, "bits": bits_label(info.w_bits, info.a_bits),
         "state_fingerprint": info.fingerprint["hash"], "weights_override": info.weights_override,
-        "reference_drop_bug": REFERENCE_BUG_KEY in info.extra}
+        "reference_drop_bug": REFERENCE_BUG_KEY in info.extra,
+        # what made the state (calibration data, prompts, seed, recipe content...), for `compare`
+        "state_settings": {key: value for key, value in info.fingerprint["settings"].items()
+                           if key not in ("ptqsam", "model", "weights")}}
 
 
 #: the ``--recon-*`` options (their parameter names) and the reconstruction settings they override
@@ -541,7 +544,8 @@ def inspect(model_type, checkpoint, device, images, annotations, detections, pro
         stats = entry.get("stats")
         numbers = "" if stats is None else (
             f" [{stats['min']:.3g}, {stats['max']:.3g}] mean {stats['mean']:.3g} std {stats['std']:.3g} "
-            f"|x|p99.9 {stats['abs_p999']:.3g}" + (f" rel.err {stats['rel_error']:.3g}" if "rel_error" in stats else ""))
+            f"|x|p99.9 {'≈' if stats['abs_p999_sampled'] else ''}{stats['abs_p999']:.3g}"
+            + (f" rel.err {stats['rel_error']:.3g}" if "rel_error" in stats else ""))
         click.echo(f"{entry['name']:<75} {entry['kind']:<9} {shape:<18} {entry.get('quantizer', '')}{numbers}")
     click.echo(f"{len(rows)} sites")
 

@@ -166,9 +166,12 @@ def _labels(paths: Sequence[Path]) -> list[str]:
 
 
 def _shared(settings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The settings every record of a folder shares (the recipe, bits and state differ per record)."""
-    first = settings[0]
-    return {key: value for key, value in first.items() if all(other.get(key, object()) == value for other in settings)}
+    """The settings on which every record of a folder that has them agrees (the recipe, bits and
+    state differ per record; the calibration settings of the states, which the float run lacks,
+    are kept where the quantized records agree)."""
+    keys = dict.fromkeys(key for record in settings for key in record)
+    return {key: values[0] for key in keys
+            for values in [[record[key] for record in settings if key in record]] if all(v == values[0] for v in values)}
 
 
 def _json(path: Path) -> Any:

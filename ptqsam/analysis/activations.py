@@ -191,25 +191,28 @@ def site_statistics(
     """Float statistics of each site's input and, for sites with a calibrated quantizer, its
     relative quantization error: ``name -> {count, min, max, mean, std, abs_p999[, rel_error]}``.
 
-    Sites the samples never reach (e.g. the mask-prompt convs under box prompts) are left out.
-    ``abs_p999`` is the 99.9th percentile of ``|x|`` estimated on the site's random sample of at
-    most ``max_values`` values; the other statistics are exact.
+    Sites the samples never reach (e.g. the mask-prompt convs under box prompts) are left out; a
+    weight counts once (not once per image). ``abs_p999`` is the 99.9th percentile of ``|x|`` on the
+    site's random sample of at most ``max_values`` values (``abs_p999_sampled``: an estimate, the
+    site saw more values); the other statistics are exact.
 
     Example (``ptqsam inspect --stats-images``)::
 
         >>> from ptqsam import site_statistics
         >>> stats = site_statistics(model, samples, ["image_encoder.blocks.0.attn.probs"])
         >>> sorted(stats["image_encoder.blocks.0.attn.probs"])
-        ['abs_p999', 'count', 'max', 'mean', 'min', 'std']
+        ['abs_p999', 'abs_p999_sampled', 'count', 'max', 'mean', 'min', 'std']
     """
     targets = _site_targets(model, site_names)
-    stats = _sample_modules(model, samples, targets, _site_input, max_values, seed, skip_unreached=True)
+    weights = [name for name, site in targets.items() if site.kind == "weight"]
+    stats = _sample_modules(model, samples, targets, _site_input, max_values, seed, skip_unreached=True, once=weights)
     calibrated = [n for n, q in attached_quantizers(model).items() if q.is_calibrated and n in stats]
     errors = site_quantization_error(model, samples, calibrated) if calibrated else {}
     table = {}
     for name, s in stats.items():
         row = {"count": s.count, "min": s.min, "max": s.max, "mean": s.mean, "std": s.std,
-               "abs_p999": float(np.quantile(s.values.abs().numpy(), 0.999))}
+               "abs_p999": float(np.quantile(s.values.abs().numpy(), 0.999)),
+               "abs_p999_sampled": s.count > s.values.numel()}
         if name in errors:
             row["rel_error"] = errors[name]
         table[name] = row
@@ -270,16 +273,22 @@ def _sample_modules(
     max_values: int,
     seed: int,
     skip_unreached: bool = False,
+    once: Iterable[str] = (),
 ) -> dict[str, SiteStats]:
     """Hook ``tensor_of(args, output)`` of each target into a :class:`ValueSampler` over a float run
-    (a target the run never reaches raises, or is left out with ``skip_unreached``)."""
+    (a target the run never reaches raises, or is left out with ``skip_unreached``); the targets
+    named in ``once`` (weights: the same tensor at every call) are taken at their first call only."""
     if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
         raise AnalysisError(f"max_values must be a positive integer, got {max_values!r}")
     samplers = {name: ValueSampler(max_values, _name_seed(seed, name)) for name in targets}
-    _run_float(model, samples, [
-        (module, lambda m, args, out, s=samplers[name], n=name: s.add(tensor_of(args, out), n))
-        for name, module in targets.items()
-    ])
+    once = set(once)
+
+    def hook(name: str) -> Callable:
+        def take(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if not (name in once and samplers[name].count):
+                samplers[name].add(tensor_of(args, out), name)
+        return take
+    _run_float(model, samples, [(module, hook(name)) for name, module in targets.items()])
     return {name: sampler.stats(name) for name, sampler in samplers.items() if sampler.count or not skip_unreached}
 
 

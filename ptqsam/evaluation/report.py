@@ -97,9 +97,11 @@ def _with_std(row: Mapping[str, Any], key: str, signed: bool = False) -> str:
 
 
 def _delta_range(row: Mapping[str, Any]) -> str:
-    """Δ mIoU's min … max over calibration sets."""
+    """Δ mIoU's min … max over calibration sets; ``1 set`` where one set measured no spread."""
     if not all(isinstance(row.get(k), float) for k in ("miou_min", "miou_max", "delta_miou")):
         return "–"
+    if row.get("calib_sets", 2) < 2:
+        return "1 set"
     base = row["miou"] - row["delta_miou"]
     return f"{_number(row['miou_min'] - base, True)} … {_number(row['miou_max'] - base, True)}"
 
@@ -136,8 +138,20 @@ def report_columns(rows: Sequence[Mapping[str, Any]]) -> list[Column]:
         if key == "miou" and has("delta_miou_ci_low"):
             columns.append((f"Δ mIoU {level} CI", lambda r: _interval(r, "delta_miou", signed=True)))
     if has("inside_spread_of"):
-        columns.append(("not told apart from", lambda r: ", ".join(r.get("inside_spread_of", [])) or "–"))
+        columns.append(("not told apart from", lambda r: _not_told_apart(r, rows)))
     return columns
+
+
+def _not_told_apart(row: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """The recipes a row is not told apart from; ``none`` when it is told apart from every other
+    recipe at its model and bits, ``–`` when there is no other to compare with (or it is float)."""
+    if row["recipe"] == FLOAT:
+        return "–"
+    if row.get("inside_spread_of"):
+        return ", ".join(row["inside_spread_of"])
+    others = [r for r in rows if r is not row and r["recipe"] != FLOAT and r["model"] == row["model"]
+              and r["bits"] == row["bits"]]
+    return "none" if others else "–"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], leading: Sequence[Column] = ()) -> str:
@@ -154,7 +168,21 @@ def _markdown(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> s
     lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
     if any(row.get("reference_drop_bug") for row in rows):
         lines += ["", BUG_NOTE]
+    if one_set_note(columns, rows):
+        lines += ["", ONE_SET_NOTE]
     return "\n".join(lines) + "\n"
+
+
+#: below a table with rows calibrated on one calibration set
+ONE_SET_NOTE = ("One calibration set per cell: the spread over calibration sets is not measured, and 'not told "
+                "apart' rests on the instance bootstrap alone, which does not see the calibration draw "
+                "(calib_sets: 3 or more measures it).")
+
+
+def one_set_note(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a table of ``columns`` needs :data:`ONE_SET_NOTE`: it says what is told apart, and a
+    row's cell was calibrated on one calibration set."""
+    return any(title == "not told apart from" for title, _ in columns) and any(r.get("calib_sets") == 1 for r in rows)
 
 
 def _recipe(row: Mapping[str, Any]) -> str:

@@ -123,3 +123,20 @@ def test_a_sweeps_float_cell_is_a_reference_and_evaluate_repeats_the_sweeps_numb
     assert record["against_reference"]["delta_miou"] == row["delta_miou"]
     assert (record["against_reference"]["delta_miou_ci_low"], record["against_reference"]["delta_miou_ci_high"]) == (
         row["delta_miou_ci_low"], row["delta_miou_ci_high"])
+
+
+def test_folders_of_states_calibrated_otherwise_list_what_made_the_states(tmp_path, random_testbed, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for folder, images in (("one", "1"), ("two", "2")):
+        state = f"{folder}.pt"
+        calibrated = runner.invoke(main, ["calibrate", "--recipe", "minmax", "--bits", "W4A4", "--calib-images", images,
+                                          "--out", state])
+        assert calibrated.exit_code == 0, calibrated.output
+        assert runner.invoke(main, ["evaluate", "--eval-images", "2", "--out", f"{folder}/float.json"]).exit_code == 0
+        assert runner.invoke(main, ["evaluate", "--eval-images", "2", "--state", state, "--reference",
+                                    f"{folder}/float.json", "--out", f"{folder}/minmax.json"]).exit_code == 0
+    comparison = compare_results([tmp_path / "one", tmp_path / "two"])
+    assert "state_settings.calibration_image_ids" in comparison.differences  # was: "No setting differs"
+    rows = {r["results"]: r for r in comparison.rows if r["recipe"] == "minmax"}
+    assert rows["one"]["inside_spread_of"] == []  # alone at its bits in its folder: nothing to tell apart

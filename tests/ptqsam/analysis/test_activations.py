@@ -263,6 +263,15 @@ def test_site_statistics_combine_exact_stats_and_quantization_error(make_model, 
     assert math.isclose(row["std"], float(full.std(correction=0)), rel_tol=1e-9)
     assert math.isclose(row["abs_p999"], float(np.quantile(full.abs().float().numpy(), 0.999)), rel_tol=1e-6)
     assert row["rel_error"] == site_quantization_error(model, samples, [SMALL])[SMALL]
+    assert row["abs_p999_sampled"] is False  # the sample holds every value: exact
+
+
+def test_a_weight_counts_once_and_an_estimated_percentile_is_marked(make_model, samples) -> None:
+    weight = "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"
+    model = make_model()
+    table = site_statistics(model, samples, [weight, SMALL], max_values=100)
+    assert len(samples) > 1 and table[weight]["count"] == model.get_submodule(weight.rsplit(".", 1)[0]).weight.numel()
+    assert table[weight]["abs_p999_sampled"] and table[SMALL]["abs_p999_sampled"]
 
 
 def test_site_statistics_of_a_float_model_have_no_error(make_model, samples) -> None:

@@ -46,6 +46,7 @@ def test_the_latex_table_has_the_markdown_numbers_and_booktabs_rules():
     ("ptq4sam_l", r"ptq4sam\_l"), ("95% CI", r"95\% CI"), ("a & b", r"a \& b"), ("#1 $x$", r"\#1 \$x\$"),
     ("{a}~^", r"\{a\}\textasciitilde{}\textasciicircum{}"), ("C:\\x", r"C:\textbackslash{}x"),
     ("−0.0019 ± 0.0007", r"$-$0.0019 $\pm$ 0.0007"), ("0.1 … 0.2", r"0.1 \ldots{} 0.2"), ("–", "--"),
+    ("a<b>c|d", r"a\textless{}b\textgreater{}c\textbar{}d"),  # the default encoding prints ¡ ¿ —
 ])
 def test_latex_text_escapes(text, latex):
     assert latex_text(text) == latex
@@ -58,3 +59,13 @@ def test_recipe_names_are_escaped_and_the_bug_note_kept():
     latex = latex_table(rows)
     assert r"sam\_b & my\_recipe" + latex_text(BUG_MARK) + r" & W4A4 & 0.5000 & $-$0.3000 \\" in latex
     assert r"\multicolumn{5}{l}{\footnotesize $^\dagger$ reproduces" in latex
+
+
+def test_the_one_set_note_is_below_the_latex_table_too():
+    from ptqsam.evaluation.report import ONE_SET_NOTE, degradation_rows
+
+    records = [{"model": "m", "recipe": "float", "bits": "float", "metrics": {"miou": 0.8},
+                "instance_ious": [[0, 0, 0.8], [0, 1, 0.7]]},
+               {"model": "m", "recipe": "a", "bits": "W4A4", "metrics": {"miou": 0.7},
+                "runs": [{"calib_seed": 0, "metrics": {"miou": 0.7}, "instance_ious": [[0, 0, 0.7], [0, 1, 0.7]]}]}]
+    assert latex_text(ONE_SET_NOTE) in latex_table(degradation_rows(records))

@@ -91,6 +91,20 @@ def test_differences_inside_the_spread_are_marked():
     assert table.split("| best |")[1].splitlines()[0].endswith("| overlaps-best, noisy |")
 
 
+def test_one_calibration_set_shows_no_range_and_says_the_spread_is_unmeasured():
+    good = [0.9, 0.8, 0.85, 0.75] * 10
+    runs = [FLOAT_CELL, _cell("a", [(0.825, good)]), _cell("far", [(0.40, [v - 0.425 for v in good])]),
+            _cell("alone", [(0.8, good)], bits="W8A8")]
+    table = markdown_table(degradation_rows(runs))
+    lines = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| m |")}
+    assert "| +0.0250 | 1 set |" in lines["a"]  # not a zero-width min … max range
+    assert lines["a"].endswith("| none |") and lines["far"].endswith("| none |")  # told apart from each other
+    assert lines["alone"].endswith("| – |") and lines["float"].endswith("| – |")  # nothing to tell apart from
+    assert "One calibration set per cell: the spread over calibration sets is not measured" in table
+    two_sets = [FLOAT_CELL, _cell("a", [(0.825, good), (0.83, good)])]
+    assert "One calibration set" not in markdown_table(degradation_rows(two_sets))
+
+
 def test_rows_that_no_test_compares_are_not_told_apart():
     """Detection prompts give AP alone (no instance IoUs, and one calibration set: no mIoU range):
     nothing was tested, so no row may read as told apart from another."""
