@@ -85,13 +85,10 @@ def test_sites_outside_the_domain_are_refused(model, costs):
 
 
 def test_a_tiny_vit_model_costs_without_its_unused_classification_head():
-    from ptqsam.models.assembly import assemble_sam
-    from ptqsam.models.tiny_vit import TinyViT
+    from small_models import small_tiny_vit_sam
 
-    torch.manual_seed(0)
-    encoder = TinyViT(img_size=64, embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1), num_heads=(2, 2, 5, 4),
-                      num_classes=10, out_chans=32)
-    tiny = assemble_sam(encoder, 32, 64, encoder.embedding_size, decoder_mlp_dim=64, iou_head_hidden_dim=32).eval()
+    tiny = small_tiny_vit_sam()
+    encoder = tiny.image_encoder
     attach(tiny, "minmax", 8, 8)
     assert not [name for name in attached_quantizers(tiny) if ".head." in name or "norm_head" in name]
     costs = model_costs(tiny, attached_quantizers(tiny))  # raised: the probe never reaches the head's sites

@@ -139,15 +139,12 @@ def test_channel_groups_merge_at_20_40_60_80_percent_and_keep_learning(two_sampl
 
 
 def test_a_tiny_vit_neck_has_a_response_and_its_blocks_have_none():
+    from small_models import small_tiny_vit_sam
+
     from ptqsam.instrument import attach
-    from ptqsam.models.assembly import assemble_sam
-    from ptqsam.models.tiny_vit import TinyViT
     from ptqsam.reconstruction.response import continuation
 
-    torch.manual_seed(0)
-    encoder = TinyViT(img_size=64, embed_dims=(16, 32, 40, 48), depths=(1, 1, 2, 1), num_heads=(2, 2, 5, 4),
-                      num_classes=10, out_chans=32)
-    tiny = assemble_sam(encoder, 32, 64, encoder.embedding_size, decoder_mlp_dim=64, iou_head_hidden_dim=32).eval()
+    tiny = small_tiny_vit_sam()
     attach(tiny, "minmax", 4, 4)
     for quantizer in attached_quantizers(tiny).values():
         quantizer.calibrated.fill_(True)  # units hold calibrated quantizers; the values do not matter here
