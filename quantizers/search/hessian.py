@@ -339,13 +339,22 @@ def _alternate(
     output: _Output,
     config: HessianSearchConfig,
 ) -> tuple[list[torch.Tensor], tuple[float, ...]]:
-    """Coordinate descent over the two operands' scales (``forward(first, second)``)."""
+    """Coordinate descent over the two operands' scales (``forward(first, second)``).
+
+    A step whose partner has not moved since this operand's last step is not computed again: it
+    would score the same candidates against the same outputs, and its incumbent (their argmin then)
+    would stay; its history entry repeats that step's. Once neither operand moves, the remaining
+    rounds cost nothing."""
     bases = [initial_scale(op.tensor, op.bits, op.axis, op.groups) for op in operands]
     grids = [candidate_scales(base, config.alpha, config.beta, config.n) for base in bases]
     scales = list(bases)
     history: list[float] = []
+    last_step: list[tuple[torch.Tensor, float] | None] = [None, None]  # per operand: partner's scales, score
     for _ in range(config.rounds):
         for k, op in enumerate(operands):
+            if last_step[k] is not None and torch.equal(last_step[k][0], scales[1 - k]):
+                history.append(last_step[k][1])
+                continue
             other = operands[1 - k]
             other_hat = _quantize_groups(other.tensor, other.axis, other.groups, scales[1 - k][:, None], other.bits)[0]
 
@@ -360,6 +369,7 @@ def _alternate(
             rows = torch.arange(op.groups, device=candidates.device)
             scales[k] = candidates[rows, best]
             history.append(float(scores[rows, best].mean()))
+            last_step[k] = (scales[1 - k], history[-1])
     return scales, tuple(history)
 
 

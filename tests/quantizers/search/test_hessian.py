@@ -235,6 +235,47 @@ def test_search_is_deterministic():
     assert torch.equal(first.weight_scale, second.weight_scale) and first.history == second.history
 
 
+def every_step(operands, forward, output, config):
+    """The alternating search with every step computed, even when the partner has not moved."""
+    from quantizers.search.candidates import quantize_groups, score_candidates
+
+    scales = [initial_scale(op.tensor, op.bits, op.axis, op.groups) for op in operands]
+    grids = [candidate_scales(s, config.alpha, config.beta, config.n) for s in scales]
+    history = []
+    for _ in range(config.rounds):
+        for k, op in enumerate(operands):
+            other = operands[1 - k]
+            other_hat = quantize_groups(other.tensor, other.axis, other.groups, scales[1 - k][:, None], other.bits)[0]
+            candidates = torch.cat([scales[k][:, None], grids[k]], dim=1)
+            scores = score_candidates(op, candidates, lambda q, k=k, o=other_hat: forward(q, o) if k == 0 else forward(o, q),
+                                      output, config)
+            history += [float(scores[:, 0].mean())] if not history else []
+            best = scores.argmin(dim=1)
+            scales[k] = candidates[torch.arange(op.groups), best]
+            history.append(float(scores[torch.arange(op.groups), best].mean()))
+    return scales, tuple(history)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_steps_whose_partner_did_not_move_are_skipped_with_the_every_step_result(granularity, monkeypatch):
+    x, w, b, out, grad = layer_case(seed=23)
+    a, bm, o, g = matmul_case(seed=24)
+    config = HessianSearchConfig(n=30, rounds=5)
+    steps = []
+    scored = hessian._score_candidates
+    monkeypatch.setattr(hessian, "_score_candidates", lambda *args: steps.append(1) or scored(*args))
+    found = [search_linear(x, w, b, out, grad, 4, 6, granularity, config=config),
+             search_matmul(a, bm, o, g, 4, 5, head_axis=1, config=config)]
+    assert len(steps) < 2 * 2 * config.rounds  # converged within 5 rounds, so some steps were skipped
+    monkeypatch.setattr(hessian, "_alternate", every_step)
+    expected = [search_linear(x, w, b, out, grad, 4, 6, granularity, config=config),
+                search_matmul(a, bm, o, g, 4, 5, head_axis=1, config=config)]
+    assert torch.equal(found[0].weight_scale, expected[0].weight_scale)
+    assert torch.equal(found[0].input_scale, expected[0].input_scale)
+    assert torch.equal(found[1].a_scale, expected[1].a_scale) and torch.equal(found[1].b_scale, expected[1].b_scale)
+    assert [f.history for f in found] == [e.history for e in expected]
+
+
 def subset(rows: int, keep: int) -> torch.Tensor:
     """The rows ``max_rows`` draws: seed 0, without replacement, sorted."""
     return torch.randperm(rows, generator=torch.Generator().manual_seed(0))[:keep].sort().values
