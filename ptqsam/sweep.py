@@ -36,10 +36,10 @@ import json
 import logging
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import torch
 from segment_anything.modeling import Sam
@@ -263,9 +263,31 @@ def _compute(config: ExperimentConfig, context: "_ModelContext",
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
         futures = {pool.submit(_run_in_worker, config, context.model_type, context.checkpoint_id, cell): (cell, stamp)
                    for cell, stamp in parallel}
-        for future in as_completed(futures):  # each cell is written as soon as it is done
-            cell, stamp = futures[future]
-            yield cell, {**future.result(), "fingerprint": stamp}
+        for (cell, stamp), result in finished_first(futures):  # each cell is written as soon as it is done
+            yield cell, {**result, "fingerprint": stamp}
+
+
+Key = TypeVar("Key")
+
+
+def finished_first(futures: dict[Future, Key]) -> Iterator[tuple[Key, Any]]:
+    """``(key, result)`` of each future as it completes. When one fails, those not yet started are
+    cancelled and those already running still finish and are yielded (a sweep writes their cells:
+    hours of work are not thrown away); then the first failure is raised."""
+    failure: BaseException | None = None
+    remaining = set(futures)
+    while remaining:
+        done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+        for future in done:
+            error = future.exception()
+            if error is None:
+                yield futures[future], future.result()
+            elif failure is None:
+                failure = error
+        if failure is not None:
+            remaining = {future for future in remaining if not future.cancel()}
+    if failure is not None:
+        raise failure
 
 
 #: the context of the model a worker process computes cells of (built by its first cell)

@@ -256,6 +256,25 @@ def test_worker_processes_give_the_records_of_one_process(tmp_path):
         assert [r["metrics"] for r in records[0]["runs"]] == [r["metrics"] for r in records[1]["runs"]]
 
 
+def test_a_failed_worker_cell_lets_the_running_cells_finish_and_raises_after_them():
+    import threading
+    from concurrent.futures import Future
+
+    from ptqsam.sweep import finished_first
+
+    failed, done, running, waiting = (Future() for _ in range(4))
+    failed.set_exception(ValueError("cell broke"))
+    done.set_result("done")
+    running.set_running_or_notify_cancel()
+    threading.Timer(0.2, running.set_result, ("late",)).start()
+    got = []
+    with pytest.raises(ValueError, match="cell broke"):
+        for key, result in finished_first({failed: "f", done: "d", running: "r", waiting: "w"}):
+            got.append((key, result))
+    assert sorted(got) == [("d", "done"), ("r", "late")]  # yielded, so the sweep writes their cells
+    assert waiting.cancelled()  # not started: not computed
+
+
 def test_cached_embeddings_miss_when_an_image_changes_under_its_name(tmp_path, tiny_dataset_dir, random_testbed,
                                                                      monkeypatch):
     """The disk cache of float embeddings (large evaluations, encoder in float) is keyed by each
