@@ -47,6 +47,7 @@ SKIP_REASONS: dict[str, str] = {
     "crowd": "iscrowd annotation (left out of calibration prompts; evaluated in mIoU and by COCOeval)",
     "zero_area": "annotation area <= 0",
     "degenerate_box": "box width or height <= 0",
+    "degenerate_detection": "detector box width or height <= 0 (not prompted)",
     "box_outside_image": "box entirely outside the image",
     "mask_size_mismatch": "RLE size differs from the image's height/width",
     "empty_mask": "decoded mask has no pixel",

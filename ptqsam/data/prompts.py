@@ -171,7 +171,8 @@ class Detections:
       top_k: keep at most this many detections per image, highest scores first.
 
     A malformed entry raises DataError naming the file and the entry index; boxes with
-    width or height <= 0 are skipped and counted in ``skips`` (``degenerate_box``, keyed by index).
+    width or height <= 0 are skipped and counted in ``skips`` (``degenerate_detection``, keyed by
+    ``(image_id, index)``).
     """
 
     def __init__(self, path: str | Path, score_threshold: float = 0.0, top_k: int | None = None) -> None:
@@ -189,7 +190,7 @@ class Detections:
         for index, entry in enumerate(entries):
             _check_detection(check, entry, f"entry {index}")
             if entry["bbox"][2] <= 0 or entry["bbox"][3] <= 0:
-                self.skips.add("degenerate_box", index)
+                self.skips.add("degenerate_detection", (entry["image_id"], index))
             elif entry["score"] >= score_threshold:
                 by_image.setdefault(entry["image_id"], []).append(index)
         self._prompts = {image_id: self._prompt_set(image_id, [entries[i] for i in indices], indices, top_k)

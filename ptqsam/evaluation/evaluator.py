@@ -212,9 +212,11 @@ def _measure(parts: list[_Predictions], dataset: CocoDataset, image_ids: list[in
     """The metrics of every process's predictions, folded in the one-process order."""
     for part in parts[1:]:
         dataset.skips.update(part.skips)
+    read = [i for p in parts for i in p.image_ids]
+    skips = _with_detection_skips(dataset.skips.as_dict(), detections, read)
     num_images, num_prompts = sum(p.num_images for p in parts), sum(p.num_prompts for p in parts)
     if not num_prompts:
-        skipped = {reason: count for reason, count in dataset.skips.as_dict().items() if count}
+        skipped = {reason: count for reason, count in skips.items() if count}
         raise DataError(f"nothing to evaluate: {num_images} of {len(image_ids)} image(s) read, none with a usable "
                         f"instance or detection (skipped: {skipped or 'nothing'})")
     miou, instance_ious = MiouAccumulator(), []
@@ -228,11 +230,20 @@ def _measure(parts: list[_Predictions], dataset: CocoDataset, image_ids: list[in
     if detections is not None:
         results = [r for p in parts for r in p.results]
         # the images read: one skipped (unreadable, wrong size) would count its objects as misses
-        ap = mask_ap(dataset, results, [i for p in parts for i in p.image_ids])
+        ap = mask_ap(dataset, results, read)
         metrics.update({k: v for k, v in ap.as_dict().items() if k != "note"})
     if reference is not None:
         metrics["agreement"] = agreement(masks, reference.masks)
-    return EvalResult(metrics, masks, dataset.skips.as_dict(), num_images, num_prompts, instance_ious)
+    return EvalResult(metrics, masks, skips, num_images, num_prompts, instance_ious)
+
+
+def _with_detection_skips(skips: dict[str, int], detections: Detections | None, read: list[int]) -> dict[str, int]:
+    """``skips`` with the detector boxes left unprompted on the images read (``degenerate_detection``)."""
+    if detections is None:
+        return skips
+    images = set(read)
+    unprompted = sum(image_id in images for image_id, _ in detections.skips.keys("degenerate_detection"))
+    return {**skips, "degenerate_detection": unprompted}
 
 
 def _check_categories(detections: Detections, dataset: CocoDataset) -> None:

@@ -149,7 +149,7 @@ def test_detections_sorted_by_score_and_mapped_back(tmp_path: Path) -> None:
     np.testing.assert_array_equal(prompts.scores, [0.9, 0.7, 0.5])
     np.testing.assert_array_equal(prompts.category_ids, [3, 4, 2])
     np.testing.assert_array_equal(prompts.boxes, [[0, 0, 5, 5], [2.5, 3.5, 3.5, 4.5], [10, 20, 40, 60]])
-    assert dets.skips.keys("degenerate_box") == {3}
+    assert dets.skips.keys("degenerate_detection") == {(1, 3)}
     empty = dets.for_image(42)
     assert len(empty) == 0 and empty.boxes.shape == (0, 4)
 

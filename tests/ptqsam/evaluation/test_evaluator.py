@@ -60,6 +60,20 @@ def test_detections_give_mask_ap_with_both_score_modes(tiny_dataset_dir, tiny_da
         assert run.num_prompts == len(dets)
 
 
+def test_degenerate_detections_of_the_images_read_are_reported(tiny_dataset, random_testbed, tmp_path):
+    first, second = tiny_dataset.image_ids[:2]
+    dets = [{"image_id": inst.image_id, "category_id": inst.category_id, "bbox": [float(v) for v in inst.box_xywh],
+             "score": 0.9} for inst in tiny_dataset.instances(first)]
+    category = dets[0]["category_id"]
+    dets += [{"image_id": image_id, "category_id": category, "bbox": [3.0, 4.0, 0.0, 5.0], "score": 0.8}
+             for image_id in (first, first, second)]  # zero width: two on the image read, one on another
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    result = evaluate(random_testbed(), tiny_dataset, image_ids=[first], options=EvalOptions(prompt="detections"),
+                      detections=Detections(path), progress=False)
+    assert result.skips["degenerate_detection"] == 2 and result.num_prompts == len(dets) - 3
+
+
 def test_mask_ap_covers_the_images_read_not_the_ones_skipped(tiny_dataset_dir, tmp_path):
     """An image that cannot be decoded is skipped by the predictions; COCOeval must not count its
     objects as misses (the AP is then over the same images as everything else)."""
