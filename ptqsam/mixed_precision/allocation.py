@@ -2,7 +2,9 @@
 
 Each group takes one choice of (weight bits, activation bits) among the candidates its
 sensitivity rows were measured at. With rows per role (``weight`` / ``activation``) the choices
-are every pair and a choice's sensitivity is its weight row's score plus its activation row's;
+are every pair and a choice's sensitivity is its weight row's score plus its activation row's,
+each from the calibration at the choice's own pair where the study made one (else from the first
+calibration at that row's bits);
 with rows of role ``all`` the choices are the measured bit-widths. Damages are assumed additive
 (across groups and roles): the usual assumption of integer-programming allocation (HAWQ-V3,
 Sony MCT, Mix-QSAM). Every cost kind (:mod:`.costs`) is linear in the choices when each product's
@@ -127,16 +129,20 @@ def group_choices(result: SensitivityResult, metric: str = "mse",
     if not split and "all" not in roles:
         raise AllocationError(f"allocation needs rows of role 'all' or of both 'weight' and 'activation', "
                               f"the study has {sorted(roles)}")
-    by_role: dict[tuple[str, str], dict[int, float]] = {}
+    # (group, role) -> the role's bits -> calibration (w_bits, a_bits) -> score, in the study's order
+    by_role: dict[tuple[str, str], dict[int, dict[tuple[int, int], float]]] = {}
     for row in result.rows:
         bits = row.w_bits if row.role == "weight" else row.a_bits
-        by_role.setdefault((row.group, row.role), {})[bits] = result.score(row, metric)
+        by_role.setdefault((row.group, row.role), {}).setdefault(bits, {})[(row.w_bits, row.a_bits)] = \
+            result.score(row, metric)
+    unmeasured = {None: {(None, None): 0.0}}
     choices = {}
     for group in result.groups:
         if split:
-            weights = by_role.get((group.name, "weight"), {}) if group.weights else {None: 0.0}
-            activations = by_role.get((group.name, "activation"), {}) if group.activations else {None: 0.0}
-            options = {Choice(w, a): sw + sa for w, sw in weights.items() for a, sa in activations.items()}
+            weights = by_role.get((group.name, "weight"), {}) if group.weights else unmeasured
+            activations = by_role.get((group.name, "activation"), {}) if group.activations else unmeasured
+            options = {Choice(w, a): _calibrated_at(sw, (w, a)) + _calibrated_at(sa, (w, a))
+                       for w, sw in weights.items() for a, sa in activations.items()}
         else:
             options = {Choice(row.w_bits if group.weights else None, row.a_bits if group.activations else None):
                        result.score(row, metric) for row in result.rows if row.group == group.name and row.role == "all"}
@@ -147,6 +153,13 @@ def group_choices(result: SensitivityResult, metric: str = "mse",
                                   + ("" if candidates is None else f" among the candidate bits {sorted(candidates)}"))
         choices[group.name] = options
     return choices
+
+
+def _calibrated_at(scores: dict[tuple, float], pair: tuple) -> float:
+    """The score of a role's row from the calibration at ``pair`` where the study has one, else from
+    its first calibration at that role's bits (a weight row W4 comes from W4A4 and from W4A8, and
+    a joint search such as ``ptq4vit``'s fits the weights against the activations' bits)."""
+    return scores.get(pair, next(iter(scores.values())))
 
 
 def allocate(groups: Sequence[Group], choices: Mapping[str, Mapping[Choice, float]], costs: ModelCosts,

@@ -118,6 +118,19 @@ def test_group_choices_add_weight_and_activation_rows():
         group_choices(_study(["weight"], rows))
 
 
+def test_split_rows_measured_under_two_calibrations_count_with_the_choices_own():
+    def row(role, w_bits, a_bits, mse):
+        return SensitivityRow("lin", role, w_bits, a_bits, Damage(mse, 1.0, 0.0))
+    rows = [row("weight", 4, 4, 1.0), row("activation", 4, 4, 2.0),  # calibrated at W4A4
+            row("weight", 4, 8, 1.5), row("activation", 4, 8, 0.3),  # W4A8: its W4 row differs
+            row("weight", 8, 8, 0.1), row("activation", 8, 8, 0.2)]
+    study = _study(["weight", "activation"], rows)
+    study.groups = study.groups[:1]
+    assert group_choices(study)["lin"] == {
+        Choice(4, 4): 3.0, Choice(4, 8): pytest.approx(1.8), Choice(8, 4): pytest.approx(2.1),
+        Choice(8, 8): pytest.approx(0.3)}  # W8A4 was not calibrated: its rows' first calibrations
+
+
 def test_an_excess_below_the_solver_tolerance_is_not_accepted():
     groups, costs = _instance([(10**8, 10, 5), (1, 10, 5)])
     choices = {g.name: {Choice(w, 8): 1.0 / w for w in (4, 8)} for g in groups}
