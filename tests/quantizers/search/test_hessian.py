@@ -24,7 +24,7 @@ from quantizers.search.hessian import (
 )
 from quantizers.registry import SEARCHES
 from quantizers.search import hessian
-from quantizers.search.candidates import Output
+from quantizers.search.candidates import Output, quantize_groups, score_candidates
 from quantizers.spec import QuantSpec
 
 SMALL = HessianSearchConfig(n=40)
@@ -237,8 +237,6 @@ def test_search_is_deterministic():
 
 def every_step(operands, forward, output, config):
     """The alternating search with every step computed, even when the partner has not moved."""
-    from quantizers.search.candidates import quantize_groups, score_candidates
-
     scales = [initial_scale(op.tensor, op.bits, op.axis, op.groups) for op in operands]
     grids = [candidate_scales(s, config.alpha, config.beta, config.n) for s in scales]
     history = []
@@ -247,8 +245,9 @@ def every_step(operands, forward, output, config):
             other = operands[1 - k]
             other_hat = quantize_groups(other.tensor, other.axis, other.groups, scales[1 - k][:, None], other.bits)[0]
             candidates = torch.cat([scales[k][:, None], grids[k]], dim=1)
-            scores = score_candidates(op, candidates, lambda q, k=k, o=other_hat: forward(q, o) if k == 0 else forward(o, q),
-                                      output, config)
+            def candidate_output(q, k=k, o=other_hat):
+                return forward(q, o) if k == 0 else forward(o, q)
+            scores = score_candidates(op, candidates, candidate_output, output, config)
             history += [float(scores[:, 0].mean())] if not history else []
             best = scores.argmin(dim=1)
             scales[k] = candidates[torch.arange(op.groups), best]
